@@ -1,0 +1,122 @@
+"""Engines, sessions and schema migrations for SQLite, PostgreSQL and MySQL/MariaDB."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from radlake.errors import CatalogError, NotInitialized
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql"}
+
+
+def normalize_url(url: str) -> str:
+    """Pick the drivers radlake ships (psycopg 3, PyMySQL) when a URL names none."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise CatalogError(f"expected a database URL like sqlite:///path, got {url!r}") from exc
+    if parsed.drivername in _DRIVERS:
+        parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
+    if parsed.drivername.startswith("mysql") and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run during ingest; a busy timeout rides out short locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a catalog URL.
+
+    Raises:
+        CatalogError: the URL is malformed or names an unavailable driver.
+    """
+    normalized = normalize_url(url)
+    try:
+        if normalized.startswith("sqlite"):
+            database = make_url(normalized).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(normalized)
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(normalized, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise CatalogError(f"cannot use catalog URL: {exc}") from exc
+    return engine
+
+
+def _alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Create or upgrade the catalog schema to the newest migration.
+
+    Raises:
+        CatalogError: the database cannot be reached or migrated.
+    """
+    try:
+        command.upgrade(_alembic_config(engine), "head")
+    except SQLAlchemyError as exc:
+        raise CatalogError(f"cannot migrate catalog: {_short(exc)}") from exc
+
+
+def check_current(engine: Engine) -> None:
+    """Make sure the catalog exists and is at the newest migration.
+
+    Raises:
+        NotInitialized: no catalog there yet (run `radlake init`).
+        CatalogError: the database is unreachable or at an older schema.
+    """
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise CatalogError(f"cannot reach catalog: {_short(exc)}") from exc
+    if current is None:
+        raise NotInitialized("no catalog here yet: run `radlake init` first")
+    if current != head:
+        raise CatalogError(f"catalog schema is at {current}, expected {head}: run `radlake init`")
+
+
+def _short(exc: SQLAlchemyError) -> str:
+    # The first line of the driver's message, without SQL or bound parameters.
+    original = getattr(exc, "orig", None) or exc
+    return str(original).splitlines()[0][:200]
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to engine; objects stay usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error."""
+    with session_factory(engine).begin() as session:
+        yield session

@@ -1,0 +1,97 @@
+"""Settings read from RADLAKE_* environment variables; only entry points read them.
+
+Core functions take explicit arguments (a catalog URL, a store, a key); the CLI and,
+later, the API and flows build those from one `Settings` instance.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from radlake.errors import ConfigError
+
+SECRET_KEY_FILE = "secret.key"
+CATALOG_FILE = "catalog.sqlite"
+STORE_DIR = "store"
+
+
+class Settings(BaseSettings):
+    """Where the lake lives and how to reach its parts."""
+
+    model_config = SettingsConfigDict(env_prefix="RADLAKE_", extra="ignore")
+
+    home: Path = Path("radlake-data")
+    catalog_url: str | None = None
+    store_url: str | None = None
+    secret_key: SecretStr | None = None
+    # Options for an s3:// store (any S3-compatible server).
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str | None = None
+
+    def resolved_catalog_url(self) -> str:
+        """The catalog URL, defaulting to a SQLite file in the lake's home."""
+        if self.catalog_url:
+            return self.catalog_url
+        return f"sqlite:///{self.home.resolve() / CATALOG_FILE}"
+
+    def resolved_store_url(self) -> str:
+        """The store URL, defaulting to a folder in the lake's home."""
+        if self.store_url:
+            return self.store_url
+        return (self.home.resolve() / STORE_DIR).as_uri()
+
+    def store_options(self) -> dict[str, object]:
+        """fsspec options for the store (credentials and endpoint for s3://)."""
+        if not self.resolved_store_url().startswith("s3://"):
+            return {}
+        options: dict[str, object] = {}
+        if self.s3_access_key_id:
+            options["key"] = self.s3_access_key_id
+        if self.s3_secret_access_key:
+            options["secret"] = self.s3_secret_access_key.get_secret_value()
+        client_kwargs: dict[str, str] = {}
+        if self.s3_endpoint_url:
+            client_kwargs["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_region:
+            client_kwargs["region_name"] = self.s3_region
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+        return options
+
+    def secret_key_bytes(self) -> bytes:
+        """The key for patient pseudonyms: RADLAKE_SECRET_KEY, else the one `init` kept.
+
+        Raises:
+            ConfigError: no key is set and none was kept in the home folder.
+        """
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        key_file = self.home / SECRET_KEY_FILE
+        try:
+            return key_file.read_text().strip().encode()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no secret key: set RADLAKE_SECRET_KEY or run `radlake init` "
+                f"(expected {key_file})"
+            ) from None
+
+    def ensure_secret_key(self) -> bool:
+        """Generate and keep a secret key in home unless one is set; True when created."""
+        if self.secret_key is not None:
+            return False
+        key_file = self.home / SECRET_KEY_FILE
+        if key_file.exists():
+            return False
+        self.home.mkdir(parents=True, exist_ok=True)
+        # Owner-only permissions: the key turns PatientIDs into pseudonyms.
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        return True

@@ -1,0 +1,90 @@
+"""Frozen values passed between layers: what a reader extracts, what ingest decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ImageFormat(StrEnum):
+    """Formats recognised from content (never from the file name)."""
+
+    DICOM = "dicom"
+    NIFTI = "nifti"
+    PNG = "png"
+    JPEG = "jpeg"
+
+    @property
+    def extension(self) -> str:
+        """The extension originals of this format get in the store."""
+        return {"dicom": "dcm", "nifti": "nii", "png": "png", "jpeg": "jpg"}[self.value]
+
+
+class Outcome(StrEnum):
+    """Where one input ended: exactly one of these, so summaries add up."""
+
+    CATALOGUED = "catalogued"
+    ALREADY_PRESENT = "already_present"
+    QUARANTINED = "quarantined"
+
+
+class Plane(StrEnum):
+    """Orthogonal planes of a stack of frames or a volume."""
+
+    AXIAL = "axial"
+    CORONAL = "coronal"
+    SAGITTAL = "sagittal"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageMetadata:
+    """Everything the catalog keeps about one image, free of direct identifiers.
+
+    Patient identity is only the keyed pseudonym; names, birth dates and the raw
+    PatientID never reach this object.
+    """
+
+    format: ImageFormat
+    rows: int
+    columns: int
+    frames: int = 1
+    slices: int = 1
+    volumes: int = 1
+    modality: str | None = None
+    patient_pseudonym: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    instance_number: int | None = None
+    body_part: str | None = None
+    view_position: str | None = None
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
+    pixel_spacing_row: float | None = None
+    pixel_spacing_col: float | None = None
+    slice_thickness: float | None = None
+    slice_location: float | None = None
+    slice_position: float | None = None
+    photometric: str | None = None
+    bits_allocated: int | None = None
+    bits_stored: int | None = None
+    transfer_syntax: str | None = None
+    dtype: str | None = None
+    orientation: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RenditionInfo:
+    """A derived image kept in the store (the preview made at ingest, for now)."""
+
+    name: str
+    key: str
+    width: int
+    height: int
+    window_center: float | None
+    window_width: float | None

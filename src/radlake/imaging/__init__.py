@@ -1,0 +1,1 @@
+"""Reading and rendering medical images: format sniffing, one reader per format."""

@@ -1,0 +1,73 @@
+"""The pixel side of a reader: a stack of frames (or slices) with display hints.
+
+A reader turns original bytes into a `PixelSource`; `render.py` turns a source into
+an 8-bit picture. Values handed out are after the modality LUT (PS3.3 C.11.1), so a
+window in CT Hounsfield units means what a radiologist expects.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float32] | NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A linear VOI window: centre and width in modality units."""
+
+    center: float
+    width: float
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """Parse "C,W" (e.g. "40,400").
+
+        Raises:
+            ValueError: not two numbers, or a width that is not positive.
+        """
+        parts = text.split(",")
+        if len(parts) != 2:
+            raise ValueError(f"expected a window as CENTER,WIDTH (e.g. 40,400), got {text!r}")
+        center, width = float(parts[0]), float(parts[1])
+        if not width > 0:
+            raise ValueError(f"expected a positive window width, got {width:g}")
+        return cls(center, width)
+
+
+# A header-defined VOI transform (a VOI LUT or a non-linear function) that maps
+# modality values to [0, 1]; used when a plain Window cannot express it.
+VoiTransform = Callable[[np.ndarray], FloatArray]
+
+
+class PixelSource(ABC):
+    """Frames of one image, decoded lazily; index 0 is the first frame or slice."""
+
+    #: Number of frames (multi-frame DICOM) or slices (volumes); 1 for 2-D images.
+    frame_count: int = 1
+    #: PS3.3 C.7.6.3.1.2: MONOCHROME1 means the lowest value is displayed white.
+    invert: bool = False
+    #: True for RGB-like data, which is shown as is, without a VOI window.
+    is_color: bool = False
+    #: (between frames, rows, columns) in mm when known, for true-aspect planes.
+    spacing: tuple[float, float, float] | None = None
+    #: True when frame 0 is the bottom of the stack (volumes in RAS+): coronal and
+    #: sagittal planes are flipped so that superior is up.
+    bottom_up: bool = False
+
+    @abstractmethod
+    def frame(self, index: int) -> np.ndarray:
+        """One frame: (rows, columns) modality values, or (rows, columns, 3) RGB."""
+
+    def volume(self) -> np.ndarray:
+        """Every frame stacked as (frames, rows, columns); for orthogonal planes."""
+        return np.stack([self.frame(i) for i in range(self.frame_count)])
+
+    def header_voi(self, index: int) -> Window | VoiTransform | None:
+        """The window or VOI transform the header asks for at this frame, if any."""
+        return None
