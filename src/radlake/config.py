@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from radlake.errors import ConfigError
 
-SECRET_KEY_FILE = "secret.key"
+SECRET_KEY_FILE = "secret.key"  # noqa: S105 (a file name, not a secret)
 CATALOG_FILE = "catalog.sqlite"
 STORE_DIR = "store"
 
@@ -78,8 +78,7 @@ class Settings(BaseSettings):
             return key_file.read_text().strip().encode()
         except FileNotFoundError:
             raise ConfigError(
-                f"no secret key: set RADLAKE_SECRET_KEY or run `radlake init` "
-                f"(expected {key_file})"
+                f"no secret key: set RADLAKE_SECRET_KEY or run `radlake init` (expected {key_file})"
             ) from None
 
     def ensure_secret_key(self) -> bool:

@@ -19,7 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from radlake.errors import CatalogError, NotInitialized
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql"}
+_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+}
 
 
 def normalize_url(url: str) -> str:

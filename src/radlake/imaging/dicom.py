@@ -18,9 +18,10 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import DSfloat, IS, PersonName
+from pydicom.valuerep import IS, DSfloat, PersonName
 
 from radlake.domain import ImageFormat, ImageMetadata
 from radlake.errors import (
@@ -217,6 +218,10 @@ class DicomPixels(PixelSource):
     """Frames of a DICOM object after the modality LUT (per frame for Enhanced IODs)."""
 
     def __init__(self, ds: Dataset) -> None:
+        with _quiet():
+            self._setup(ds)
+
+    def _setup(self, ds: Dataset) -> None:
         _require_pixels(ds)
         self._ds = ds
         self.frame_count = _frame_count(ds)

@@ -69,14 +69,14 @@ class NiftiPixels(PixelSource):
         # ornt[i, 0] is the output axis of input axis i.
         ras_zooms = np.array(zooms)[np.argsort(ornt[:, 0])]
         # (x, y, z) in RAS -> (z, rows = posterior->anterior flipped, cols = x flipped).
-        self._stack = np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1])
+        self._stack: np.ndarray = np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1])
         self.frame_count = self._stack.shape[0]
         self.spacing = (float(ras_zooms[2]), float(ras_zooms[1]), float(ras_zooms[0]))
 
     def frame(self, index: int) -> np.ndarray:
         if not 0 <= index < self.frame_count:
             raise RenderError(f"expected a slice in 0..{self.frame_count - 1}, got {index}")
-        return self._stack[index]
+        return np.asarray(self._stack[index])
 
     def volume(self) -> np.ndarray:
         return self._stack

@@ -82,9 +82,7 @@ def _plane_image(source: PixelSource, plane: Plane, index: int | None) -> tuple[
     return (picture[::-1] if source.bottom_up else picture), chosen
 
 
-def _output_size(
-    shape: tuple[int, int], aspect: float, size: int | None
-) -> tuple[int, int] | None:
+def _output_size(shape: tuple[int, int], aspect: float, size: int | None) -> tuple[int, int] | None:
     """(width, height) with true physical aspect (row mm / column mm) and longest side size."""
     height_units, width_units = shape[0] * aspect, float(shape[1])
     if size is None:
@@ -125,14 +123,14 @@ def render(
     if source.is_color:
         image = Image.fromarray(np.ascontiguousarray(values[..., :3]).astype(np.uint8), "RGB")
     else:
-        header = source.header_voi(chosen) if window is None else None
-        if isinstance(header, Window):
-            window = header
-        if window is None and header is not None:
-            unit = np.nan_to_num(np.clip(header(values), 0.0, 1.0), nan=0.0)
+        voi = window if window is not None else source.header_voi(chosen)
+        if voi is None:
+            voi = percentile_window(values)
+        if isinstance(voi, Window):
+            used = voi
+            unit = apply_window(values, voi)
         else:
-            used = window or percentile_window(values)
-            unit = apply_window(values, used)
+            unit = np.nan_to_num(np.clip(voi(values), 0.0, 1.0), nan=0.0)
         if source.invert:
             unit = 1.0 - unit
         image = Image.fromarray(np.round(unit * 255.0).astype(np.uint8), "L")

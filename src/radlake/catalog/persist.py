@@ -1,0 +1,240 @@
+"""Writing ingest results into the catalog: batches, one transaction each.
+
+The hierarchy (patient -> study -> series) is upserted by natural key with one
+SELECT and one multi-row INSERT per level, so a batch of hundreds of images costs a
+handful of round trips on any backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from radlake.catalog.models import (
+    Image,
+    Patient,
+    Quarantine,
+    Rendition,
+    Series,
+    Source,
+    Study,
+)
+from radlake.domain import ImageMetadata, RenditionInfo
+
+T = TypeVar("T")
+# Keep IN (...) lists well under every backend's parameter limit.
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class CataloguedInput:
+    """One decoded input, its blobs already in the store."""
+
+    sha256: str
+    size_bytes: int
+    source_key: str
+    original_key: str
+    metadata: ImageMetadata
+    renditions: tuple[RenditionInfo, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedInput:
+    """One input that cannot be catalogued, and why."""
+
+    source_key: str
+    reason: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    stored_key: str | None = None
+
+
+def ensure_source(session: Session, *, name: str, kind: str) -> int:
+    """The id of the named source, created on first use."""
+    found = session.scalar(select(Source.id).where(Source.name == name))
+    if found is not None:
+        return found
+    source = Source(name=name, kind=kind)
+    session.add(source)
+    session.flush()
+    return source.id
+
+
+def _chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _existing(session: Session, column: Any, keys: Sequence[str]) -> dict[str, int]:
+    """Ids of the rows whose natural key (column) is among keys."""
+    table_id = column.class_.id
+    found: dict[str, int] = {}
+    for chunk in _chunks(keys):
+        found.update(
+            (key, row_id)
+            for key, row_id in session.execute(select(column, table_id).where(column.in_(chunk)))
+        )
+    return found
+
+
+def _upsert(
+    session: Session,
+    model: type[Patient | Study | Series],
+    key: str,
+    rows: dict[str, dict[str, object]],
+) -> dict[str, int]:
+    """Ids by natural key, inserting the rows that are missing."""
+    column = getattr(model, key)
+    ids = _existing(session, column, sorted(rows))
+    missing = [{key: value, **rows[value]} for value in sorted(rows) if value not in ids]
+    if missing:
+        session.execute(insert(model), missing)
+        ids.update(_existing(session, column, [str(row[key]) for row in missing]))
+    return ids
+
+
+def add_images(
+    session: Session, *, source_id: int, job_id: int | None, items: Sequence[CataloguedInput]
+) -> set[str]:
+    """Insert images not yet catalogued; returns the sha256 of those inserted.
+
+    Images whose sha256 is already catalogued (a re-run, or the same bytes under two
+    paths) are left alone: re-ingest is a no-op.
+    """
+    unique = list({item.sha256: item for item in reversed(items)}.values())
+    present = _existing(session, Image.sha256, [item.sha256 for item in unique])
+    new = [item for item in unique if item.sha256 not in present]
+    if not new:
+        return set()
+    metas = [item.metadata for item in new]
+    patients = _upsert(
+        session,
+        Patient,
+        "pseudonym",
+        {m.patient_pseudonym: {} for m in metas if m.patient_pseudonym},
+    )
+    studies = _upsert(
+        session,
+        Study,
+        "study_uid",
+        {
+            m.study_uid: {"patient_id": patients.get(m.patient_pseudonym or "")}
+            for m in metas
+            if m.study_uid
+        },
+    )
+    series = _upsert(
+        session,
+        Series,
+        "series_uid",
+        {
+            m.series_uid: {
+                "study_id": studies.get(m.study_uid or ""),
+                "modality": m.modality,
+                "series_number": m.series_number,
+                "description": (m.series_description or "")[:200] or None,
+            }
+            for m in metas
+            if m.series_uid
+        },
+    )
+    session.execute(
+        insert(Image),
+        [
+            _image_row(item, source_id, job_id, series.get(item.metadata.series_uid or ""))
+            for item in new
+        ],
+    )
+    ids = _existing(session, Image.sha256, [item.sha256 for item in new])
+    renditions = [
+        {
+            "image_id": ids[item.sha256],
+            "name": r.name,
+            "key": r.key,
+            "width": r.width,
+            "height": r.height,
+            "window_center": r.window_center,
+            "window_width": r.window_width,
+        }
+        for item in new
+        for r in item.renditions
+    ]
+    if renditions:
+        session.execute(insert(Rendition), renditions)
+    return {item.sha256 for item in new}
+
+
+def _image_row(
+    item: CataloguedInput, source_id: int, job_id: int | None, series_id: int | None
+) -> dict[str, object]:
+    m = item.metadata
+    return {
+        "sha256": item.sha256,
+        "size_bytes": item.size_bytes,
+        "format": m.format.value,
+        "source_id": source_id,
+        "source_key": item.source_key[:1024],
+        "original_key": item.original_key,
+        "series_id": series_id,
+        "sop_instance_uid": m.sop_instance_uid,
+        "sop_class_uid": m.sop_class_uid,
+        "instance_number": m.instance_number,
+        "modality": m.modality,
+        "body_part": m.body_part,
+        "view_position": m.view_position,
+        "manufacturer": m.manufacturer,
+        "manufacturer_model": m.manufacturer_model,
+        "rows": m.rows,
+        "columns": m.columns,
+        "frames": m.frames,
+        "slices": m.slices,
+        "volumes": m.volumes,
+        "pixel_spacing_row": m.pixel_spacing_row,
+        "pixel_spacing_col": m.pixel_spacing_col,
+        "slice_thickness": m.slice_thickness,
+        "slice_location": m.slice_location,
+        "slice_position": m.slice_position,
+        "photometric": m.photometric,
+        "bits_allocated": m.bits_allocated,
+        "bits_stored": m.bits_stored,
+        "transfer_syntax": m.transfer_syntax,
+        "dtype": m.dtype,
+        "orientation": m.orientation,
+        "attributes": m.attributes,
+        "job_id": job_id,
+    }
+
+
+def quarantine_fingerprint(source_key: str, sha256: str | None) -> str:
+    """One quarantine row per (input path, content): stable across re-runs."""
+    return hashlib.sha256(f"{source_key}\0{sha256 or ''}".encode()).hexdigest()
+
+
+def add_quarantined(
+    session: Session, *, source_id: int, job_id: int | None, rejects: Sequence[RejectedInput]
+) -> int:
+    """Record rejected inputs not yet recorded; returns how many rows were added."""
+    by_fingerprint = {quarantine_fingerprint(r.source_key, r.sha256): r for r in rejects}
+    known = _existing(session, Quarantine.fingerprint, sorted(by_fingerprint))
+    rows = [
+        {
+            "fingerprint": fingerprint,
+            "source_id": source_id,
+            "source_key": r.source_key[:1024],
+            "sha256": r.sha256,
+            "size_bytes": r.size_bytes,
+            "reason": r.reason[:500],
+            "stored_key": r.stored_key,
+            "job_id": job_id,
+        }
+        for fingerprint, r in sorted(by_fingerprint.items())
+        if fingerprint not in known
+    ]
+    if rows:
+        session.execute(insert(Quarantine), rows)
+    return len(rows)

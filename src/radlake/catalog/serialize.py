@@ -1,0 +1,80 @@
+"""Catalog rows as plain dicts, for --json output and (later) API responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from radlake.catalog.models import Image, Job, Quarantine
+
+SUMMARY_FIELDS = ("id", "format", "modality", "manufacturer", "rows", "columns", "frames", "slices")
+
+
+def image_summary(image: Image) -> dict[str, Any]:
+    """The fields a listing shows."""
+    row = {name: getattr(image, name) for name in SUMMARY_FIELDS}
+    row["series_uid"] = image.series.series_uid if image.series else None
+    row["instance_number"] = image.instance_number
+    row["source_key"] = image.source_key
+    return row
+
+
+def image_detail(image: Image) -> dict[str, Any]:
+    """Every catalogued field of one image, its hierarchy and renditions."""
+    columns = {column.key: getattr(image, column.key) for column in Image.__table__.columns}
+    series = image.series
+    study = series.study if series else None
+    columns["source"] = image.source.name if image.source else None
+    columns["series"] = (
+        None
+        if series is None
+        else {
+            "series_uid": series.series_uid,
+            "series_number": series.series_number,
+            "description": series.description,
+            "modality": series.modality,
+        }
+    )
+    columns["study_uid"] = study.study_uid if study else None
+    columns["patient_pseudonym"] = study.patient.pseudonym if study and study.patient else None
+    columns["renditions"] = [
+        {
+            "name": r.name,
+            "key": r.key,
+            "width": r.width,
+            "height": r.height,
+            "window_center": r.window_center,
+            "window_width": r.window_width,
+        }
+        for r in image.renditions
+    ]
+    return columns
+
+
+def quarantine_row(row: Quarantine) -> dict[str, Any]:
+    """A rejected input with its reason."""
+    return {
+        "id": row.id,
+        "source": row.source.name if row.source else None,
+        "source_key": row.source_key,
+        "reason": row.reason,
+        "sha256": row.sha256,
+        "size_bytes": row.size_bytes,
+        "stored_key": row.stored_key,
+        "job_id": row.job_id,
+        "created_at": row.created_at,
+    }
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """One job with its counts and timings."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "parameters": job.parameters,
+        "counts": job.counts,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "seconds": job.seconds,
+        "error": job.error,
+    }

@@ -1,0 +1,1 @@
+"""The `radlake` command line: thin commands over the library."""

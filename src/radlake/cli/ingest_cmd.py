@@ -1,0 +1,99 @@
+"""`radlake init` and `radlake ingest`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from sqlalchemy.engine import make_url
+
+from radlake.cli.output import console, err_console, print_json
+from radlake.lake import Lake, init_lake, load_settings, open_lake
+from radlake.pipelines.ingest import IngestSummary
+from radlake.pipelines.ingest import ingest as run_ingest
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def init() -> None:
+    """Create the lake in RADLAKE_HOME (SQLite catalog + local store by default)."""
+    settings = load_settings()
+    _, created_key = init_lake(settings)
+    console.print(f"lake ready: catalog {_redact(settings.resolved_catalog_url())}")
+    console.print(f"            store   {settings.resolved_store_url()}")
+    if created_key:
+        console.print(f"secret key generated in {settings.home / 'secret.key'} (keep it private)")
+
+
+def _redact(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr (off for --json or when not a terminal)."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        yield progress
+
+
+def ingest_with_progress(
+    lake: Lake, paths: Sequence[Path], *, workers: int | None, source: str, show: bool
+) -> IngestSummary:
+    """Run ingest with a progress bar; used by `ingest` and `quickstart`."""
+    with progress_bar("ingesting", show) as progress:
+        task = progress.add_task("ingesting", total=None) if progress else None
+
+        def report(done: int, total: int) -> None:
+            if progress is not None and task is not None:
+                progress.update(task, completed=done, total=total)
+
+        return run_ingest(
+            paths,
+            engine=lake.engine,
+            store=lake.store,
+            pseudonymizer=lake.pseudonymizer,
+            source=source,
+            workers=workers,
+            progress=report,
+        )
+
+
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest.")],
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: one per CPU).")
+    ] = None,
+    source: Annotated[str, typer.Option(help="Name of the source these inputs come from.")] = (
+        "folder"
+    ),
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest DICOM, NIfTI, PNG and JPEG files; re-running is a no-op for known bytes."""
+    lake = open_lake(load_settings())
+    summary = ingest_with_progress(lake, paths, workers=workers, source=source, show=not as_json)
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        console.print(summary.line(), highlight=False)

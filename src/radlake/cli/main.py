@@ -1,0 +1,58 @@
+"""`radlake`: the Typer app. Errors end as one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+from radlake.cli import browse, ingest_cmd, quickstart, render_cmd
+from radlake.cli.output import err_console
+from radlake.errors import RadlakeError
+
+app = typer.Typer(
+    name="radlake",
+    help="A medical imaging data lake: ingest, catalogue, query and render images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("init")(ingest_cmd.init)
+app.command("ingest")(ingest_cmd.ingest)
+app.command("query")(browse.query)
+app.command("show")(browse.show)
+app.command("quarantine")(browse.quarantine)
+app.command("jobs")(browse.jobs)
+app.command("render")(render_cmd.render)
+app.command("quickstart")(quickstart.quickstart)
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except RadlakeError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: re-run the same command to finish the work")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        # Unexpected: still one line; the traceback only on request (it may be long,
+        # and a bug report needs it, but a user never should).
+        if os.environ.get("RADLAKE_DEBUG"):
+            traceback.print_exc()
+        err_console.print(
+            f"error: internal error ({type(exc).__name__}); set RADLAKE_DEBUG=1 for details",
+            markup=False,
+        )
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    run()

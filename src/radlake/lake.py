@@ -1,0 +1,64 @@
+"""A lake's parts (catalog engine, store, pseudonymizer) built from settings.
+
+Entry points (CLI, later the API and flows) call these; pipelines receive the parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from radlake.catalog.db import check_current, make_engine, upgrade
+from radlake.config import Settings
+from radlake.errors import ConfigError
+from radlake.imaging.deid import Pseudonymizer
+from radlake.storage.store import ObjectStore, open_store
+
+
+@dataclass(frozen=True, slots=True)
+class Lake:
+    engine: Engine
+    store: ObjectStore
+    pseudonymizer: Pseudonymizer
+
+
+def load_settings() -> Settings:
+    """Settings from RADLAKE_* variables.
+
+    Raises:
+        ConfigError: a variable holds a value of the wrong kind.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"bad setting RADLAKE_{field.upper()}: {first['msg']}") from None
+
+
+def init_lake(settings: Settings) -> tuple[Lake, bool]:
+    """Create (or upgrade) the lake; returns it and whether a secret key was generated.
+
+    Raises:
+        CatalogError, StorageError: the catalog or the store cannot be reached.
+    """
+    created_key = settings.ensure_secret_key()
+    engine = make_engine(settings.resolved_catalog_url())
+    upgrade(engine)
+    store = open_store(settings.resolved_store_url(), **settings.store_options())
+    return Lake(engine, store, Pseudonymizer(settings.secret_key_bytes())), created_key
+
+
+def open_lake(settings: Settings) -> Lake:
+    """The existing lake described by settings.
+
+    Raises:
+        NotInitialized: no lake there yet.
+        ConfigError, CatalogError, StorageError: a part is missing or unreachable.
+    """
+    engine = make_engine(settings.resolved_catalog_url())
+    check_current(engine)
+    store = open_store(settings.resolved_store_url(), **settings.store_options())
+    return Lake(engine, store, Pseudonymizer(settings.secret_key_bytes()))

@@ -1,0 +1,1 @@
+"""Pipelines: plain functions with explicit arguments, called by the CLI, API and flows."""
