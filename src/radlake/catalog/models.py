@@ -115,7 +115,7 @@ class Image(Base):
 
     __tablename__ = "image"
     __table_args__ = (
-        Index("ix_image_series_order", "series_id", "slice_position", "instance_number"),
+        Index("ix_image_series_order", "series_id", "instance_number", "slice_position"),
     )
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     sha256: Mapped[str] = mapped_column(SHA256, unique=True)

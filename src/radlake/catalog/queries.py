@@ -70,13 +70,16 @@ def _apply(statement: Select[Any], selection: ImageFilter) -> Select[Any]:
 def find_images(
     session: Session, *, selection: ImageFilter, limit: int | None = 100, offset: int = 0
 ) -> list[Image]:
-    """Images matching selection: series in slice order, everything else by id."""
+    """Images matching selection: a series in slice order, everything else by id.
+
+    Series order is the scanner's instance order, then position along the slice
+    normal: multi-volume series (fMRI, DWI) come volume by volume, each in space order.
+    """
     statement = _apply(select(Image), selection).options(
         selectinload(Image.series).selectinload(Series.study), selectinload(Image.renditions)
     )
     if selection.series_uid:
-        # Spatial order first (interleaved acquisitions are not in instance order).
-        statement = statement.order_by(Image.slice_position, Image.instance_number, Image.id)
+        statement = statement.order_by(Image.instance_number, Image.slice_position, Image.id)
     else:
         statement = statement.order_by(Image.id)
     statement = statement.offset(offset)

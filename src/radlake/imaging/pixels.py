@@ -34,7 +34,10 @@ class Window:
         parts = text.split(",")
         if len(parts) != 2:
             raise ValueError(f"expected a window as CENTER,WIDTH (e.g. 40,400), got {text!r}")
-        center, width = float(parts[0]), float(parts[1])
+        try:
+            center, width = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ValueError(f"expected two numbers CENTER,WIDTH, got {text!r}") from None
         if not width > 0:
             raise ValueError(f"expected a positive window width, got {width:g}")
         return cls(center, width)

@@ -131,9 +131,10 @@ def render(
             unit = apply_window(values, voi)
         else:
             unit = np.nan_to_num(np.clip(voi(values), 0.0, 1.0), nan=0.0)
+        grey = np.round(unit * 255.0).astype(np.uint8)
         if source.invert:
-            unit = 1.0 - unit
-        image = Image.fromarray(np.round(unit * 255.0).astype(np.uint8), "L")
+            grey = 255 - grey
+        image = Image.fromarray(grey, "L")
     target = _output_size(values.shape[:2], _aspect(source, plane), size)
     if target is not None and target != image.size:
         image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)

@@ -167,7 +167,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_image_modality"), ["modality"], unique=False)
         batch_op.create_index(
             "ix_image_series_order",
-            ["series_id", "slice_position", "instance_number"],
+            ["series_id", "instance_number", "slice_position"],
             unique=False,
         )
         batch_op.create_index(
