@@ -1,0 +1,110 @@
+"""The catalog on SQLite, PostgreSQL and MariaDB: migrations, ingest writes, queries."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import Engine, func, inspect, select
+
+from radlake.catalog.db import check_current, make_engine, session_factory, upgrade
+from radlake.catalog.models import Image, Job, Patient, Quarantine, Series, Study
+from radlake.catalog.queries import (
+    ImageFilter,
+    count_images,
+    find_images,
+    get_image,
+    summary_by_modality_format,
+)
+from radlake.errors import ImageNotFound, NotInitialized
+from radlake.imaging.deid import Pseudonymizer
+from radlake.pipelines.executor import SerialExecutor
+from radlake.pipelines.ingest import IngestSummary, ingest
+from radlake.storage.store import open_store
+from tests.conftest import SECRET, pydicom_file
+
+FILES = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "test-SR.dcm")
+
+
+def ingest_into(engine: Engine, folder: Path, store_root: Path) -> IngestSummary:
+    return ingest(
+        [folder],
+        engine=engine,
+        store=open_store(store_root.as_uri()),
+        pseudonymizer=Pseudonymizer(SECRET),
+        executor=SerialExecutor(),
+    )
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "in"
+    path.mkdir()
+    for name in FILES:
+        shutil.copy(pydicom_file(name), path / name)
+    return path
+
+
+def test_migrations_create_every_table_and_are_idempotent(catalog: Engine) -> None:
+    upgrade(catalog)  # a second upgrade is a no-op
+    check_current(catalog)
+    tables = set(inspect(catalog).get_table_names())
+    assert {"source", "patient", "study", "series", "image", "rendition", "job"} <= tables
+    assert "quarantine" in tables
+
+
+def test_uninitialised_catalog_is_reported(catalog_url: str) -> None:
+    engine = make_engine(catalog_url)
+    with pytest.raises(NotInitialized, match="radlake init"):
+        check_current(engine)
+    engine.dispose()
+
+
+def test_ingest_and_query_on_every_backend(catalog: Engine, folder: Path, tmp_path: Path) -> None:
+    summary = ingest_into(catalog, folder, tmp_path / "store")
+    assert (summary.catalogued, summary.already_present, summary.quarantined) == (4, 0, 1)
+    again = ingest_into(catalog, folder, tmp_path / "store")
+    assert (again.catalogued, again.already_present, again.quarantined) == (0, 4, 1)
+
+    ct = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    mr = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    with session_factory(catalog)() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 4
+        assert session.scalar(select(func.count()).select_from(Quarantine)) == 1
+        # MR_small and its RLE copy share study and series: grouped, not duplicated.
+        mr_images = find_images(session, selection=ImageFilter(series_uid=mr.SeriesInstanceUID))
+        assert len(mr_images) == 2
+        assert session.scalar(
+            select(func.count()).select_from(Series).where(Series.series_uid == mr.SeriesInstanceUID)
+        ) == 1
+        (ct_image,) = find_images(session, selection=ImageFilter(modality="ct"))
+        detail = get_image(session, image_id=ct_image.id)
+        assert detail.series is not None and detail.series.study is not None
+        assert detail.series.study.study_uid == ct.StudyInstanceUID
+        assert detail.series.study.patient is not None
+        assert detail.series.study.patient.pseudonym == Pseudonymizer(SECRET)(ct.PatientID)
+        assert detail.created_at.tzinfo is UTC
+        assert count_images(session, selection=ImageFilter(manufacturer="ge")) == 2  # CT, NM
+        assert count_images(session, selection=ImageFilter(manufacturer="Toshiba")) == 2
+        assert count_images(session, selection=ImageFilter(format="dicom", min_rows=100)) == 2
+        assert session.scalar(select(func.count()).select_from(Patient)) >= 2
+        assert session.scalar(select(func.count()).select_from(Study)) >= 2
+        by_modality = {(m, f): n for m, f, n, _, _ in summary_by_modality_format(session)}
+        assert by_modality[("MR", "dicom")] == 2
+        jobs = list(session.scalars(select(Job).order_by(Job.id)))
+        assert [job.status for job in jobs] == ["succeeded", "succeeded"]
+        assert jobs[0].finished_at is not None and jobs[0].finished_at.tzinfo is UTC
+        with pytest.raises(ImageNotFound):
+            get_image(session, image_id=999_999)
+
+
+def test_attributes_json_round_trips(catalog: Engine, folder: Path, tmp_path: Path) -> None:
+    ingest_into(catalog, folder, tmp_path / "store")
+    with session_factory(catalog)() as session:
+        (image,) = find_images(session, selection=ImageFilter(modality="CT"))
+        assert image.attributes["transfer_syntax_uid"] == "1.2.840.10008.1.2.1"
+        assert image.attributes["sop_class_name"] == "CT Image Storage"
+        assert isinstance(image.attributes["KVP"], float)
