@@ -77,9 +77,14 @@ def test_ingest_and_query_on_every_backend(catalog: Engine, folder: Path, tmp_pa
         # MR_small and its RLE copy share study and series: grouped, not duplicated.
         mr_images = find_images(session, selection=ImageFilter(series_uid=mr.SeriesInstanceUID))
         assert len(mr_images) == 2
-        assert session.scalar(
-            select(func.count()).select_from(Series).where(Series.series_uid == mr.SeriesInstanceUID)
-        ) == 1
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(Series)
+                .where(Series.series_uid == mr.SeriesInstanceUID)
+            )
+            == 1
+        )
         (ct_image,) = find_images(session, selection=ImageFilter(modality="ct"))
         detail = get_image(session, image_id=ct_image.id)
         assert detail.series is not None and detail.series.study is not None

@@ -39,9 +39,7 @@ def run(lake: Lake, *paths: Path, workers: int = 1) -> IngestSummary:
 
 def quarantine_reasons(lake: Lake) -> dict[str, str]:
     with session_factory(lake.engine)() as session:
-        return {
-            Path(q.source_key).name: q.reason for q in session.scalars(select(Quarantine))
-        }
+        return {Path(q.source_key).name: q.reason for q in session.scalars(select(Quarantine))}
 
 
 def count(lake: Lake, model: type) -> int:
@@ -165,9 +163,7 @@ def test_ge_series_grouped_in_slice_order(lake: Lake) -> None:
                 steps = np.diff(np.array(block, dtype=float))
                 assert np.allclose(np.abs(steps), 5.0, atol=0.01), one.description
                 assert len(set(np.sign(steps))) == 1
-            assert {image.series.study.study_uid for image in images} == {
-                series[0].study.study_uid
-            }
+            assert {image.series.study.study_uid for image in images} == {series[0].study.study_uid}
 
 
 def test_enhanced_mr_and_objects_without_pixels(lake: Lake) -> None:
