@@ -148,6 +148,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 @pytest.fixture
 def lake(tmp_path: Path) -> Iterator[Lake]:
     """An embedded-default lake: SQLite catalog and a local store in tmp_path."""
+    (tmp_path / "lake").mkdir()
     engine = make_engine(f"sqlite:///{tmp_path / 'lake' / 'catalog.sqlite'}")
     upgrade(engine)
     yield Lake(engine, open_store((tmp_path / "lake" / "store").as_uri()), Pseudonymizer(SECRET))

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from radlake.catalog.db import check_current, make_engine, upgrade
+from radlake.catalog.db import check_current, make_engine, sqlite_file, upgrade
 from radlake.config import Settings
-from radlake.errors import ConfigError
+from radlake.errors import ConfigError, NotInitialized
 from radlake.imaging.deid import Pseudonymizer
 from radlake.storage.store import ObjectStore, open_store
 
@@ -45,6 +45,9 @@ def init_lake(settings: Settings) -> tuple[Lake, bool]:
         CatalogError, StorageError: the catalog or the store cannot be reached.
     """
     created_key = settings.ensure_secret_key()
+    database = sqlite_file(settings.resolved_catalog_url())
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_catalog_url())
     upgrade(engine)
     store = open_store(settings.resolved_store_url(), **settings.store_options())
@@ -58,6 +61,10 @@ def open_lake(settings: Settings) -> Lake:
         NotInitialized: no lake there yet.
         ConfigError, CatalogError, StorageError: a part is missing or unreachable.
     """
+    database = sqlite_file(settings.resolved_catalog_url())
+    if database is not None and not database.is_file():
+        # Connecting would create an empty file: a read must leave nothing behind.
+        raise NotInitialized(f"no lake in {settings.home}: run `radlake init` first")
     engine = make_engine(settings.resolved_catalog_url())
     check_current(engine)
     store = open_store(settings.resolved_store_url(), **settings.store_options())

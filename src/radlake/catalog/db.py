@@ -58,9 +58,6 @@ def make_engine(url: str) -> Engine:
     normalized = normalize_url(url)
     try:
         if normalized.startswith("sqlite"):
-            database = make_url(normalized).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(normalized)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
@@ -68,6 +65,14 @@ def make_engine(url: str) -> Engine:
     except (ArgumentError, NoSuchModuleError) as exc:
         raise CatalogError(f"cannot use catalog URL: {exc}") from exc
     return engine
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for servers and in-memory databases)."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _alembic_config(engine: Engine) -> Config:

@@ -43,7 +43,7 @@ def _redact(url: str) -> str:
 @contextmanager
 def progress_bar(description: str, enabled: bool) -> Iterator[Progress | None]:
     """A rich progress bar on stderr (off for --json or when not a terminal)."""
-    if not enabled:
+    if not enabled or not err_console.is_terminal:
         yield None
         return
     with Progress(

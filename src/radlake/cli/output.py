@@ -9,8 +9,9 @@ from typing import Any
 from rich.console import Console
 
 # Results go to stdout (pipe-able, --json); progress and errors go to stderr.
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a message stays one line when piped, whatever the terminal width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(value: Any) -> None:

@@ -48,7 +48,10 @@ def render(
         key, image_format = image.original_key, ImageFormat(image.format)
     source = reader_for(image_format).open_pixels(lake.store.get_bytes(key))
     rendered = render_image(source, size=size, index=slice_index, plane=plane, window=chosen_window)
-    output.write_bytes(rendered.encode(fmt))
+    try:
+        output.write_bytes(rendered.encode(fmt))
+    except OSError as exc:
+        raise RenderError(f"cannot write {output}: {exc.strerror}") from exc
     used = rendered.window
     window_text = "colour" if used is None else f"window {used.center:g},{used.width:g}"
     console.print(

@@ -26,6 +26,10 @@ class ObjectStore:
     """Keys are '/'-separated paths relative to the store's root URL."""
 
     def __init__(self, url: str, **options: Any) -> None:
+        if url.startswith("s3://"):
+            # A listing must never make exists()/get() answer from a stale cache: other
+            # processes (workers, the API) write to the same bucket.
+            options.setdefault("use_listings_cache", False)
         try:
             self.fs, root = fsspec.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
