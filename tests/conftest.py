@@ -129,7 +129,8 @@ def s3_bucket(s3_endpoint: str) -> Iterator[str]:
 
     name = f"radlake-{uuid.uuid4().hex[:12]}"
     fs = s3fs.S3FileSystem(**s3_options(s3_endpoint), skip_instance_cache=True)
-    fs.mkdir(name)
+    # Not fs.mkdir: it sends LocationConstraint=us-east-1, which S3 rejects.
+    fs.call_s3("create_bucket", Bucket=name)
     yield name
     fs.rm(name, recursive=True)
 

@@ -113,3 +113,30 @@ def test_attributes_json_round_trips(catalog: Engine, folder: Path, tmp_path: Pa
         assert image.attributes["transfer_syntax_uid"] == "1.2.840.10008.1.2.1"
         assert image.attributes["sop_class_name"] == "CT Image Storage"
         assert isinstance(image.attributes["KVP"], float)
+
+
+def test_the_way_up_postgres_catalog_s3_store_process_pool(
+    s3_endpoint: str, s3_bucket: str, folder: Path
+) -> None:
+    """Same code at scale: PostgreSQL catalog, S3 store, workers in other processes."""
+    from radlake.pipelines.executor import LocalProcessExecutor
+    from tests.conftest import POSTGRES_URL, _server_database, s3_options
+
+    for url in _server_database(POSTGRES_URL):
+        engine = make_engine(url)
+        upgrade(engine)
+        store = open_store(f"s3://{s3_bucket}/lake", **s3_options(s3_endpoint))
+        summary = ingest(
+            [folder],
+            engine=engine,
+            store=store,
+            pseudonymizer=Pseudonymizer(SECRET),
+            executor=LocalProcessExecutor(2),
+        )
+        assert (summary.catalogued, summary.quarantined) == (4, 1)
+        with session_factory(engine)() as session:
+            keys = [image.original_key for image in session.scalars(select(Image))]
+        assert all(store.exists(key) for key in keys)
+        assert len(list(store.list("derived/"))) == 4
+        assert len(list(store.list("quarantine/"))) == 1
+        engine.dispose()
