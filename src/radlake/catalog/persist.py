@@ -24,6 +24,7 @@ from radlake.catalog.models import (
     Source,
     Study,
 )
+from radlake.catalog.serialize import rendition_fields
 from radlake.domain import ImageMetadata, RenditionInfo
 
 T = TypeVar("T")
@@ -152,15 +153,7 @@ def add_images(
     )
     ids = _existing(session, Image.sha256, [item.sha256 for item in new])
     renditions = [
-        {
-            "image_id": ids[item.sha256],
-            "name": r.name,
-            "key": r.key,
-            "width": r.width,
-            "height": r.height,
-            "window_center": r.window_center,
-            "window_width": r.window_width,
-        }
+        {"image_id": ids[item.sha256], **rendition_fields(r)}
         for item in new
         for r in item.renditions
     ]

@@ -7,6 +7,12 @@ from typing import Any
 from radlake.catalog.models import Image, Job, Quarantine
 
 SUMMARY_FIELDS = ("id", "format", "modality", "manufacturer", "rows", "columns", "frames", "slices")
+RENDITION_FIELDS = ("name", "key", "width", "height", "window_center", "window_width")
+
+
+def rendition_fields(rendition: object) -> dict[str, Any]:
+    """The fields of a rendition (a catalog row or a domain RenditionInfo)."""
+    return {name: getattr(rendition, name) for name in RENDITION_FIELDS}
 
 
 def image_summary(image: Image) -> dict[str, Any]:
@@ -36,17 +42,7 @@ def image_detail(image: Image) -> dict[str, Any]:
     )
     columns["study_uid"] = study.study_uid if study else None
     columns["patient_pseudonym"] = study.patient.pseudonym if study and study.patient else None
-    columns["renditions"] = [
-        {
-            "name": r.name,
-            "key": r.key,
-            "width": r.width,
-            "height": r.height,
-            "window_center": r.window_center,
-            "window_width": r.window_width,
-        }
-        for r in image.renditions
-    ]
+    columns["renditions"] = [rendition_fields(r) for r in image.renditions]
     return columns
 
 
