@@ -34,7 +34,8 @@ class WorkerContext:
     pseudonymizer: Pseudonymizer
 
 
-def _preview_png(rendered_image: Image.Image, window: tuple[float, float] | None) -> bytes:
+def encode_preview(rendered_image: Image.Image, window: tuple[float, float] | None) -> bytes:
+    """The preview PNG as stored (fast compression, the window in a text chunk)."""
     info = PngImagePlugin.PngInfo()
     # The window rides in the PNG itself, so a re-run can rebuild the rendition row
     # from the stored preview without decoding the original again.
@@ -65,7 +66,7 @@ def _make_preview(
         pass
     rendered = render(reader.open_pixels(data), size=PREVIEW_SIZE)
     window = None if rendered.window is None else (rendered.window.center, rendered.window.width)
-    png = _preview_png(rendered.image, window)
+    png = encode_preview(rendered.image, window)
     context.store.put_bytes(key, png)
     width, height = rendered.image.size
     return RenditionInfo(PREVIEW, key, width, height, *(window or (None, None)))
