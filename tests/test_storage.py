@@ -4,6 +4,7 @@ server), plus the local backend's atomic writes and the store's key layout."""
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import uuid
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_a_failed_rename_leaves_neither_the_key_nor_a_temporary_file(
     def fail_move(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(local_store.fs, "mv", fail_move)
+    monkeypatch.setattr("radlake.storage.store.os.replace", fail_move)
     key = raw_key(CT_SHA, "dcm")
     with pytest.raises(StorageError, match="store error writing"):
         local_store.put_bytes(key, CT_BYTES)
@@ -232,13 +233,23 @@ def test_a_write_that_fails_midway_keeps_the_previous_object(
 ) -> None:
     key = derived_key(CT_SHA, "preview", "png")
     local_store.put_bytes(key, CT_BYTES)
-    real_pipe_file = local_store.fs.pipe_file
+    real_fdopen = os.fdopen
 
-    def write_half_then_fail(path: str, value: bytes, **kwargs: object) -> None:
-        real_pipe_file(path, value[: len(value) // 2], **kwargs)
-        raise OSError(5, "Input/output error")
+    class HalfWriter:
+        def __init__(self, descriptor: int, mode: str) -> None:
+            self.handle = real_fdopen(descriptor, mode)
 
-    monkeypatch.setattr(local_store.fs, "pipe_file", write_half_then_fail)
+        def __enter__(self) -> HalfWriter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, value: bytes) -> None:
+            self.handle.write(value[: len(value) // 2])
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("radlake.storage.store.os.fdopen", HalfWriter)
     with pytest.raises(StorageError):
         local_store.put_bytes(key, MR_BYTES)
     monkeypatch.undo()

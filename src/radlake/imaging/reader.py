@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 from radlake.domain import ImageFormat, ImageMetadata
@@ -31,3 +32,13 @@ class ImageReader(ABC):
         Raises:
             ImageError: the pixel data are missing, truncated or undecodable.
         """
+
+    def read(
+        self, data: bytes, pseudonymizer: Pseudonymizer
+    ) -> tuple[ImageMetadata, Callable[[], PixelSource]]:
+        """Metadata now and pixels on demand, parsing the content once where possible.
+
+        Raises:
+            ImageError: as read_metadata.
+        """
+        return self.read_metadata(data, pseudonymizer), lambda: self.open_pixels(data)

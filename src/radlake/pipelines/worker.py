@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from radlake.domain import RenditionInfo
 from radlake.errors import ImageError, ObjectNotFound, StorageError
 from radlake.imaging.deid import Pseudonymizer
 from radlake.imaging.formats import detect_format, reader_for
-from radlake.imaging.reader import ImageReader
+from radlake.imaging.pixels import PixelSource
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.pipelines.discover import InputFile
 from radlake.storage.keys import derived_key, quarantine_key, raw_key
@@ -57,14 +58,14 @@ def _rendition_from_png(key: str, png: bytes) -> RenditionInfo:
 
 
 def _make_preview(
-    context: WorkerContext, data: bytes, sha256: str, reader: ImageReader
+    context: WorkerContext, sha256: str, open_pixels: Callable[[], PixelSource]
 ) -> RenditionInfo:
     key = derived_key(sha256, PREVIEW, "png")
     try:
         return _rendition_from_png(key, context.store.get_bytes(key))
     except ObjectNotFound:
         pass
-    rendered = render(reader.open_pixels(data), size=PREVIEW_SIZE)
+    rendered = render(open_pixels(), size=PREVIEW_SIZE)
     window = None if rendered.window is None else (rendered.window.center, rendered.window.width)
     png = encode_preview(rendered.image, window)
     context.store.put_bytes(key, png)
@@ -85,9 +86,8 @@ def process_input(context: WorkerContext, item: InputFile) -> CataloguedInput | 
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         fmt = detect_format(data)
-        reader = reader_for(fmt)
-        metadata = reader.read_metadata(data, context.pseudonymizer)
-        preview = _make_preview(context, data, sha256, reader)
+        metadata, open_pixels = reader_for(fmt).read(data, context.pseudonymizer)
+        preview = _make_preview(context, sha256, open_pixels)
         original_key = raw_key(sha256, fmt.extension)
         context.store.put_if_absent(original_key, data)
     except StorageError:

@@ -9,7 +9,8 @@ paying for a server-side copy and delete; memory:// stores whole values.
 
 from __future__ import annotations
 
-import posixpath
+import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -62,20 +63,30 @@ class ObjectStore:
         """Store data under key atomically (replacing any object there)."""
         target = self._path(key)
         try:
-            if not self._local:
+            if self._local:
+                self._put_local(target, data)
+            else:
                 self.fs.pipe_file(target, data)
-                return
-            temporary = f"{self.root}/{TMP_PREFIX}/{uuid.uuid4().hex}"
-            self.fs.makedirs(posixpath.dirname(temporary), exist_ok=True)
-            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            try:
-                self.fs.pipe_file(temporary, data)
-                self.fs.mv(temporary, target)
-            finally:
-                if self.fs.exists(temporary):
-                    self.fs.rm_file(temporary)
         except OSError as exc:
             raise StorageError(f"store error writing {key}: {exc}") from exc
+
+    def _put_local(self, target: str, data: bytes) -> None:
+        # Plain os calls: on the ingest hot path fsspec's wrappers cost ~0.2 ms a write.
+        temporary = f"{self.root}/{TMP_PREFIX}/{uuid.uuid4().hex}"
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(temporary), exist_ok=True)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Store data unless key exists (content-addressed keys); True when written."""
