@@ -88,3 +88,50 @@ class RenditionInfo:
     height: int
     window_center: float | None
     window_width: float | None
+
+
+class LabelOrigin(StrEnum):
+    """Where a label came from (DESIGN.md data model)."""
+
+    GROUND_TRUTH = "ground_truth"
+    PREDICTION = "prediction"
+    FEEDBACK = "feedback"
+    CONSENSUS = "consensus"
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An axis-aligned box in pixel coordinates of the stored image (x right, y down).
+
+    Pixel coordinates are continuous: a box covering the whole W x H image is
+    (0, 0, W, H).
+    """
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    @property
+    def width(self) -> float:
+        return self.x_max - self.x_min
+
+    @property
+    def height(self) -> float:
+        return self.y_max - self.y_min
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.width) * max(0.0, self.height)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One label of one image: a class, and a box unless it is image-level."""
+
+    image_id: int
+    class_name: str
+    box: Box | None = None
+    reader: str | None = None
+    origin: LabelOrigin = LabelOrigin.GROUND_TRUTH
+    confidence: float | None = None
