@@ -210,3 +210,97 @@ class Quarantine(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     source: Mapped[Source] = relationship()
+
+
+class LabelClass(Base):
+    """A source's taxonomy: class ids and names as the dataset defines them."""
+
+    __tablename__ = "label_class"
+    __table_args__ = (UniqueConstraint("source_id", "name"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id"))
+    class_id: Mapped[int | None]
+    name: Mapped[str] = mapped_column(String(100))
+
+
+class Label(Base):
+    """An image-level finding or a box, in the stored image's pixel coordinates.
+
+    image_id is empty while the labelled image has not arrived (a labels-only CSV);
+    source_image_key ties the row to the image once it is ingested.
+    """
+
+    __tablename__ = "label"
+    __table_args__ = (Index("ix_label_source_key", "source_id", "source_image_key"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id"))
+    source_image_key: Mapped[str] = mapped_column(String(255))
+    image_id: Mapped[int | None] = mapped_column(
+        ForeignKey("image.id", ondelete="CASCADE"), index=True
+    )
+    class_name: Mapped[str] = mapped_column(String(100), index=True)
+    class_id: Mapped[int | None]
+    reader: Mapped[str | None] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(20))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    x_min: Mapped[float | None] = mapped_column(Float)
+    y_min: Mapped[float | None] = mapped_column(Float)
+    x_max: Mapped[float | None] = mapped_column(Float)
+    y_max: Mapped[float | None] = mapped_column(Float)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """A named, versioned selection of images for training."""
+
+    __tablename__ = "dataset"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetVersion(Base):
+    """An immutable version: selection, split spec, seed, label set, members, hash."""
+
+    __tablename__ = "dataset_version"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id"))
+    version: Mapped[int]
+    selection: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    split_spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    seed: Mapped[int]
+    label_set: Mapped[str] = mapped_column(String(20))
+    fusion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    classes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    leakage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    manifest_hash: Mapped[str] = mapped_column(SHA256)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dataset: Mapped[Dataset] = relationship()
+
+
+class DatasetMember(Base):
+    """One image of a dataset version and the split it is in."""
+
+    __tablename__ = "dataset_member"
+    __table_args__ = (Index("ix_dataset_member_split", "version_id", "split"),)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_version.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("image.id"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(40))
+
+
+class Export(Base):
+    """A YOLO or COCO export of a dataset version, where it went and its manifest hash."""
+
+    __tablename__ = "export"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_version.id"))
+    format: Mapped[str] = mapped_column(String(10))
+    location: Mapped[str] = mapped_column(String(1024))
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    manifest_hash: Mapped[str] = mapped_column(SHA256)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
