@@ -99,6 +99,66 @@ def _upsert(
     return ids
 
 
+@dataclass(frozen=True, slots=True)
+class HierarchyEntry:
+    """Where an image sits: patient (pseudonym) -> study -> series."""
+
+    series_uid: str
+    study_uid: str | None = None
+    patient_pseudonym: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    description: str | None = None
+
+    @classmethod
+    def of(cls, metadata: ImageMetadata) -> HierarchyEntry | None:
+        if not metadata.series_uid:
+            return None
+        return cls(
+            metadata.series_uid,
+            metadata.study_uid,
+            metadata.patient_pseudonym,
+            metadata.modality,
+            metadata.series_number,
+            metadata.series_description,
+        )
+
+
+def upsert_hierarchy(session: Session, entries: Sequence[HierarchyEntry | None]) -> dict[str, int]:
+    """Create missing patients, studies and series; returns series ids by series UID."""
+    known = [e for e in entries if e is not None]
+    patients = _upsert(
+        session,
+        Patient,
+        "pseudonym",
+        {e.patient_pseudonym: {} for e in known if e.patient_pseudonym},
+    )
+    studies = _upsert(
+        session,
+        Study,
+        "study_uid",
+        {
+            e.study_uid: {"patient_id": patients.get(e.patient_pseudonym or "")}
+            for e in known
+            if e.study_uid
+        },
+    )
+    return _upsert(
+        session,
+        Series,
+        "series_uid",
+        {
+            e.series_uid: {
+                "study_id": studies.get(e.study_uid or ""),
+                "modality": e.modality,
+                "series_number": e.series_number,
+                "description": (e.description or "")[:200] or None,
+            }
+            for e in known
+        },
+    )
+
+
 def add_images(
     session: Session, *, source_id: int, job_id: int | None, items: Sequence[CataloguedInput]
 ) -> set[str]:
@@ -112,38 +172,7 @@ def add_images(
     new = [item for item in unique if item.sha256 not in present]
     if not new:
         return set()
-    metas = [item.metadata for item in new]
-    patients = _upsert(
-        session,
-        Patient,
-        "pseudonym",
-        {m.patient_pseudonym: {} for m in metas if m.patient_pseudonym},
-    )
-    studies = _upsert(
-        session,
-        Study,
-        "study_uid",
-        {
-            m.study_uid: {"patient_id": patients.get(m.patient_pseudonym or "")}
-            for m in metas
-            if m.study_uid
-        },
-    )
-    series = _upsert(
-        session,
-        Series,
-        "series_uid",
-        {
-            m.series_uid: {
-                "study_id": studies.get(m.study_uid or ""),
-                "modality": m.modality,
-                "series_number": m.series_number,
-                "description": (m.series_description or "")[:200] or None,
-            }
-            for m in metas
-            if m.series_uid
-        },
-    )
+    series = upsert_hierarchy(session, [HierarchyEntry.of(item.metadata) for item in new])
     session.execute(
         insert(Image),
         [

@@ -157,8 +157,12 @@ def ingest(
     executor: Executor | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    on_result: Callable[[CataloguedInput | RejectedInput], None] | None = None,
 ) -> IngestSummary:
     """Ingest files and folders into the lake; safe to re-run.
+
+    on_result receives every input's outcome (source adapters map their keys to
+    sha256 with it).
 
     Raises:
         InputPathError: a given path does not exist (nothing is ingested).
@@ -191,12 +195,16 @@ def ingest(
     try:
         for rejected in found.rejected:
             batcher.add(rejected)
+            if on_result:
+                on_result(rejected)
         done = len(found.rejected)
         if progress:
             progress(done, total)
         task = functools.partial(process_input, WorkerContext(store, pseudonymizer))
         for result in pool.map_unordered(task, found.files):
             batcher.add(result)
+            if on_result:
+                on_result(result)
             done += 1
             if progress:
                 progress(done, total)

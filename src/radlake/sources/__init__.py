@@ -1,0 +1,1 @@
+"""Source adapters: one module per dataset layout, all ingesting through one pipeline."""
