@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ScalarSelect, Select, String, cast, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from radlake.catalog.models import Image, Job, Patient, Quarantine, Series, Source, Study
+from radlake.catalog.models import (
+    Dataset,
+    DatasetMember,
+    DatasetVersion,
+    Image,
+    Job,
+    Label,
+    Patient,
+    Quarantine,
+    Series,
+    Source,
+    Study,
+)
+from radlake.domain import LabelOrigin
 from radlake.errors import ImageNotFound
+
+SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
 
 
 @dataclass(frozen=True, slots=True)
 class ImageFilter:
-    """A selection of images; every field left None matches everything."""
+    """A selection of images; every field left None matches everything.
+
+    The one filter model of the CLI, the Python API and the REST API. It only
+    selects: nothing is moved or deleted.
+    """
 
     modality: str | None = None
     manufacturer: str | None = None  # case-insensitive prefix: "GE" matches "GE MEDICAL"
@@ -28,9 +47,70 @@ class ImageFilter:
     source: str | None = None
     min_rows: int | None = None
     min_columns: int | None = None
+    min_size: int | None = None  # both sides at least this many pixels
+    max_size: int | None = None  # both sides at most this many pixels
+    finding: str | None = None  # a label class (ground truth, any reader)
+    reader: str | None = None  # images read by this radiologist
+    dataset: str | None = None
+    version: int | None = None  # with dataset; default its newest version
+    split: str | None = None  # with dataset
+    attributes: tuple[tuple[str, str], ...] = ()  # source attributes, compared as text
+
+    def as_dict(self) -> dict[str, Any]:
+        """The non-empty fields, JSON-ready (stored with dataset versions)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value is not None and value != ():
+                out[name] = [list(pair) for pair in value] if name == "attributes" else value
+        return out
+
+    @classmethod
+    def parse(cls, pairs: Sequence[str]) -> ImageFilter:
+        """Build a filter from `key=value` texts; `attr.NAME=VALUE` selects on attributes.
+
+        Raises:
+            ValueError: not key=value, an unknown key, or a number that is not one.
+        """
+        values: dict[str, Any] = {}
+        attributes: list[tuple[str, str]] = []
+        numbers = {"min_rows", "min_columns", "min_size", "max_size", "version"}
+        for pair in pairs:
+            key, sep, value = (part.strip() for part in pair.partition("="))
+            key = key.replace("-", "_")
+            if not sep or not key:
+                raise ValueError(f"expected a selection as key=value, got {pair!r}")
+            if key.startswith("attr."):
+                attributes.append((key[5:], value))
+            elif key not in cls.__dataclass_fields__ or key == "attributes":
+                raise ValueError(f"unknown selection key {key!r}")
+            elif key in numbers:
+                try:
+                    values[key] = int(value)
+                except ValueError:
+                    raise ValueError(f"expected a whole number for {key}, got {value!r}") from None
+            else:
+                values[key] = value
+        return cls(**values, attributes=tuple(attributes))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageFilter:
+        """Inverse of as_dict.
+
+        Raises:
+            ValueError: an unknown field.
+        """
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown selection fields: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "attributes" in values:
+            values["attributes"] = tuple((str(k), str(v)) for k, v in values["attributes"])
+        return cls(**values)
 
 
-def _apply(statement: Select[Any], selection: ImageFilter) -> Select[Any]:
+def apply_filter(statement: SelectT, selection: ImageFilter) -> SelectT:
+    """Add the selection's conditions (and the joins they need) to a SELECT over image."""
     if selection.modality:
         statement = statement.where(Image.modality == selection.modality.upper())
     if selection.manufacturer:
@@ -48,6 +128,32 @@ def _apply(statement: Select[Any], selection: ImageFilter) -> Select[Any]:
         statement = statement.where(Image.rows >= selection.min_rows)
     if selection.min_columns is not None:
         statement = statement.where(Image.columns >= selection.min_columns)
+    if selection.min_size is not None:
+        statement = statement.where(
+            Image.rows >= selection.min_size, Image.columns >= selection.min_size
+        )
+    if selection.max_size is not None:
+        statement = statement.where(
+            Image.rows <= selection.max_size, Image.columns <= selection.max_size
+        )
+    for key, value in selection.attributes:
+        statement = statement.where(cast(Image.attributes[key].as_string(), String) == value)
+    if selection.finding or selection.reader:
+        label = select(Label.id).where(Label.image_id == Image.id)
+        if selection.finding:
+            label = label.where(
+                Label.class_name == selection.finding,
+                Label.origin == LabelOrigin.GROUND_TRUTH.value,
+            )
+        if selection.reader:
+            label = label.where(Label.reader == selection.reader)
+        statement = statement.where(label.exists())
+    if selection.dataset:
+        statement = statement.join(DatasetMember, DatasetMember.image_id == Image.id).where(
+            DatasetMember.version_id == _version_id(selection.dataset, selection.version)
+        )
+        if selection.split:
+            statement = statement.where(DatasetMember.split == selection.split)
     if selection.source:
         statement = statement.join(Source, Image.source_id == Source.id).where(
             Source.name == selection.source
@@ -67,6 +173,14 @@ def _apply(statement: Select[Any], selection: ImageFilter) -> Select[Any]:
     return statement
 
 
+def _version_id(dataset: str, version: int | None) -> ScalarSelect[int]:
+    """The id of a dataset's version (its newest when version is None), as a subquery."""
+    statement = select(DatasetVersion.id).join(Dataset).where(Dataset.name == dataset)
+    if version is not None:
+        return statement.where(DatasetVersion.version == version).scalar_subquery()
+    return statement.order_by(DatasetVersion.version.desc()).limit(1).scalar_subquery()
+
+
 def find_images(
     session: Session, *, selection: ImageFilter, limit: int | None = 100, offset: int = 0
 ) -> list[Image]:
@@ -75,7 +189,7 @@ def find_images(
     Series order is the scanner's instance order, then position along the slice
     normal: multi-volume series (fMRI, DWI) come volume by volume, each in space order.
     """
-    statement = _apply(select(Image), selection).options(
+    statement = apply_filter(select(Image), selection).options(
         selectinload(Image.series).selectinload(Series.study), selectinload(Image.renditions)
     )
     if selection.series_uid:
@@ -90,7 +204,7 @@ def find_images(
 
 def count_images(session: Session, *, selection: ImageFilter) -> int:
     """How many images match selection."""
-    return int(session.scalar(_apply(select(func.count(Image.id)), selection)) or 0)
+    return int(session.scalar(apply_filter(select(func.count(Image.id)), selection)) or 0)
 
 
 def get_image(session: Session, *, image_id: int) -> Image:

@@ -8,7 +8,7 @@ import traceback
 
 import typer
 
-from radlake.cli import browse, ingest_cmd, quickstart, render_cmd, sources_cmd
+from radlake.cli import browse, dataset_cmd, ingest_cmd, quickstart, render_cmd, sources_cmd
 from radlake.cli.output import err_console
 from radlake.errors import RadlakeError
 
@@ -28,6 +28,7 @@ app.command("jobs")(browse.jobs)
 app.command("render")(render_cmd.render)
 app.command("quickstart")(quickstart.quickstart)
 app.add_typer(sources_cmd.app, name="source")
+app.add_typer(dataset_cmd.app, name="dataset")
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

@@ -109,8 +109,12 @@ def render(
     index: int | None = None,
     plane: Plane = Plane.AXIAL,
     window: Window | None = None,
+    true_aspect: bool = True,
 ) -> Rendered:
     """Render one frame/slice (the middle one by default) or an orthogonal plane.
+
+    true_aspect resamples non-square pixels to their physical aspect; exports turn
+    it off so the picture keeps the stored rows x columns its boxes refer to.
 
     Raises:
         RenderError: the slice is out of range, or the request does not fit the image.
@@ -135,7 +139,8 @@ def render(
         if source.invert:
             grey = 255 - grey
         image = Image.fromarray(grey, "L")
-    target = _output_size(values.shape[:2], _aspect(source, plane), size)
+    aspect = _aspect(source, plane) if true_aspect else 1.0
+    target = _output_size(values.shape[:2], aspect, size)
     if target is not None and target != image.size:
         image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return Rendered(image=image, window=used, index=chosen, plane=plane)

@@ -1,0 +1,291 @@
+"""Reader agreement: how far the radiologists who read the same images agree.
+
+For images read by several readers (VinBigData: three of seventeen per image),
+`reader_agreement` reports per class and overall:
+
+- image-level agreement: among images where any reader reported the class, the
+  share where every reader did (overall: images where all readers report the same
+  set of classes; a reader with only "No finding" reports the empty set);
+- box F1: for every image and pair of its readers, the boxes of a class are matched
+  one-to-one at IoU >= 0.4, greedily by IoU (highest first), and scored
+  2 * matches / (boxes of A + boxes of B); the score is the mean over the
+  (image, reader pair) units with at least one box (overall: a pair's boxes of all
+  classes pooled, then the same mean);
+- Fleiss' kappa for the class being present, with images as subjects and readers as
+  raters, in its form for a varying number of raters per subject (the mean of the
+  per-image agreement P_i over images with two or more readers; category shares
+  pooled over all ratings). With the same number of readers on every image this is
+  exactly Fleiss (1971). Overall kappa pools every (image, class) as one subject.
+
+Images with a single reader take no part in the figures; their count is reported.
+Raises `AgreementError` (a `RadlakeError` and `ValueError`) for unusable input.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from itertools import combinations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from radlake.domain import Box, Finding
+from radlake.errors import RadlakeError
+
+NO_FINDING = "No finding"
+MATCH_IOU = 0.4
+COLUMNS = ("class", "images", "image agreement", "box F1", "kappa")
+Row = tuple[str, int, float | None, float | None, float | None]
+
+
+class AgreementError(RadlakeError, ValueError):
+    """Findings or parameters that agreement (or consensus) cannot work with."""
+
+
+def iou_matrix(a: ArrayLike, b: ArrayLike) -> NDArray[np.float64]:
+    """IoU of every box of `a` (n x 4: x_min, y_min, x_max, y_max) with every box of `b`.
+
+    Boxes of zero area overlap nothing (IoU 0), even themselves.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    wide = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    high = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(wide, 0.0, None) * np.clip(high, 0.0, None)
+
+    def area(x: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.clip(x[:, 2] - x[:, 0], 0.0, None) * np.clip(x[:, 3] - x[:, 1], 0.0, None)
+
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    result: NDArray[np.float64] = np.zeros_like(inter)
+    np.divide(inter, union, out=result, where=union > 0)
+    return result
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes (0 when they do not overlap)."""
+    return float(iou_matrix(box_array([a]), box_array([b]))[0, 0])
+
+
+def box_array(boxes: Sequence[Box]) -> NDArray[np.float64]:
+    """Boxes as an n x 4 array (x_min, y_min, x_max, y_max)."""
+    return np.asarray([(b.x_min, b.y_min, b.x_max, b.y_max) for b in boxes], np.float64).reshape(
+        -1, 4
+    )
+
+
+def match_boxes(a: ArrayLike, b: ArrayLike, threshold: float = MATCH_IOU) -> list[tuple[int, int]]:
+    """One-to-one matches (index in a, index in b) with IoU >= threshold, greedily by
+    IoU from the highest; equal IoUs go to the lower index of a, then of b."""
+    overlap = iou_matrix(a, b)
+    rows, cols = np.nonzero(overlap >= threshold)
+    matches: list[tuple[int, int]] = []
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    for k in np.lexsort((cols, rows, -overlap[rows, cols])):
+        i, j = int(rows[k]), int(cols[k])
+        if i not in used_a and j not in used_b:
+            matches.append((i, j))
+            used_a.add(i)
+            used_b.add(j)
+    return matches
+
+
+def fleiss_kappa(counts: ArrayLike) -> float | None:
+    """Fleiss' kappa of a subjects x categories table of rating counts.
+
+    Rows may have different totals (raters per subject); rows with fewer than two
+    ratings are left out. None when kappa is undefined: no usable row, or every
+    rating in one category (chance agreement is then 1).
+    """
+    table = np.asarray(counts, dtype=np.float64)
+    raters = table.sum(axis=1)
+    table, raters = table[raters >= 2], raters[raters >= 2]
+    if not len(table):
+        return None
+    agreement = float(np.mean(((table**2).sum(axis=1) - raters) / (raters * (raters - 1))))
+    chance = float(((table.sum(axis=0) / raters.sum()) ** 2).sum())
+    if chance >= 1.0 - 1e-12:
+        return None
+    return (agreement - chance) / (1.0 - chance)
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What each reader reported on one image: classes (without "No finding") and the
+    boxes per (reader, class) as n x 4 arrays in coordinate order."""
+
+    readers: tuple[str, ...]
+    classes: dict[str, frozenset[str]]
+    boxes: dict[tuple[str, str], NDArray[np.float64]]
+
+
+def collect_reads(findings: Sequence[Finding], *, no_finding: str = NO_FINDING) -> dict[int, Reads]:
+    """Findings grouped by image and reader; a reader with only `no_finding` reported
+    nothing, and a `no_finding` row's box, if any, is ignored.
+
+    Raises:
+        AgreementError: a finding names no reader (agreement needs to know who read).
+    """
+    anonymous = sorted({f.image_id for f in findings if f.reader is None})
+    if anonymous:
+        raise AgreementError(
+            f"expected every finding to name its reader, got findings without one on "
+            f"{len(anonymous)} images (first image id {anonymous[0]})"
+        )
+    classes: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    boxes: dict[int, dict[tuple[str, str], list[tuple[float, ...]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for f in findings:
+        reader = str(f.reader)
+        seen = classes[f.image_id][reader]  # a reader with nothing to report still counts
+        if f.class_name == no_finding:
+            continue
+        seen.add(f.class_name)
+        if f.box is not None:
+            box = (f.box.x_min, f.box.y_min, f.box.x_max, f.box.y_max)
+            boxes[f.image_id][reader, f.class_name].append(box)
+    return {
+        image_id: Reads(
+            tuple(sorted(by_reader)),
+            {r: frozenset(c) for r, c in by_reader.items()},
+            {k: np.asarray(sorted(v), np.float64) for k, v in boxes[image_id].items()},
+        )
+        for image_id, by_reader in sorted(classes.items())
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ClassAgreement:
+    """One row of the table: a class, or every class for the overall row."""
+
+    class_name: str
+    images: int
+    image_agreement: float | None
+    box_f1: float | None
+    kappa: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageAgreement:
+    """One image: its readers, the classes anyone reported, and how far they agree."""
+
+    image_id: int
+    readers: int
+    classes: tuple[str, ...]
+    all_agree: bool | None  # None with a single reader
+    box_f1: float | None  # None without boxes or with a single reader
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementReport:
+    """Per-class rows, the overall row and per-image rows of `reader_agreement`."""
+
+    classes: tuple[ClassAgreement, ...]
+    overall: ClassAgreement
+    images: tuple[ImageAgreement, ...]
+    single_reader_images: int
+    iou_threshold: float
+
+    def rows(self) -> list[Row]:
+        """Table rows under `COLUMNS`: every class, then the overall row."""
+        return [
+            (r.class_name, r.images, r.image_agreement, r.box_f1, r.kappa)
+            for r in (*self.classes, self.overall)
+        ]
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready form, as stored with a dataset version."""
+        return {
+            "method": {
+                "box_match": "greedy one-to-one by IoU",
+                "iou_threshold": self.iou_threshold,
+                "kappa": "Fleiss, varying raters per subject",
+            },
+            "overall": asdict(self.overall),
+            "classes": [asdict(r) for r in self.classes],
+            "images": [{**asdict(r), "classes": list(r.classes)} for r in self.images],
+            "single_reader_images": self.single_reader_images,
+        }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def reader_agreement(
+    findings: Sequence[Finding], *, iou_threshold: float = MATCH_IOU, no_finding: str = NO_FINDING
+) -> AgreementReport:
+    """Agreement of the readers of every image (see the module docstring for the measures).
+
+    Raises:
+        AgreementError: an IoU threshold outside (0, 1], or a finding without a reader.
+    """
+    check_threshold(iou_threshold)
+    reads = collect_reads(findings, no_finding=no_finding)
+    names = sorted({c for read in reads.values() for cs in read.classes.values() for c in cs})
+    reported: dict[str, int] = defaultdict(int)  # images where anyone reported the class
+    unanimous: dict[str, int] = defaultdict(int)
+    presence: dict[str, list[tuple[int, int]]] = {c: [] for c in names}  # (present, absent)
+    class_f1: dict[str, list[float]] = defaultdict(list)
+    pair_f1: list[float] = []
+    image_rows: list[ImageAgreement] = []
+    for image_id, read in reads.items():
+        sets = [read.classes[r] for r in read.readers]
+        union = frozenset().union(*sets)
+        if len(sets) < 2:
+            image_rows.append(ImageAgreement(image_id, 1, tuple(sorted(union)), None, None))
+            continue
+        for name in names:
+            present = sum(name in s for s in sets)
+            presence[name].append((present, len(sets) - present))
+            reported[name] += present > 0
+            unanimous[name] += present == len(sets)
+        scores: list[float] = []
+        for a, b in combinations(read.readers, 2):
+            matched = total = 0
+            for name in sorted(union):
+                boxes_a = read.boxes.get((a, name), np.empty((0, 4)))
+                boxes_b = read.boxes.get((b, name), np.empty((0, 4)))
+                if n_boxes := len(boxes_a) + len(boxes_b):
+                    found = len(match_boxes(boxes_a, boxes_b, iou_threshold))
+                    class_f1[name].append(2 * found / n_boxes)
+                    matched, total = matched + found, total + n_boxes
+            if total:
+                scores.append(2 * matched / total)
+        pair_f1.extend(scores)
+        same = all(s == sets[0] for s in sets)
+        image_rows.append(
+            ImageAgreement(image_id, len(sets), tuple(sorted(union)), same, _mean(scores))
+        )
+    multi = [r for r in image_rows if r.all_agree is not None]
+    rows = tuple(
+        ClassAgreement(
+            name,
+            reported[name],
+            unanimous[name] / reported[name] if reported[name] else None,
+            _mean(class_f1[name]),
+            fleiss_kappa(presence[name]) if presence[name] else None,
+        )
+        for name in names
+    )
+    pooled = [pair for name in names for pair in presence[name]]
+    overall = ClassAgreement(
+        "all classes",
+        len(multi),
+        sum(bool(r.all_agree) for r in multi) / len(multi) if multi else None,
+        _mean(pair_f1),
+        fleiss_kappa(pooled) if pooled else None,
+    )
+    return AgreementReport(
+        rows, overall, tuple(image_rows), len(image_rows) - len(multi), iou_threshold
+    )
+
+
+def check_threshold(iou_threshold: float) -> None:
+    """Raises AgreementError unless 0 < iou_threshold <= 1."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise AgreementError(f"expected an IoU threshold in (0, 1], got {iou_threshold}")

@@ -1,0 +1,335 @@
+"""Dataset versions in the catalog: select, split, fix the label set, hash, diff.
+
+A version is immutable: its selection, split spec, seed, label set, classes, member
+images with their split, a leakage report and a manifest hash. Creating a version
+again with nothing changed returns the existing one; a new version keeps the splits
+of the previous version's images (stability when data are added).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from radlake.catalog.models import (
+    Dataset,
+    DatasetMember,
+    DatasetVersion,
+    Image,
+    Label,
+    LabelClass,
+    Patient,
+    Series,
+    Study,
+)
+from radlake.catalog.queries import ImageFilter, apply_filter
+from radlake.curation.agreement import MATCH_IOU
+from radlake.curation.consensus import FUSION_NAME, consensus_findings
+from radlake.curation.splits import SplitItem, SplitSpec, assign_splits, check_leakage
+from radlake.domain import Box, Finding, LabelOrigin
+from radlake.errors import CatalogError, RadlakeError
+
+LABEL_SETS = ("readers", "consensus")
+_CHUNK = 500
+
+
+class DatasetError(RadlakeError, ValueError):
+    """A dataset request cannot be met (no images, unknown version, bad label set)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRequest:
+    """What a new version is made of."""
+
+    dataset: str
+    selection: ImageFilter
+    spec: SplitSpec = field(default_factory=SplitSpec.default)
+    seed: int = 0
+    label_set: str = "readers"
+    consensus_iou: float = 0.4
+    consensus_k: int = 2
+
+
+def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
+    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def selected_images(session: Session, selection: ImageFilter) -> list[tuple[int, str, str | None]]:
+    """(image id, sha256, patient pseudonym) of every image the selection matches."""
+    chosen = list(
+        session.execute(apply_filter(select(Image.id, Image.sha256), selection).order_by(Image.id))
+    )
+    pseudonyms: dict[int, str] = {}
+    for chunk in _chunks([image_id for image_id, _ in chosen]):
+        pseudonyms.update(
+            (image_id, pseudonym)
+            for image_id, pseudonym in session.execute(
+                select(Image.id, Patient.pseudonym)
+                .join(Series, Image.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id)
+                .join(Patient, Study.patient_id == Patient.id)
+                .where(Image.id.in_(chunk))
+            )
+        )
+    return [(image_id, sha, pseudonyms.get(image_id)) for image_id, sha in chosen]
+
+
+def ground_truth(session: Session, image_ids: Sequence[int]) -> dict[int, list[Finding]]:
+    """Every ground-truth label of the images, as findings (boxes in stored pixels)."""
+    found: dict[int, list[Finding]] = defaultdict(list)
+    for chunk in _chunks(image_ids):
+        rows = session.execute(
+            select(Label)
+            .where(Label.image_id.in_(chunk), Label.origin == LabelOrigin.GROUND_TRUTH.value)
+            .order_by(Label.image_id, Label.id)
+        ).scalars()
+        for label in rows:
+            box = (
+                None
+                if label.x_min is None
+                else Box(label.x_min, label.y_min or 0.0, label.x_max or 0.0, label.y_max or 0.0)
+            )
+            assert label.image_id is not None
+            found[label.image_id].append(
+                Finding(
+                    label.image_id, label.class_name, box, label.reader, LabelOrigin.GROUND_TRUTH
+                )
+            )
+    return found
+
+
+def version_findings(
+    session: Session, version: DatasetVersion, image_ids: Sequence[int]
+) -> dict[int, list[Finding]]:
+    """The findings of a version's label set: every reader's, or their consensus.
+
+    Raises:
+        AgreementError: a consensus over labels that carry no reader.
+    """
+    readers = ground_truth(session, image_ids)
+    if version.label_set == "readers":
+        return readers
+    fusion = version.fusion or {}
+    fused, _ = consensus_findings(
+        [finding for findings in readers.values() for finding in findings],
+        iou_threshold=float(fusion.get("iou_threshold", MATCH_IOU)),
+        min_readers=int(fusion.get("min_readers", 2)),
+    )
+    grouped: dict[int, list[Finding]] = defaultdict(list)
+    for finding in fused:
+        grouped[finding.image_id].append(finding)
+    return grouped
+
+
+def _classes(session: Session, findings: Mapping[int, Sequence[Finding]]) -> list[str]:
+    """Export classes: those with boxes (else all), in the source taxonomy's id order."""
+    boxed = {f.class_name for fs in findings.values() for f in fs if f.box is not None}
+    names = boxed or {f.class_name for fs in findings.values() for f in fs}
+    ids = {
+        name: class_id
+        for name, class_id in session.execute(
+            select(LabelClass.name, LabelClass.class_id).where(LabelClass.name.in_(sorted(names)))
+        )
+    }
+    return sorted(names, key=lambda n: (ids.get(n) is None, ids.get(n) or 0, n))
+
+
+def _manifest_hash(document: Mapping[str, Any]) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def latest_version(session: Session, dataset: str) -> DatasetVersion | None:
+    """The newest version of a dataset, if any."""
+    return session.scalar(
+        select(DatasetVersion)
+        .join(Dataset)
+        .where(Dataset.name == dataset)
+        .order_by(DatasetVersion.version.desc())
+        .limit(1)
+    )
+
+
+def get_version(session: Session, dataset: str, version: int | None) -> DatasetVersion:
+    """One version (the newest when version is None).
+
+    Raises:
+        DatasetError: no such dataset or version.
+    """
+    if version is None:
+        found = latest_version(session, dataset)
+    else:
+        found = session.scalar(
+            select(DatasetVersion)
+            .join(Dataset)
+            .where(Dataset.name == dataset, DatasetVersion.version == version)
+        )
+    if found is None:
+        which = f"version {version} of " if version is not None else ""
+        raise DatasetError(f"no {which}dataset {dataset!r}")
+    return found
+
+
+def members(session: Session, version_id: int) -> dict[int, str]:
+    """Image id -> split of a version."""
+    return {
+        image_id: split
+        for image_id, split in session.execute(
+            select(DatasetMember.image_id, DatasetMember.split).where(
+                DatasetMember.version_id == version_id
+            )
+        )
+    }
+
+
+def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVersion, bool]:
+    """Make a new version (or return the identical newest one); True when created.
+
+    Raises:
+        DatasetError: the selection matches no image, or the label set is unknown.
+    """
+    if request.label_set not in LABEL_SETS:
+        raise DatasetError(f"expected a label set in {LABEL_SETS}, got {request.label_set!r}")
+    selected = selected_images(session, request.selection)
+    if not selected:
+        raise DatasetError(f"the selection matches no image: {request.selection.as_dict()}")
+    previous = latest_version(session, request.dataset)
+    earlier = members(session, previous.id) if previous else None
+    image_ids = [image_id for image_id, _, _ in selected]
+    readers = ground_truth(session, image_ids)
+    items = [
+        SplitItem(
+            image_id,
+            pseudonym or f"image:{image_id}",
+            frozenset(f.class_name for f in readers.get(image_id, ())),
+        )
+        for image_id, _, pseudonym in selected
+    ]
+    assignment = assign_splits(items, request.spec, seed=request.seed, previous=earlier)
+    leakage = check_leakage(assignment, items).as_dict()
+    fusion = (
+        {
+            "name": FUSION_NAME,
+            "iou_threshold": request.consensus_iou,
+            "min_readers": request.consensus_k,
+        }
+        if request.label_set == "consensus"
+        else None
+    )
+    draft = DatasetVersion(label_set=request.label_set, fusion=fusion)
+    findings = version_findings(session, draft, image_ids)
+    classes = _classes(session, findings)
+    sha_of = {image_id: sha for image_id, sha, _ in selected}
+    document = {
+        "selection": request.selection.as_dict(),
+        "split_spec": str(request.spec),
+        "seed": request.seed,
+        "label_set": request.label_set,
+        "fusion": fusion,
+        "classes": classes,
+        "members": sorted((sha_of[i], s) for i, s in assignment.items()),
+        "labels": sorted(
+            (sha_of[i], f.class_name, f.reader or "", _box_text(f.box))
+            for i, fs in findings.items()
+            for f in fs
+        ),
+    }
+    manifest_hash = _manifest_hash(document)
+    if previous is not None and previous.manifest_hash == manifest_hash:
+        return previous, False
+    dataset = session.scalar(select(Dataset).where(Dataset.name == request.dataset))
+    if dataset is None:
+        dataset = Dataset(name=request.dataset)
+        session.add(dataset)
+        session.flush()
+    counts: dict[str, int] = defaultdict(int)
+    for split in assignment.values():
+        counts[split] += 1
+    version = DatasetVersion(
+        dataset_id=dataset.id,
+        version=(previous.version + 1) if previous else 1,
+        selection=request.selection.as_dict(),
+        split_spec={"spec": str(request.spec), "names": list(request.spec.names)},
+        seed=request.seed,
+        label_set=request.label_set,
+        fusion=fusion,
+        classes={"names": classes},
+        counts=dict(counts),
+        leakage=leakage,
+        manifest_hash=manifest_hash,
+    )
+    session.add(version)
+    session.flush()
+    rows = [{"version_id": version.id, "image_id": i, "split": s} for i, s in assignment.items()]
+    for start in range(0, len(rows), 5000):
+        session.execute(insert(DatasetMember), rows[start : start + 5000])
+    if not leakage["ok"]:
+        raise CatalogError(f"leakage check failed for {request.dataset}: {leakage}")
+    return version, True
+
+
+def _box_text(box: Box | None) -> str:
+    if box is None:
+        return ""
+    return ",".join(f"{v:.6f}" for v in (box.x_min, box.y_min, box.x_max, box.y_max))
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDiff:
+    """What changed from version a to version b."""
+
+    added: list[int]
+    removed: list[int]
+    moved: list[tuple[int, str, str]]
+    settings: dict[str, tuple[Any, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": len(self.added),
+            "removed": len(self.removed),
+            "moved": len(self.moved),
+            "examples": {
+                "added": self.added[:20],
+                "removed": self.removed[:20],
+                "moved": [list(m) for m in self.moved[:20]],
+            },
+            "settings": {k: {"a": a, "b": b} for k, (a, b) in self.settings.items()},
+        }
+
+
+def diff_versions(session: Session, dataset: str, a: int, b: int) -> VersionDiff:
+    """Images added, removed and moved between splits, and settings that changed.
+
+    Raises:
+        DatasetError: either version does not exist.
+    """
+    first, second = get_version(session, dataset, a), get_version(session, dataset, b)
+    old, new = members(session, first.id), members(session, second.id)
+    settings = {
+        name: (getattr(first, name), getattr(second, name))
+        for name in ("selection", "split_spec", "seed", "label_set", "fusion", "classes")
+        if getattr(first, name) != getattr(second, name)
+    }
+    return VersionDiff(
+        added=sorted(set(new) - set(old)),
+        removed=sorted(set(old) - set(new)),
+        moved=sorted((i, old[i], new[i]) for i in set(old) & set(new) if old[i] != new[i]),
+        settings=settings,
+    )
+
+
+def count_versions(session: Session, dataset: str) -> int:
+    """How many versions a dataset has."""
+    return int(
+        session.scalar(
+            select(func.count(DatasetVersion.id)).join(Dataset).where(Dataset.name == dataset)
+        )
+        or 0
+    )
