@@ -51,6 +51,9 @@ def test_iou_matrix_agrees_with_the_scalar_form() -> None:
         for j in range(7):
             assert matrix[i, j] == pytest.approx(iou(Box(*a[i]), Box(*b[j])))
     assert iou_matrix(np.empty((0, 4)), b).shape == (0, 7)
+    assert iou_matrix([], b).shape == (0, 7)
+    with pytest.raises(AgreementError, match="n x 4"):
+        iou_matrix([(0, 0, 1)], b)
 
 
 def test_matching_is_greedy_by_iou_and_one_to_one() -> None:
@@ -96,6 +99,8 @@ def test_fleiss_kappa_by_hand_with_a_varying_number_of_raters() -> None:
     assert fleiss_kappa([[2, 0], [1, 2], [1, 0]]) == pytest.approx(expected)
     assert fleiss_kappa([[3, 0], [3, 0]]) is None  # one category only: undefined
     assert fleiss_kappa([[1, 0]]) is None
+    with pytest.raises(AgreementError, match="subjects x categories"):
+        fleiss_kappa([1, 2, 3])
 
 
 # --- reader agreement -------------------------------------------------------------

@@ -8,7 +8,15 @@ import traceback
 
 import typer
 
-from radlake.cli import browse, dataset_cmd, ingest_cmd, quickstart, render_cmd, sources_cmd
+from radlake.cli import (
+    browse,
+    dataset_cmd,
+    ingest_cmd,
+    labels_cmd,
+    quickstart,
+    render_cmd,
+    sources_cmd,
+)
 from radlake.cli.output import err_console
 from radlake.errors import RadlakeError
 
@@ -29,6 +37,7 @@ app.command("render")(render_cmd.render)
 app.command("quickstart")(quickstart.quickstart)
 app.add_typer(sources_cmd.app, name="source")
 app.add_typer(dataset_cmd.app, name="dataset")
+app.add_typer(labels_cmd.app, name="labels")
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

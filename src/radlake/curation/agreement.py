@@ -48,9 +48,11 @@ def iou_matrix(a: ArrayLike, b: ArrayLike) -> NDArray[np.float64]:
     """IoU of every box of `a` (n x 4: x_min, y_min, x_max, y_max) with every box of `b`.
 
     Boxes of zero area overlap nothing (IoU 0), even themselves.
+
+    Raises:
+        AgreementError: an input that is not n x 4 (or empty).
     """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    a, b = _boxes(a), _boxes(b)
     wide = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
     high = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
     inter = np.clip(wide, 0.0, None) * np.clip(high, 0.0, None)
@@ -71,14 +73,26 @@ def iou(a: Box, b: Box) -> float:
 
 def box_array(boxes: Sequence[Box]) -> NDArray[np.float64]:
     """Boxes as an n x 4 array (x_min, y_min, x_max, y_max)."""
-    return np.asarray([(b.x_min, b.y_min, b.x_max, b.y_max) for b in boxes], np.float64).reshape(
-        -1, 4
-    )
+    coords = [(b.x_min, b.y_min, b.x_max, b.y_max) for b in boxes]
+    return np.asarray(coords, dtype=np.float64).reshape(-1, 4)
+
+
+def _boxes(value: ArrayLike) -> NDArray[np.float64]:
+    array = np.asarray(value, dtype=np.float64)
+    if array.size == 0:
+        return array.reshape(0, 4)
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise AgreementError(f"expected boxes as an n x 4 array, got shape {array.shape}")
+    return array
 
 
 def match_boxes(a: ArrayLike, b: ArrayLike, threshold: float = MATCH_IOU) -> list[tuple[int, int]]:
     """One-to-one matches (index in a, index in b) with IoU >= threshold, greedily by
-    IoU from the highest; equal IoUs go to the lower index of a, then of b."""
+    IoU from the highest; equal IoUs go to the lower index of a, then of b.
+
+    Raises:
+        AgreementError: boxes that are not n x 4.
+    """
     overlap = iou_matrix(a, b)
     rows, cols = np.nonzero(overlap >= threshold)
     matches: list[tuple[int, int]] = []
@@ -99,8 +113,13 @@ def fleiss_kappa(counts: ArrayLike) -> float | None:
     Rows may have different totals (raters per subject); rows with fewer than two
     ratings are left out. None when kappa is undefined: no usable row, or every
     rating in one category (chance agreement is then 1).
+
+    Raises:
+        AgreementError: a table that is not 2-D or holds negative counts.
     """
     table = np.asarray(counts, dtype=np.float64)
+    if table.ndim != 2 or (table < 0).any():
+        raise AgreementError(f"expected a subjects x categories table of counts, got {table.shape}")
     raters = table.sum(axis=1)
     table, raters = table[raters >= 2], raters[raters >= 2]
     if not len(table):

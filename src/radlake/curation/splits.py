@@ -6,9 +6,11 @@ patients) by iterative stratification (Sechidis, Tsoumakas and Vlahavas, ECML PK
 how many of the label it still lacks; the groups left fill each split to its size.
 A label's groups are placed as arrays (a seeded random order cut into one run per
 split), so the cost is a sort of the input plus O(images x labels), not a loop.
+Earlier assignments are kept: only groups never seen before are placed.
 
 Errors: `SplitSpecError` (a malformed spec) and `SplitInputError` (items, seed or
-previous assignment that cannot be split), both `RadlakeError` and `ValueError`."""
+previous assignment that cannot be split), both `RadlakeError` and `ValueError`.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ class SplitSpec:
 
     Counts are proportions: `training=11500,...` on 150,000 images gives 115,000
     training images; on exactly their sum they are met exactly.
+
+    Raises:
+        SplitSpecError: no names, names repeated or not of letters, digits, "_", "."
+            and "-", sizes that are not positive (or counts not whole), fractions
+            that do not sum to 1 within 1e-9.
     """
 
     names: tuple[str, ...]
@@ -117,13 +124,19 @@ class SplitSpec:
         """Images per split for `n` images, summing exactly to `n`.
 
         Largest-remainder rounding (Hamilton's method); ties go to the earlier split.
+
+        Raises:
+            SplitInputError: a negative `n`.
         """
+        if n < 0:
+            raise SplitInputError(f"expected a number of images >= 0, got {n}")
         if self.counts:  # exact integer quotas, so 15,000 gives 11500/750/... exactly
             total = int(sum(self.weights))
             quotas = [(n * int(w)) // total for w in self.weights]
             fracs = [((n * int(w)) % total) / total for w in self.weights]
         else:
-            exact = [n * w for w in self.weights]
+            total_weight = math.fsum(self.weights)  # so the quotas add up to n
+            exact = [n * w / total_weight for w in self.weights]
             quotas = [math.floor(q) for q in exact]
             fracs = [q - f for q, f in zip(exact, quotas, strict=True)]
         for i in sorted(range(len(quotas)), key=lambda i: -fracs[i])[: n - sum(quotas)]:

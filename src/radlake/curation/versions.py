@@ -86,34 +86,41 @@ def ground_truth(session: Session, image_ids: Sequence[int]) -> dict[int, list[F
     found: dict[int, list[Finding]] = defaultdict(list)
     for chunk in _chunks(image_ids):
         rows = session.execute(
-            select(Label)
+            select(
+                Label.image_id,
+                Label.class_name,
+                Label.reader,
+                Label.x_min,
+                Label.y_min,
+                Label.x_max,
+                Label.y_max,
+            )
             .where(Label.image_id.in_(chunk), Label.origin == LabelOrigin.GROUND_TRUTH.value)
             .order_by(Label.image_id, Label.id)
-        ).scalars()
-        for label in rows:
-            box = (
-                None
-                if label.x_min is None
-                else Box(label.x_min, label.y_min or 0.0, label.x_max or 0.0, label.y_max or 0.0)
-            )
-            assert label.image_id is not None
-            found[label.image_id].append(
-                Finding(
-                    label.image_id, label.class_name, box, label.reader, LabelOrigin.GROUND_TRUTH
-                )
+        )
+        for image_id, class_name, reader, x_min, y_min, x_max, y_max in rows:
+            assert image_id is not None  # selected by image id
+            corners = (x_min, y_min, x_max, y_max)
+            box = None if None in corners else Box(*corners)  # type: ignore[arg-type]
+            found[image_id].append(
+                Finding(image_id, class_name, box, reader, LabelOrigin.GROUND_TRUTH)
             )
     return found
 
 
 def version_findings(
-    session: Session, version: DatasetVersion, image_ids: Sequence[int]
-) -> dict[int, list[Finding]]:
+    session: Session,
+    version: DatasetVersion,
+    image_ids: Sequence[int],
+    readers: Mapping[int, list[Finding]] | None = None,
+) -> Mapping[int, list[Finding]]:
     """The findings of a version's label set: every reader's, or their consensus.
 
     Raises:
         AgreementError: a consensus over labels that carry no reader.
     """
-    readers = ground_truth(session, image_ids)
+    if readers is None:
+        readers = ground_truth(session, image_ids)
     if version.label_set == "readers":
         return readers
     fusion = version.fusion or {}
@@ -224,7 +231,7 @@ def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVe
         else None
     )
     draft = DatasetVersion(label_set=request.label_set, fusion=fusion)
-    findings = version_findings(session, draft, image_ids)
+    findings = version_findings(session, draft, image_ids, readers)
     classes = _classes(session, findings)
     sha_of = {image_id: sha for image_id, sha, _ in selected}
     document = {

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image as PILImage
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Row, select
 
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Export, Image
@@ -28,9 +28,19 @@ from radlake.storage.store import ObjectStore
 
 ExportFormat = Literal["yolo", "coco"]
 _EXTRA_KEYS = ("doi", "url", "dataset")
+_IMAGE_COLUMNS = (
+    Image.id,
+    Image.sha256,
+    Image.source_key,
+    Image.format,
+    Image.original_key,
+    Image.columns,
+    Image.rows,
+    Image.attributes,
+)
 
 
-def _stems(images: Sequence[Image]) -> dict[int, str]:
+def _stems(images: Sequence[Row[Any]]) -> dict[int, str]:
     """Readable, unique file stems: the source's own name, with the id on a clash."""
     stems: dict[int, str] = {}
     seen: set[str] = set()
@@ -74,11 +84,12 @@ def export_version(
                     f"version {chosen.version} of {dataset!r} has no split {split!r}"
                 )
         ids = sorted(assignment)
+        # Plain rows, not ORM objects: versions hold tens of thousands of images.
         images = [
             image
             for start in range(0, len(ids), 500)
-            for image in session.scalars(
-                select(Image).where(Image.id.in_(ids[start : start + 500]))
+            for image in session.execute(
+                select(*_IMAGE_COLUMNS).where(Image.id.in_(ids[start : start + 500]))
             )
         ]
         findings = version_findings(session, chosen, ids)

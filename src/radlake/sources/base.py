@@ -9,16 +9,18 @@ the source's attributes, places the image under its patient, and writes the labe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 
-from radlake.catalog.db import transaction
-from radlake.catalog.models import Image, Label, LabelClass
+from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.models import Image, Label, LabelClass, Source
 from radlake.catalog.persist import (
     CataloguedInput,
     HierarchyEntry,
@@ -135,16 +137,17 @@ def load_source(
         StorageError, CatalogError: the store or the catalog failed.
     """
     present = [r for r in load.records if r.path is not None]
-    sha_by_path: dict[str, str] = {}
+    sha_by_path = _already_catalogued(engine, [str(r.path) for r in present])
 
     def remember(result: CataloguedInput | RejectedInput) -> None:
         if isinstance(result, CataloguedInput):
             sha_by_path[result.source_key] = result.sha256
 
     summary = None
-    if present:
+    to_read = [str(r.path) for r in present if str(r.path) not in sha_by_path]
+    if to_read:
         summary = ingest(
-            [str(r.path) for r in present],
+            to_read,
             engine=engine,
             store=store,
             pseudonymizer=pseudonymizer,
@@ -173,7 +176,7 @@ def load_source(
         linked = {
             r.key: images[sha_by_path[str(r.path)]] for r in present if str(r.path) in sha_by_path
         }
-        _place_images(session, load, linked, pseudonymizer)
+        _place_images(session, load, source_id, linked, pseudonymizer)
         labels, boxes = _write_labels(session, source_id, load.records, linked)
     return SourceSummary(
         source=load.name,
@@ -184,6 +187,24 @@ def load_source(
         labels=labels,
         boxes=boxes,
     )
+
+
+def _already_catalogued(engine: Engine, paths: Sequence[str]) -> dict[str, str]:
+    """sha256 of files catalogued before under the same path and size (rsync's quick
+    check): a dataset re-described by its CSV does not re-read every image."""
+    found: dict[str, str] = {}
+    with session_factory(engine)() as session:
+        for start in range(0, len(paths), _CHUNK):
+            chunk = paths[start : start + _CHUNK]
+            for key, sha, size in session.execute(
+                select(Image.source_key, Image.sha256, Image.size_bytes).where(
+                    Image.source_key.in_(chunk)
+                )
+            ):
+                with contextlib.suppress(OSError):
+                    if os.stat(key).st_size == size:
+                        found[key] = sha
+    return found
 
 
 def _write_taxonomy(session: Any, source_id: int, taxonomy: Mapping[str, int | None]) -> None:
@@ -197,20 +218,53 @@ def _write_taxonomy(session: Any, source_id: int, taxonomy: Mapping[str, int | N
         session.execute(insert(LabelClass), rows)
 
 
-def _images_by_sha(session: Any, shas: Sequence[str]) -> dict[str, Image]:
-    found: dict[str, Image] = {}
+@dataclass(slots=True)
+class _Linked:
+    """The columns of a linked image that a source load reads or changes."""
+
+    id: int
+    columns: int
+    rows: int
+    source_id: int
+    series_id: int | None
+    modality: str | None
+    view_position: str | None
+    attributes: dict[str, Any]
+
+
+def _images_by_sha(session: Any, shas: Sequence[str]) -> dict[str, _Linked]:
+    # Plain rows, not ORM objects: a dataset links tens of thousands of images.
+    found: dict[str, _Linked] = {}
     for start in range(0, len(shas), _CHUNK):
-        chunk = shas[start : start + _CHUNK]
-        found.update(
-            (i.sha256, i) for i in session.scalars(select(Image).where(Image.sha256.in_(chunk)))
-        )
+        statement = select(
+            Image.sha256,
+            Image.id,
+            Image.columns,
+            Image.rows,
+            Image.source_id,
+            Image.series_id,
+            Image.modality,
+            Image.view_position,
+            Image.attributes,
+        ).where(Image.sha256.in_(shas[start : start + _CHUNK]))
+        for sha, *values in session.execute(statement):
+            found[sha] = _Linked(*values)
     return found
 
 
 def _place_images(
-    session: Any, load: SourceLoad, linked: Mapping[str, Image], pseudonymizer: Pseudonymizer
+    session: Any,
+    load: SourceLoad,
+    source_id: int,
+    linked: Mapping[str, _Linked],
+    pseudonymizer: Pseudonymizer,
 ) -> None:
-    """Source attributes, modality/view and a patient -> study -> series per image."""
+    """Source attributes, modality/view and a patient -> study -> series per image.
+
+    Images first ingested as a plain folder are claimed by the dataset that
+    describes them, so selecting by that source finds them.
+    """
+    generic = set(session.scalars(select(Source.id).where(Source.kind == "folder")))
     records = {r.key: r for r in load.records}
     entries: dict[str, HierarchyEntry] = {}
     for key, image in linked.items():
@@ -218,6 +272,8 @@ def _place_images(
         image.attributes = {**image.attributes, **record.attributes, "source_key": key}
         image.modality = image.modality or record.modality
         image.view_position = image.view_position or record.view
+        if image.source_id in generic:
+            image.source_id = source_id
         if image.series_id is None:  # DICOM keeps its real hierarchy
             pseudonym = pseudonymizer(record.patient_id) if record.patient_id else None
             entries[key] = HierarchyEntry(
@@ -229,10 +285,23 @@ def _place_images(
     series_ids = upsert_hierarchy(session, list(entries.values()))
     for key, entry in entries.items():
         linked[key].series_id = series_ids[entry.series_uid]
+    updates = [
+        {
+            "id": image.id,
+            "attributes": image.attributes,
+            "modality": image.modality,
+            "view_position": image.view_position,
+            "source_id": image.source_id,
+            "series_id": image.series_id,
+        }
+        for image in linked.values()
+    ]
+    for start in range(0, len(updates), 5000):
+        session.execute(update(Image), updates[start : start + 5000])  # bulk, by primary key
 
 
 def _write_labels(
-    session: Any, source_id: int, records: Sequence[SourceRecord], linked: Mapping[str, Image]
+    session: Any, source_id: int, records: Sequence[SourceRecord], linked: Mapping[str, _Linked]
 ) -> tuple[int, int]:
     keys = [r.key for r in records]
     for start in range(0, len(keys), _CHUNK):
