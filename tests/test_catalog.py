@@ -140,3 +140,38 @@ def test_the_way_up_postgres_catalog_s3_store_process_pool(
         assert len(list(store.list("derived/"))) == 4
         assert len(list(store.list("quarantine/"))) == 1
         engine.dispose()
+
+
+def test_sources_selection_and_versions_on_every_backend(catalog: Engine, tmp_path: Path) -> None:
+    """Labels, JSON attribute filters and dataset versions behave alike on all backends."""
+    from radlake.catalog.db import transaction
+    from radlake.curation.splits import SplitSpec
+    from radlake.curation.versions import VersionRequest, create_version
+    from radlake.sources.base import load_source
+    from radlake.sources.vinbigdata import read_vinbigdata
+    from tests.test_datasets import write_vinbigdata
+
+    write_vinbigdata(tmp_path / "vin", range(12))
+    summary = load_source(
+        read_vinbigdata(tmp_path / "vin"),
+        engine=catalog,
+        store=open_store((tmp_path / "store").as_uri()),
+        pseudonymizer=Pseudonymizer(SECRET),
+        executor=SerialExecutor(),
+    )
+    assert (summary.linked, summary.boxes) == (12, 24)
+    with session_factory(catalog)() as session:
+        by_attribute = ImageFilter(attributes=(("dataset", "vinbigdata"),))
+        assert count_images(session, selection=by_attribute) == 12
+        by_number = ImageFilter(attributes=(("original_columns", "2560"),))
+        assert count_images(session, selection=by_number) == 12
+        assert count_images(session, selection=ImageFilter(finding="Cardiomegaly")) == 4
+    request = VersionRequest(
+        "vin", ImageFilter(source="vinbigdata"), SplitSpec.parse("training=0.5,test=0.5")
+    )
+    with transaction(catalog) as session:
+        version, created = create_version(session, request)
+        assert created and version.leakage["ok"]
+    with session_factory(catalog)() as session:
+        in_test = count_images(session, selection=ImageFilter(dataset="vin", split="test"))
+    assert in_test == 6
