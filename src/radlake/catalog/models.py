@@ -304,3 +304,39 @@ class Export(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     manifest_hash: Mapped[str] = mapped_column(SHA256)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """An API token: only its SHA-256 is kept; the token itself is shown once."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(SHA256, unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Who read or changed what, and when (downloads, uploads, token changes)."""
+
+    __tablename__ = "audit_event"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_token.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    target: Mapped[str] = mapped_column(String(500))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Cohort(Base):
+    """A saved, named query (a filter), e.g. `notumor_ax`."""
+
+    __tablename__ = "cohort"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    selection: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -182,7 +182,12 @@ def _version_id(dataset: str, version: int | None) -> ScalarSelect[int]:
 
 
 def find_images(
-    session: Session, *, selection: ImageFilter, limit: int | None = 100, offset: int = 0
+    session: Session,
+    *,
+    selection: ImageFilter,
+    limit: int | None = 100,
+    offset: int = 0,
+    after_id: int | None = None,
 ) -> list[Image]:
     """Images matching selection: a series in slice order, everything else by id.
 
@@ -192,10 +197,12 @@ def find_images(
     statement = apply_filter(select(Image), selection).options(
         selectinload(Image.series).selectinload(Series.study), selectinload(Image.renditions)
     )
-    if selection.series_uid:
+    if selection.series_uid and after_id is None:
         statement = statement.order_by(Image.instance_number, Image.slice_position, Image.id)
     else:
         statement = statement.order_by(Image.id)
+    if after_id:  # keyset pagination: stable however the catalog grows
+        statement = statement.where(Image.id > after_id)
     statement = statement.offset(offset)
     if limit is not None:
         statement = statement.limit(limit)

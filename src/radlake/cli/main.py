@@ -15,6 +15,7 @@ from radlake.cli import (
     labels_cmd,
     quickstart,
     render_cmd,
+    serve_cmd,
     sources_cmd,
 )
 from radlake.cli.output import err_console
@@ -38,6 +39,8 @@ app.command("quickstart")(quickstart.quickstart)
 app.add_typer(sources_cmd.app, name="source")
 app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(labels_cmd.app, name="labels")
+app.command("serve")(serve_cmd.serve)
+app.add_typer(serve_cmd.token_app, name="token")
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,35 @@
+"""Builds the FastAPI app: routers, error mapping, the lake in app.state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from radlake import __version__
+from radlake.api import errors
+from radlake.api.routes import catalog, datasets, downloads, images
+from radlake.lake import Lake, load_settings, open_lake
+
+DEFAULT_UPLOAD_LIMIT = 512 * 1024 * 1024
+
+
+def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> FastAPI:
+    """The API over lake (default: the lake RADLAKE_* settings describe)."""
+    app = FastAPI(
+        title="radlake",
+        version=__version__,
+        description="Medical imaging data lake. Every route but /health needs a token.",
+    )
+    app.state.lake = lake if lake is not None else open_lake(load_settings())
+    app.state.upload_limit = upload_limit
+    errors.install(app)
+
+    @app.get("/health", tags=["operations"])
+    def health() -> dict[str, Any]:
+        """Liveness: no token needed, no data returned."""
+        return {"status": "ok", "version": __version__}
+
+    for module in (images, catalog, datasets, downloads):
+        app.include_router(module.router)
+    return app

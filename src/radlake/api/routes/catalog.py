@@ -1,0 +1,133 @@
+"""Series and studies with their images; jobs, quarantine, stats and the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from sqlalchemy import func, select
+
+from radlake.api.deps import Admin, DbSession, Viewer
+from radlake.api.serialize import image_item
+from radlake.catalog.models import (
+    AuditEvent,
+    DatasetMember,
+    Image,
+    Label,
+    Series,
+    Source,
+    Study,
+)
+from radlake.catalog.queries import ImageFilter, find_images, list_quarantine, recent_jobs
+from radlake.catalog.serialize import job_row, quarantine_row
+from radlake.domain import LabelOrigin
+
+router = APIRouter(tags=["catalog"])
+Uid = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$", description="A DICOM UID")]
+
+
+@router.get("/series/{uid}")
+def series(uid: Uid, caller: Viewer, session: DbSession) -> dict[str, Any]:
+    """One series and its images in slice order."""
+    found = session.scalar(select(Series).where(Series.series_uid == uid))
+    if found is None:
+        raise HTTPException(404, detail="no series with this UID")
+    images = find_images(session, selection=ImageFilter(series_uid=uid), limit=None)
+    return {
+        "series_uid": uid,
+        "modality": found.modality,
+        "description": found.description,
+        "series_number": found.series_number,
+        "images": [image_item(image) for image in images],
+    }
+
+
+@router.get("/studies/{uid}")
+def study(uid: Uid, caller: Viewer, session: DbSession) -> dict[str, Any]:
+    """One study, its series and their images."""
+    found = session.scalar(select(Study).where(Study.study_uid == uid))
+    if found is None:
+        raise HTTPException(404, detail="no study with this UID")
+    members = session.scalars(select(Series).where(Series.study_id == found.id).order_by(Series.id))
+    return {
+        "study_uid": uid,
+        "series": [
+            {
+                "series_uid": s.series_uid,
+                "modality": s.modality,
+                "images": [
+                    image_item(image)
+                    for image in find_images(
+                        session, selection=ImageFilter(series_uid=s.series_uid), limit=None
+                    )
+                ],
+            }
+            for s in members
+        ],
+    }
+
+
+@router.get("/jobs")
+def jobs(
+    caller: Viewer, session: DbSession, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[dict[str, Any]]:
+    """Recent jobs with status, counts and timings."""
+    return [job_row(job) for job in recent_jobs(session, limit=limit)]
+
+
+@router.get("/quarantine")
+def quarantine(
+    caller: Viewer, session: DbSession, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+) -> list[dict[str, Any]]:
+    """Rejected inputs with their reasons."""
+    return [quarantine_row(row) for row in list_quarantine(session, limit=limit)]
+
+
+def _counts(session: DbSession, column: Any, *joins: Any) -> dict[str, int]:
+    statement = select(column, func.count(func.distinct(Image.id))).select_from(Image)
+    for join in joins:
+        statement = statement.join(*join)
+    rows = session.execute(statement.group_by(column).order_by(column))
+    return {str(key) if key is not None else "unknown": int(n) for key, n in rows}
+
+
+@router.get("/stats")
+def stats(caller: Viewer, session: DbSession) -> dict[str, Any]:
+    """Counts by modality, view, class, split and source (for filters and dashboards)."""
+    return {
+        "images": int(session.scalar(select(func.count(Image.id))) or 0),
+        "modality": _counts(session, Image.modality),
+        "view": _counts(session, Image.view_position),
+        "format": _counts(session, Image.format),
+        "source": _counts(session, Source.name, (Source, Image.source_id == Source.id)),
+        "class": _counts(
+            session,
+            Label.class_name,
+            (
+                Label,
+                (Label.image_id == Image.id) & (Label.origin == LabelOrigin.GROUND_TRUTH.value),
+            ),
+        ),
+        "split": _counts(
+            session, DatasetMember.split, (DatasetMember, DatasetMember.image_id == Image.id)
+        ),
+    }
+
+
+@router.get("/audit")
+def audit_log(
+    caller: Admin, session: DbSession, limit: Annotated[int, Query(ge=1, le=10_000)] = 200
+) -> list[dict[str, Any]]:
+    """Who downloaded or uploaded what, newest first (admins only)."""
+    rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
+    return [
+        {
+            "id": e.id,
+            "actor": e.actor,
+            "action": e.action,
+            "target": e.target,
+            "detail": e.detail,
+            "created_at": e.created_at,
+        }
+        for e in rows
+    ]

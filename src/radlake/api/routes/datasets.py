@@ -1,0 +1,103 @@
+"""Datasets, versions with split counts, and exports in a trainer's format."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from radlake.api import audit
+from radlake.api.deps import DbSession, LakeDep, Viewer
+from radlake.api.zipstream import ZipEntry, stream_zip
+from radlake.catalog.models import Dataset, DatasetVersion
+from radlake.curation.versions import get_version
+from radlake.formats.sink import FolderSink
+from radlake.pipelines.export import export_version
+
+router = APIRouter(tags=["datasets"])
+Name = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+Version = Annotated[int, Path(ge=1, le=1_000_000)]
+
+
+def version_item(version: DatasetVersion) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "selection": version.selection,
+        "split_spec": version.split_spec.get("spec"),
+        "seed": version.seed,
+        "label_set": version.label_set,
+        "fusion": version.fusion,
+        "classes": version.classes.get("names", []),
+        "splits": version.counts,
+        "leakage": version.leakage,
+        "manifest_hash": version.manifest_hash,
+        "created_at": version.created_at,
+    }
+
+
+@router.get("/datasets")
+def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
+    """Every dataset with its versions' split counts."""
+    rows = session.scalars(
+        select(DatasetVersion).join(Dataset).order_by(Dataset.name, DatasetVersion.version)
+    )
+    found: dict[str, list[dict[str, Any]]] = {}
+    for version in rows:
+        found.setdefault(version.dataset.name, []).append(version_item(version))
+    return [{"name": name, "versions": versions} for name, versions in found.items()]
+
+
+@router.get("/datasets/{name}/versions/{version}")
+def dataset_version(
+    name: Name, version: Version, caller: Viewer, session: DbSession
+) -> dict[str, Any]:
+    """One version: selection, split spec, seed, label set, split counts, leakage, hash."""
+    return {"name": name} | version_item(get_version(session, name, version))
+
+
+@router.get("/datasets/{name}/versions/{version}/export")
+def export(
+    name: Name,
+    version: Version,
+    caller: Viewer,
+    session: DbSession,
+    lake: LakeDep,
+    format: Literal["coco", "yolo"] = "coco",
+    split: Annotated[str | None, Query(max_length=40)] = None,
+) -> StreamingResponse:
+    """The version's labels in COCO or YOLO form (no images), as a zip with its manifest."""
+    get_version(session, name, version)
+    folder = FilePath(tempfile.mkdtemp(prefix="radlake-export-"))
+    export_version(
+        engine=lake.engine,
+        store=lake.store,
+        dataset=name,
+        version=version,
+        fmt=format,
+        sink=FolderSink(folder),
+        location=f"api:{caller.name}",
+        split=split,
+        labels_only=True,
+    )
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    audit.record(lake, caller, "download.export", f"dataset/{name}/{version}", format=format)
+    entries = [ZipEntry(str(p.relative_to(folder)), p.read_bytes) for p in files]
+    return StreamingResponse(
+        _then_clean(stream_zip(entries), folder),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}-v{version}-{format}.zip"'},
+    )
+
+
+def _then_clean(chunks: Iterator[bytes], folder: FilePath) -> Iterator[bytes]:
+    """Stream, then remove the temporary export folder (also when the client leaves)."""
+    try:
+        yield from chunks
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

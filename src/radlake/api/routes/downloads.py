@@ -1,0 +1,252 @@
+"""Bulk downloads as streamed zips: a filter, a dataset split, or a saved cohort.
+
+The archive is written while it is sent: the first byte leaves as soon as the
+matching rows are known, and memory holds about one image at a time. metadata.csv
+(every image's fields and labels) comes last, built when the images are done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import Row, select
+from sqlalchemy.exc import IntegrityError
+
+from radlake.api import audit
+from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.zipstream import ZipEntry, stream_zip
+from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.models import Cohort, Image, Label
+from radlake.catalog.queries import ImageFilter, apply_filter
+from radlake.curation.versions import get_version
+from radlake.domain import ImageFormat
+from radlake.imaging.formats import reader_for
+from radlake.imaging.render import render
+from radlake.lake import Lake
+from radlake.storage.keys import derived_key
+
+router = APIRouter(tags=["downloads"])
+Content = Literal["preview", "rendered", "original"]
+_COLUMNS = (
+    Image.id,
+    Image.sha256,
+    Image.format,
+    Image.original_key,
+    Image.modality,
+    Image.view_position,
+    Image.manufacturer,
+    Image.rows,
+    Image.columns,
+    Image.source_key,
+)
+CSV_FIELDS = (
+    "id",
+    "file",
+    "sha256",
+    "format",
+    "modality",
+    "view",
+    "manufacturer",
+    "rows",
+    "columns",
+    "findings",
+    "boxes",
+)
+
+
+class CohortIn(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    filter: dict[str, Any] = Field(default_factory=dict)
+
+
+def _rows(session: DbSession, selection: ImageFilter) -> list[Row[Any]]:
+    return list(session.execute(apply_filter(select(*_COLUMNS), selection).order_by(Image.id)))
+
+
+def _reader(
+    lake: Lake, row: Row[Any], content: Content, fmt: str, size: int
+) -> Callable[[], bytes]:
+    def read() -> bytes:
+        if content == "original":
+            return lake.store.get_bytes(row.original_key)
+        if content == "preview":
+            return lake.store.get_bytes(derived_key(row.sha256, "preview", "png"))
+        source = reader_for(ImageFormat(row.format)).open_pixels(
+            lake.store.get_bytes(row.original_key)
+        )
+        return render(source, size=size).encode(fmt)
+
+    return read
+
+
+def _file_name(row: Row[Any], content: Content, fmt: str) -> str:
+    if content == "original":
+        return f"images/{row.id}.{ImageFormat(row.format).extension}"
+    return f"images/{row.id}.{'png' if content == 'preview' else 'jpg' if fmt == 'jpeg' else 'png'}"
+
+
+def _metadata_csv(
+    lake: Lake, rows: Sequence[Row[Any]], names: Sequence[str]
+) -> Callable[[], bytes]:
+    def read() -> bytes:
+        findings: dict[int, set[str]] = {}
+        boxes: dict[int, int] = {}
+        ids = [row.id for row in rows]
+        with session_factory(lake.engine)() as session:
+            for start in range(0, len(ids), 500):
+                for image_id, class_name, x_min in session.execute(
+                    select(Label.image_id, Label.class_name, Label.x_min).where(
+                        Label.image_id.in_(ids[start : start + 500])
+                    )
+                ):
+                    assert image_id is not None
+                    findings.setdefault(image_id, set()).add(class_name)
+                    boxes[image_id] = boxes.get(image_id, 0) + (x_min is not None)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_FIELDS)
+        for row, name in zip(rows, names, strict=True):
+            writer.writerow(
+                (
+                    row.id,
+                    name,
+                    row.sha256,
+                    row.format,
+                    row.modality or "",
+                    row.view_position or "",
+                    row.manufacturer or "",
+                    row.rows,
+                    row.columns,
+                    "|".join(sorted(findings.get(row.id, ()))),
+                    boxes.get(row.id, 0),
+                )
+            )
+        return buffer.getvalue().encode()
+
+    return read
+
+
+def _zip(
+    lake: Lake,
+    caller: Caller,
+    rows: list[Row[Any]],
+    target: str,
+    filename: str,
+    content: Content,
+    fmt: str,
+    size: int,
+) -> StreamingResponse:
+    names = [_file_name(row, content, fmt) for row in rows]
+    # Rendered images are already compressed: stored, not deflated again.
+    entries = [
+        ZipEntry(name, _reader(lake, row, content, fmt, size), compress=False)
+        for row, name in zip(rows, names, strict=True)
+    ]
+    entries.append(ZipEntry("metadata.csv", _metadata_csv(lake, rows, names)))
+    audit.record(lake, caller, "download.zip", target, images=len(rows), content=content)
+    return StreamingResponse(
+        stream_zip(entries),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get("/images.zip")
+def images_zip(
+    caller: Viewer,
+    session: DbSession,
+    lake: LakeDep,
+    selection: Selection,
+    content: Content = "preview",
+    format: Literal["jpeg", "png"] = "jpeg",
+    size: Annotated[int, Query(ge=16, le=4096)] = 512,
+) -> StreamingResponse:
+    """Every image matching the filter (stored previews, renderings or originals) + metadata.csv."""
+    rows = _rows(session, selection)
+    return _zip(
+        lake, caller, rows, f"images?{selection.as_dict()}", "images.zip", content, format, size
+    )
+
+
+@router.get("/datasets/{name}/versions/{version}/splits/{split}.zip")
+def split_zip(
+    name: Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
+    version: Annotated[int, Path(ge=1, le=1_000_000)],
+    split: Annotated[str, Path(max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")],
+    caller: Viewer,
+    session: DbSession,
+    lake: LakeDep,
+    content: Content = "preview",
+    format: Literal["jpeg", "png"] = "jpeg",
+    size: Annotated[int, Query(ge=16, le=4096)] = 512,
+) -> StreamingResponse:
+    """One split of a dataset version as a zip."""
+    get_version(session, name, version)
+    rows = _rows(session, ImageFilter(dataset=name, version=version, split=split))
+    if not rows:
+        raise HTTPException(404, detail=f"version {version} of {name!r} has no split {split!r}")
+    return _zip(
+        lake,
+        caller,
+        rows,
+        f"dataset/{name}/{version}/{split}",
+        f"{name}-v{version}-{split}.zip",
+        content,
+        format,
+        size,
+    )
+
+
+@router.post("/cohorts", status_code=201)
+def save_cohort(body: CohortIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
+    """Save a named query (curators)."""
+    try:
+        selection = ImageFilter.from_dict(body.filter)
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    try:
+        with transaction(lake.engine) as session:
+            session.add(
+                Cohort(name=body.name, selection=selection.as_dict(), created_by=caller.name)
+            )
+    except IntegrityError:
+        raise HTTPException(409, detail=f"a cohort named {body.name!r} exists") from None
+    return {"name": body.name, "filter": selection.as_dict()}
+
+
+@router.get("/cohorts")
+def cohorts(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
+    """Saved cohorts."""
+    return [
+        {
+            "name": c.name,
+            "filter": c.selection,
+            "created_by": c.created_by,
+            "created_at": c.created_at,
+        }
+        for c in session.scalars(select(Cohort).order_by(Cohort.name))
+    ]
+
+
+@router.get("/cohorts/{name}.zip")
+def cohort_zip(
+    name: Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
+    caller: Viewer,
+    session: DbSession,
+    lake: LakeDep,
+    content: Content = "preview",
+    format: Literal["jpeg", "png"] = "jpeg",
+    size: Annotated[int, Query(ge=16, le=4096)] = 512,
+) -> StreamingResponse:
+    """A saved cohort's images as a zip."""
+    cohort = session.scalar(select(Cohort).where(Cohort.name == name))
+    if cohort is None:
+        raise HTTPException(404, detail=f"no cohort named {name!r}")
+    rows = _rows(session, ImageFilter.from_dict(cohort.selection))
+    return _zip(lake, caller, rows, f"cohort/{name}", f"{name}.zip", content, format, size)

@@ -1,0 +1,185 @@
+"""Images: query, one image, original bytes, renderings, labels, upload."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
+from sqlalchemy import select
+
+from radlake.api import audit
+from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.serialize import image_full, image_item, label_item
+from radlake.catalog.models import Image, Label
+from radlake.catalog.queries import count_images, find_images, get_image
+from radlake.domain import ImageFormat, Plane
+from radlake.errors import ImageError, ObjectNotFound, RenderError
+from radlake.imaging.formats import detect_format, reader_for
+from radlake.imaging.pixels import Window
+from radlake.imaging.render import PREVIEW_SIZE, render
+from radlake.pipelines.executor import SerialExecutor
+from radlake.pipelines.ingest import ingest
+from radlake.storage.keys import derived_key
+
+router = APIRouter(tags=["images"])
+ImageId = Annotated[int, Path(ge=1, le=2**62, description="Image id")]
+MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+CACHE_CONTROL = "private, max-age=3600"
+UPLOAD_CHUNK = 1 << 20
+
+
+@router.get("/images")
+def list_images(
+    caller: Viewer,
+    session: DbSession,
+    selection: Selection,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[int, Query(ge=0, le=2**62, description="Last id of the previous page")] = 0,
+) -> dict[str, Any]:
+    """Images matching the filter, in id order, a page at a time."""
+    total = count_images(session, selection=selection)
+    page = find_images(session, selection=selection, limit=limit + 1, after_id=cursor)
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "total": total,
+        "images": [image_item(image) for image in page],
+        "next_cursor": page[-1].id if more and page else None,
+    }
+
+
+@router.get("/images/{image_id}")
+def one_image(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str, Any]:
+    """Every catalogued field of one image."""
+    return image_full(get_image(session, image_id=image_id))
+
+
+@router.get("/images/{image_id}/original")
+def original(image_id: ImageId, caller: Viewer, session: DbSession, lake: LakeDep) -> Response:
+    """The bytes as received."""
+    image = get_image(session, image_id=image_id)
+    data = lake.store.get_bytes(image.original_key)
+    audit.record(lake, caller, "download.original", f"image/{image_id}", bytes=len(data))
+    extension = ImageFormat(image.format).extension
+    return Response(
+        data,
+        media_type="application/dicom" if image.format == "dicom" else "application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{image.sha256[:16]}.{extension}"',
+            "ETag": f'"{image.sha256}"',
+            "Cache-Control": CACHE_CONTROL,
+        },
+    )
+
+
+@router.get("/images/{image_id}/render")
+def rendering(
+    image_id: ImageId,
+    request: Request,
+    caller: Viewer,
+    session: DbSession,
+    lake: LakeDep,
+    format: Literal["png", "jpeg"] = "png",
+    size: Annotated[int, Query(ge=16, le=4096)] = PREVIEW_SIZE,
+    slice_index: Annotated[int | None, Query(alias="slice", ge=0, le=100_000)] = None,
+    plane: Plane = Plane.AXIAL,
+    window: Annotated[str | None, Query(max_length=40, description="CENTER,WIDTH")] = None,
+) -> Response:
+    """A rendering, served from the store when it exists (the preview, or an earlier
+    request with the same parameters), else made and kept; ETag revalidation is free."""
+    image = get_image(session, image_id=image_id)
+    chosen = Window.parse(window) if window else None  # ValueError -> 422
+    params = f"{format}|{size}|{slice_index}|{plane.value}|{window}"
+    digest = hashlib.sha256(params.encode()).hexdigest()[:16]
+    etag = f'"{image.sha256[:16]}-{digest}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    is_preview = params == f"png|{PREVIEW_SIZE}|None|axial|None"
+    key = (
+        derived_key(image.sha256, "preview", "png")
+        if is_preview
+        else derived_key(image.sha256, f"render-{digest}", "jpg" if format == "jpeg" else "png")
+    )
+    try:
+        data = lake.store.get_bytes(key)
+    except ObjectNotFound:
+        source = reader_for(ImageFormat(image.format)).open_pixels(
+            lake.store.get_bytes(image.original_key)
+        )
+        data = render(source, size=size, index=slice_index, plane=plane, window=chosen).encode(
+            format
+        )
+        lake.store.put_bytes(key, data)
+    return Response(data, media_type=MEDIA[format], headers=headers)
+
+
+@router.get("/images/{image_id}/labels")
+def labels(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str, Any]:
+    """Boxes and image-level findings with class, reader, origin and confidence."""
+    get_image(session, image_id=image_id)
+    rows = session.scalars(select(Label).where(Label.image_id == image_id).order_by(Label.id))
+    return {"image_id": image_id, "labels": [label_item(label) for label in rows]}
+
+
+def _save_upload(file: UploadFile, folder: FilePath, limit: int) -> FilePath:
+    """Copy the upload to a file named by us (never by the client), up to limit bytes."""
+    target = folder / "upload"
+    written = 0
+    with target.open("wb") as out:
+        while chunk := file.file.read(UPLOAD_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise HTTPException(413, detail=f"upload larger than the {limit}-byte limit")
+            out.write(chunk)
+    if written == 0:
+        raise HTTPException(422, detail="empty file (0 bytes)")
+    return target
+
+
+@router.post("/images", status_code=201)
+def upload(
+    request: Request,
+    caller: Curator,
+    session: DbSession,
+    lake: LakeDep,
+    file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG file")],
+) -> dict[str, Any]:
+    """Ingest one image through the usual pipeline; 422 with the reason if it is not one."""
+    limit: int = request.app.state.upload_limit
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise HTTPException(413, detail=f"upload larger than the {limit}-byte limit")
+    folder = FilePath(tempfile.mkdtemp(prefix="radlake-upload-"))
+    try:
+        path = _save_upload(file, folder, limit)
+        data = path.read_bytes()
+        try:
+            fmt = detect_format(data)
+            if fmt is ImageFormat.NIFTI:
+                raise RenderError("expected a DICOM, PNG or JPEG upload, got NIfTI")
+            metadata, open_pixels = reader_for(fmt).read(data, lake.pseudonymizer)
+            render(open_pixels(), size=64)  # decodes: truncated or bomb inputs fail here
+        except ImageError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        sha256 = hashlib.sha256(data).hexdigest()
+        ingest(
+            [path],
+            engine=lake.engine,
+            store=lake.store,
+            pseudonymizer=lake.pseudonymizer,
+            source="upload",
+            source_kind="upload",
+            executor=SerialExecutor(),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    image_id = session.scalar(select(Image.id).where(Image.sha256 == sha256))
+    if image_id is None:
+        raise HTTPException(422, detail="the upload could not be catalogued")
+    audit.record(lake, caller, "upload", f"image/{image_id}", bytes=len(data), format=fmt.value)
+    return {"id": image_id, "sha256": sha256, "format": fmt.value, "modality": metadata.modality}

@@ -1,0 +1,90 @@
+"""API tokens: random secrets shown once; only their SHA-256 is stored.
+
+Roles are ordered: viewer < curator < admin. Viewers read; curators also upload and
+create datasets; admins also manage tokens and read the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from enum import IntEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from radlake.catalog.models import ApiToken, AuditEvent, utcnow
+from radlake.errors import RadlakeError
+
+TOKEN_PREFIX = "rl_"  # noqa: S105 (a prefix, not a secret)
+
+
+class Role(IntEnum):
+    VIEWER = 1
+    CURATOR = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        """'viewer' -> Role.VIEWER.
+
+        Raises:
+            TokenError: not one of viewer, curator, admin.
+        """
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise TokenError(f"expected a role viewer, curator or admin, got {text!r}") from None
+
+
+class TokenError(RadlakeError, ValueError):
+    """A token request cannot be met (duplicate name, unknown token, bad role)."""
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, *, name: str, role: Role) -> str:
+    """A new token for name (shown once; only its hash is kept).
+
+    Raises:
+        TokenError: a token with this name exists.
+    """
+    if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
+        raise TokenError(f"a token named {name!r} exists: revoke it or choose another name")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(name=name, role=role.name.lower(), token_hash=hash_token(token)))
+    session.add(
+        AuditEvent(
+            actor="cli", action="token.create", target=name, detail={"role": role.name.lower()}
+        )
+    )
+    return token
+
+
+def revoke_token(session: Session, *, name: str) -> None:
+    """Revoke the named token.
+
+    Raises:
+        TokenError: no active token has this name.
+    """
+    token = session.scalar(
+        select(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+    )
+    if token is None:
+        raise TokenError(f"no active token named {name!r}")
+    token.revoked_at = utcnow()
+    session.add(AuditEvent(actor="cli", action="token.revoke", target=name))
+
+
+def verify_token(session: Session, token: str) -> ApiToken | None:
+    """The active token matching token, or None."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    return session.scalar(
+        select(ApiToken).where(
+            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
+        )
+    )

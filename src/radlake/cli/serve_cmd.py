@@ -1,0 +1,70 @@
+"""`radlake serve` and `radlake token create|revoke|list`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from radlake.auth import Role, create_token, revoke_token
+from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.models import ApiToken
+from radlake.cli.output import console
+from radlake.lake import load_settings, open_lake
+
+token_app = typer.Typer(help="API tokens (only their hashes are stored).")
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the REST API (OpenAPI at /docs)."""
+    import uvicorn
+
+    open_lake(load_settings())  # fail here, in one line, if there is no lake
+    uvicorn.run(
+        "radlake.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+@token_app.command("create")
+def create(
+    name: str,
+    role: Annotated[str, typer.Option(help="viewer, curator or admin.")] = "viewer",
+) -> None:
+    """Create a token and print it once."""
+    lake = open_lake(load_settings())
+    with transaction(lake.engine) as session:
+        token = create_token(session, name=name, role=Role.parse(role))
+    console.print(token, highlight=False)
+
+
+@token_app.command("revoke")
+def revoke(name: str) -> None:
+    """Revoke a token by name."""
+    lake = open_lake(load_settings())
+    with transaction(lake.engine) as session:
+        revoke_token(session, name=name)
+    console.print(f"revoked {name}")
+
+
+@token_app.command("list")
+def list_tokens() -> None:
+    """Tokens by name, role and state (never the secrets)."""
+    lake = open_lake(load_settings())
+    table = Table("name", "role", "created", "revoked")
+    with session_factory(lake.engine)() as session:
+        for token in session.scalars(select(ApiToken).order_by(ApiToken.name)):
+            table.add_row(
+                token.name, token.role, str(token.created_at), str(token.revoked_at or "")
+            )
+    console.print(table)
