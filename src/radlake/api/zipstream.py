@@ -9,10 +9,9 @@ The standard library's `zipfile.ZipFile` writes into an unseekable sink that the
 generator drains. Without `seek()` zipfile cannot go back to patch sizes and CRCs into
 the local headers, so it sets general purpose bit 3 and writes them in a data
 descriptor after each entry's data (APPNOTE.TXT 4.3.9); the central directory at the
-end carries them too. Readers that use the central directory (Python's zipfile,
-Info-ZIP unzip, 7-Zip, the Windows and macOS archive tools) read these archives;
-readers that walk local headers only (Java's `ZipInputStream`) refuse stored entries
-with a data descriptor.
+end carries them too. Readers that use the central directory read these archives
+(tested: Python's zipfile and Info-ZIP unzip, with ZIP64 too); readers that walk local
+headers only (Java's `ZipInputStream`) refuse stored entries with a data descriptor.
 
 ZIP64: each entry's size is known once `read()` returns, so ZIP64 local headers and
 descriptors are asked for (`force_zip64`) only for entries near or above 4 GiB, with
