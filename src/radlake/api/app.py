@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from radlake import __version__
-from radlake.api import errors
+from radlake.api import errors, web
 from radlake.api.routes import catalog, datasets, downloads, images
 from radlake.lake import Lake, load_settings, open_lake
 
@@ -32,4 +33,6 @@ def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_L
 
     for module in (images, catalog, datasets, downloads):
         app.include_router(module.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

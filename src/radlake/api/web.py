@@ -1,0 +1,296 @@
+"""The web page: sign-in, browse with filters, one image with its boxes, upload.
+
+Pages are rendered on the server (Jinja2, autoescape on) from the same functions the
+JSON routes run, so a page shows exactly what the API returns and nothing more.
+static/app.js only submits filters, switches render URLs, toggles boxes and posts
+cohorts and uploads with fetch. Pages read the token from the HttpOnly, SameSite=Strict
+cookie radlake_token alone; without a valid one they redirect to the sign-in form.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+import jinja2
+from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from radlake.api import audit
+from radlake.api.deps import COOKIE_NAME, Caller, DbSession, LakeDep, Selection
+from radlake.api.routes.catalog import stats
+from radlake.api.routes.datasets import datasets
+from radlake.api.routes.images import ImageId, labels, list_images, one_image
+from radlake.auth import Role, verify_token
+from radlake.catalog.queries import ImageFilter
+from radlake.errors import ImageNotFound
+from radlake.imaging.pixels import Window
+
+router = APIRouter(include_in_schema=False)
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+)
+COOKIE_MAX_AGE = 12 * 3600
+PAGE_HEADERS = {
+    # Scripts and styles come from /static only, so injected markup could not run.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # no-referrer would make form posts Origin: null
+    "Cache-Control": "no-store",
+}
+# Distinct on grey pixels; classes of one image take them in name order.
+PALETTE = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#ff2dfd", "#00e5ff", "#ff9500", "#af52de")
+WINDOW_PRESETS = (
+    ("header default", None),
+    ("soft tissue", "40,400"),
+    ("lung", "-600,1500"),
+    ("bone", "300,1500"),
+    ("brain", "40,80"),
+)
+FILTER_KEYS = ("modality", "view", "finding", "dataset", "split", "source")
+PageSize = Annotated[int, Query(ge=1, le=200)]
+Cursor = Annotated[int, Query(ge=0, le=2**62)]
+
+
+def _cookie_caller(request: Request, session: Session) -> Caller | None:
+    text = request.cookies.get(COOKIE_NAME)
+    token = verify_token(session, text) if text else None
+    return None if token is None else Caller(token.id, token.name, Role.parse(token.role))
+
+
+def _to_signin(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/ui/signin?{urlencode({'next': target})}", status_code=303)
+
+
+def _safe_next(target: str) -> str:
+    """Only our own pages: never another site (an open redirect)."""
+    ok = target.startswith("/ui") and not any(c in target for c in "\\\r\n\t ")
+    return target if ok else "/ui"
+
+
+def _page(
+    request: Request, name: str, caller: Caller | None, status_code: int = 200, **context: Any
+) -> Response:
+    context |= {
+        "caller": caller,
+        "is_curator": caller is not None and caller.role >= Role.CURATOR,
+    }
+    return templates.TemplateResponse(
+        request, name, context, status_code=status_code, headers=PAGE_HEADERS
+    )
+
+
+def _query_pairs(selection: ImageFilter) -> list[tuple[str, str]]:
+    """The filter as query parameters, the same the API's /images and /images.zip take."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in selection.as_dict().items():
+        if key == "attributes":
+            pairs += [("attr", f"{name}={text}") for name, text in value]
+        else:
+            pairs.append((key, str(value)))
+    return pairs
+
+
+def _options(
+    counts: dict[str, int | None], chosen: str | None, nullable: bool = False
+) -> list[tuple[str, str]]:
+    """(value, label) pairs. In a nullable column 'unknown' counts empty values, which
+    no filter value selects, so it is left out."""
+    found = [
+        (key, key if n is None else f"{key} ({n})")
+        for key, n in counts.items()
+        if not (nullable and key == "unknown")
+    ]
+    if chosen and chosen not in counts:
+        found.append((chosen, chosen))
+    return found
+
+
+def _flatten(detail: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, value in detail.items():
+        if key == "renditions":
+            continue
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            rows.append((prefix + key, json.dumps(value, default=str)))
+        else:
+            rows.append((prefix + key, "" if value is None else str(value)))
+    return rows
+
+
+@router.get("/")
+def home(request: Request, session: DbSession) -> Response:
+    """The browse page, or sign-in first."""
+    target = "/ui" if _cookie_caller(request, session) else "/ui/signin"
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/ui/signin")
+def signin_form(request: Request, next: str = "/ui") -> Response:
+    """The sign-in form."""
+    return _page(request, "signin.html", None, next=_safe_next(next), error=None)
+
+
+@router.post("/ui/signin")
+def signin(
+    request: Request,
+    session: DbSession,
+    lake: LakeDep,
+    token: Annotated[str, Form(max_length=300)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/ui",
+) -> Response:
+    """Check the token against the catalog, then keep it in an HttpOnly cookie."""
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        # Another site's form would sign this browser in under a token of its choosing.
+        return _page(request, "error.html", None, 403, message="Sign in from this site's form.")
+    found = verify_token(session, token.strip()) if token.strip() else None
+    if found is None:
+        error = "That token is not valid (unknown, revoked or mistyped)."
+        return _page(request, "signin.html", None, 401, next=_safe_next(next), error=error)
+    caller = Caller(found.id, found.name, Role.parse(found.role))
+    audit.record(lake, caller, "ui.signin", "ui")
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE_NAME,
+        token.strip(),
+        max_age=COOKIE_MAX_AGE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.api_route("/ui/signout", methods=["GET", "POST"])
+def signout(request: Request) -> Response:
+    """Forget the token cookie."""
+    response = RedirectResponse("/ui/signin", status_code=303)
+    response.delete_cookie(
+        COOKIE_NAME,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/ui")
+def browse(
+    request: Request,
+    session: DbSession,
+    selection: Selection,
+    limit: PageSize = 48,
+    cursor: Cursor = 0,
+) -> Response:
+    """Filters, a page of thumbnails, the total, zip download and save-as-cohort."""
+    caller = _cookie_caller(request, session)
+    if caller is None:
+        return _to_signin(request)
+    # An empty dropdown ("any") arrives as key= and means no condition.
+    blank: dict[str, Any] = {
+        f.name: None for f in fields(selection) if getattr(selection, f.name) == ""
+    }
+    selection = replace(selection, **blank)
+    page = list_images(caller, session, selection, limit=limit, cursor=cursor)
+    counts = stats(caller, session)
+    names = [d["name"] for d in datasets(caller, session)]
+    chosen = {key: getattr(selection, key) for key in FILTER_KEYS}
+    filters = [
+        ("modality", "Modality", _options(counts["modality"], chosen["modality"], True)),
+        ("view", "View", _options(counts["view"], chosen["view"], True)),
+        ("finding", "Finding", _options(counts["class"], chosen["finding"])),
+        ("dataset", "Dataset", _options(dict.fromkeys(names), chosen["dataset"])),
+        ("split", "Split", _options(counts["split"], chosen["split"])),
+        ("source", "Source", _options(counts["source"], chosen["source"])),
+    ]
+    pairs = _query_pairs(selection)
+    return _page(
+        request,
+        "browse.html",
+        caller,
+        page=page,
+        filters=filters,
+        chosen=chosen,
+        query=urlencode(pairs),
+        next_query=urlencode([*pairs, ("limit", str(limit)), ("cursor", str(page["next_cursor"]))])
+        if page["next_cursor"]
+        else None,
+        first_query=urlencode([*pairs, ("limit", str(limit))]),
+        cursor=cursor,
+        selection=selection.as_dict(),
+    )
+
+
+@router.get("/ui/images/{image_id}")
+def image_page(
+    request: Request,
+    image_id: ImageId,
+    session: DbSession,
+    window: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    """The rendering with its boxes, window presets, metadata and downloads."""
+    caller = _cookie_caller(request, session)
+    if caller is None:
+        return _to_signin(request)
+    try:
+        detail = one_image(image_id, caller, session)
+    except ImageNotFound:
+        message = f"There is no image with id {image_id}."
+        return _page(request, "error.html", caller, 404, message=message)
+    rows = labels(image_id, caller, session)["labels"]
+    try:
+        chosen = window if window and Window.parse(window) else None
+    except ValueError:
+        chosen = None
+    classes = sorted({row["class_name"] for row in rows})
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(classes)}
+    render_url = f"/images/{image_id}/render"
+    if chosen:
+        render_url += "?" + urlencode({"window": chosen})
+    return _page(
+        request,
+        "image.html",
+        caller,
+        image=detail,
+        labels=rows,
+        boxes=[row for row in rows if row["box"] is not None],
+        colours=colours,
+        readers=sorted({row["reader"] or "" for row in rows}),
+        origins=sorted({row["origin"] for row in rows}),
+        metadata=_flatten(detail),
+        presets=WINDOW_PRESETS if detail["format"] == "dicom" else (),
+        window=chosen,
+        render_url=render_url,
+    )
+
+
+@router.get("/ui/upload")
+def upload_page(request: Request, session: DbSession) -> Response:
+    """The upload form (curators)."""
+    caller = _cookie_caller(request, session)
+    if caller is None:
+        return _to_signin(request)
+    if caller.role < Role.CURATOR:
+        message = "Uploading needs the curator role; your token is a viewer's."
+        return _page(request, "error.html", caller, 403, message=message)
+    return _page(request, "upload.html", caller)
