@@ -155,6 +155,26 @@ def test_zip_of_a_query_matches_it_exactly(api: Api) -> None:
     assert len(rows) == 1 + len(mr_ids)
 
 
+def test_curators_create_dataset_versions(api: Api) -> None:
+    body = {"selection": {"format": "dicom"}, "splits": "training=0.5,test=0.5", "seed": 3}
+    made = api.client.post("/datasets/mr/versions", json=body, headers=api.auth("curator"))
+    assert made.status_code == 201, made.text
+    assert (made.json()["version"], made.json()["created"]) == (1, True)
+    assert made.json()["leakage"]["ok"] is True
+    same = api.client.post("/datasets/mr/versions", json=body, headers=api.auth("curator"))
+    assert same.json()["created"] is False
+    shown = api.client.get("/datasets/mr/versions/1", headers=api.auth("viewer")).json()
+    assert sum(shown["splits"].values()) == 4
+    empty = api.client.post(
+        "/datasets/x/versions", json={"selection": {"modality": "XA"}}, headers=api.auth("curator")
+    )
+    assert empty.status_code == 422 and "matches no image" in empty.json()["detail"]
+    bad = api.client.post(
+        "/datasets/x/versions", json={"splits": "a=2,b=x"}, headers=api.auth("curator")
+    )
+    assert bad.status_code == 422
+
+
 def test_cohorts_save_and_download(api: Api) -> None:
     created = api.client.post(
         "/cohorts",
@@ -260,6 +280,7 @@ ROUTES = {
     ("GET", "/datasets/{name}/versions/{version}/export"): "viewer",
     ("GET", "/datasets/{name}/versions/{version}/splits/{split}.zip"): "viewer",
     ("GET", "/cohorts/{name}.zip"): "viewer",
+    ("POST", "/datasets/{name}/versions"): "curator",
 }
 
 
@@ -321,9 +342,13 @@ def test_auth_matrix_every_route_every_role(api: Api) -> None:
                 method,
                 concrete,
                 headers=headers,
-                json={"name": f"c{role}", "filter": {}}
-                if method == "POST" and "cohorts" in path
-                else None,
+                json=(
+                    {"name": f"c{role}", "filter": {}}
+                    if "cohorts" in path
+                    else {"splits": "only=1.0"}
+                    if method == "POST" and "datasets" in path
+                    else None
+                ),
             )
             code = answer.status_code
             if role in ("none", "bad"):

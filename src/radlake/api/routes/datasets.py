@@ -8,15 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from radlake.api import audit
-from radlake.api.deps import DbSession, LakeDep, Viewer
+from radlake.api.deps import Curator, DbSession, LakeDep, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
+from radlake.catalog.db import transaction
 from radlake.catalog.models import Dataset, DatasetVersion
-from radlake.curation.versions import get_version
+from radlake.catalog.queries import ImageFilter
+from radlake.curation.splits import SplitSpec
+from radlake.curation.versions import DatasetError, VersionRequest, create_version, get_version
 from radlake.formats.sink import FolderSink
 from radlake.pipelines.export import export_version
 
@@ -51,6 +55,36 @@ def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
     for version in rows:
         found.setdefault(version.dataset.name, []).append(version_item(version))
     return [{"name": name, "versions": versions} for name, versions in found.items()]
+
+
+class VersionIn(BaseModel):
+    selection: dict[str, Any] = Field(default_factory=dict)
+    splits: str | None = Field(default=None, max_length=500, examples=["training=0.8,test=0.2"])
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    labels: Literal["readers", "consensus"] = "readers"
+
+
+@router.post("/datasets/{name}/versions", status_code=201)
+def create(name: Name, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
+    """Create a version (curators); the newest one is returned unchanged if nothing changed."""
+    try:
+        request = VersionRequest(
+            dataset=name,
+            selection=ImageFilter.from_dict(body.selection),
+            spec=SplitSpec.parse(body.splits) if body.splits else SplitSpec.default(),
+            seed=body.seed,
+            label_set=body.labels,
+        )
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    with transaction(lake.engine) as session:
+        try:
+            version, created = create_version(session, request)
+        except DatasetError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        answer = {"name": name, "created": created} | version_item(version)
+    audit.record(lake, caller, "dataset.create", f"dataset/{name}/{answer['version']}")
+    return answer
 
 
 @router.get("/datasets/{name}/versions/{version}")
