@@ -285,7 +285,7 @@ def test_render_to_png_at_a_size_and_to_jpeg_with_a_window(built: BuiltLake) -> 
     ("image", "output", "options", "message"),
     [
         ("CT", "refused.png", ["--slice", "7"], "expected a frame in 0..0, got 7"),
-        ("CT", "refused.png", ["--window", "1,0"], "expected a positive window width"),
+        ("CT", "refused.png", ["--window", "1,0"], "expected a finite centre and a width"),
         ("CT", "refused.gif", [], "expected an output file ending in .png or .jpg"),
         ("999999", "refused.png", [], "no image with id 999999"),
     ],

@@ -209,9 +209,13 @@ def find_images(
     return list(session.scalars(statement))
 
 
-def count_images(session: Session, *, selection: ImageFilter) -> int:
-    """How many images match selection."""
-    return int(session.scalar(apply_filter(select(func.count(Image.id)), selection)) or 0)
+def count_images(session: Session, *, selection: ImageFilter, cap: int | None = None) -> int:
+    """How many images match selection; with cap, counting stops at cap (a page's
+    "10,000+" needs no full scan of a large catalog)."""
+    if cap is None:
+        return int(session.scalar(apply_filter(select(func.count(Image.id)), selection)) or 0)
+    capped = apply_filter(select(Image.id), selection).limit(cap).subquery()
+    return int(session.scalar(select(func.count()).select_from(capped)) or 0)
 
 
 def get_image(session: Session, *, image_id: int) -> Image:

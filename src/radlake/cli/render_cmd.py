@@ -38,10 +38,7 @@ def render(
     fmt = _OUTPUT_FORMATS.get(output.suffix.lower())
     if fmt is None:
         raise RenderError(f"expected an output file ending in .png or .jpg, got {output.name!r}")
-    try:
-        chosen_window = Window.parse(window) if window else None
-    except ValueError as exc:
-        raise RenderError(str(exc)) from None
+    chosen_window = Window.parse(window) if window else None
     lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
         image = get_image(session, image_id=image_id)

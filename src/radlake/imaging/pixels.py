@@ -7,12 +7,15 @@ window in CT Hounsfield units means what a radiologist expects.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+
+from radlake.errors import RenderError
 
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
 
@@ -29,17 +32,21 @@ class Window:
         """Parse "C,W" (e.g. "40,400").
 
         Raises:
-            ValueError: not two numbers, or a width that is not positive.
+            RenderError: not two finite numbers, or a width that is not positive.
         """
         parts = text.split(",")
         if len(parts) != 2:
-            raise ValueError(f"expected a window as CENTER,WIDTH (e.g. 40,400), got {text!r}")
+            raise RenderError(f"expected a window as CENTER,WIDTH (e.g. 40,400), got {text[:40]!r}")
         try:
             center, width = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ValueError(f"expected two numbers CENTER,WIDTH, got {text!r}") from None
-        if not width > 0:
-            raise ValueError(f"expected a positive window width, got {width:g}")
+            raise RenderError(f"expected two numbers CENTER,WIDTH, got {text[:40]!r}") from None
+        if not (math.isfinite(center) and math.isfinite(width) and 1e-6 <= width <= 1e12):
+            raise RenderError(
+                f"expected a finite centre and a width in 1e-6..1e12, got {text[:40]!r}"
+            )
+        if abs(center) > 1e12:
+            raise RenderError(f"expected a centre within +-1e12, got {center:g}")
         return cls(center, width)
 
 

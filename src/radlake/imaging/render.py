@@ -62,8 +62,9 @@ def percentile_window(values: np.ndarray) -> Window:
 def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     """Linear VOI (PS3.3 C.11.2.1.3.2, LINEAR_EXACT) to [0, 1]; NaN becomes 0."""
     low = window.center - window.width / 2
-    scaled = (values.astype(np.float64) - low) / window.width
-    return np.nan_to_num(np.clip(scaled, 0.0, 1.0), nan=0.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # extreme data saturate, by design
+        scaled = (values.astype(np.float64) - low) / window.width
+        return np.nan_to_num(np.clip(scaled, 0.0, 1.0), nan=0.0)
 
 
 def _plane_image(source: PixelSource, plane: Plane, index: int | None) -> tuple[np.ndarray, int]:

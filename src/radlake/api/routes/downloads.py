@@ -164,13 +164,20 @@ def images_zip(
     lake: LakeDep,
     selection: Selection,
     content: Content = "preview",
-    format: Literal["jpeg", "png"] = "jpeg",
+    image_format: Literal["jpeg", "png"] = "jpeg",
     size: Annotated[int, Query(ge=16, le=4096)] = 512,
 ) -> StreamingResponse:
     """Every image matching the filter (stored previews, renderings or originals) + metadata.csv."""
     rows = _rows(session, selection)
     return _zip(
-        lake, caller, rows, f"images?{selection.as_dict()}", "images.zip", content, format, size
+        lake,
+        caller,
+        rows,
+        f"images?{selection.as_dict()}",
+        "images.zip",
+        content,
+        image_format,
+        size,
     )
 
 
@@ -183,7 +190,7 @@ def split_zip(
     session: DbSession,
     lake: LakeDep,
     content: Content = "preview",
-    format: Literal["jpeg", "png"] = "jpeg",
+    image_format: Literal["jpeg", "png"] = "jpeg",
     size: Annotated[int, Query(ge=16, le=4096)] = 512,
 ) -> StreamingResponse:
     """One split of a dataset version as a zip."""
@@ -198,7 +205,7 @@ def split_zip(
         f"dataset/{name}/{version}/{split}",
         f"{name}-v{version}-{split}.zip",
         content,
-        format,
+        image_format,
         size,
     )
 
@@ -241,7 +248,7 @@ def cohort_zip(
     session: DbSession,
     lake: LakeDep,
     content: Content = "preview",
-    format: Literal["jpeg", "png"] = "jpeg",
+    image_format: Literal["jpeg", "png"] = "jpeg",
     size: Annotated[int, Query(ge=16, le=4096)] = 512,
 ) -> StreamingResponse:
     """A saved cohort's images as a zip."""
@@ -249,4 +256,4 @@ def cohort_zip(
     if cohort is None:
         raise HTTPException(404, detail=f"no cohort named {name!r}")
     rows = _rows(session, ImageFilter.from_dict(cohort.selection))
-    return _zip(lake, caller, rows, f"cohort/{name}", f"{name}.zip", content, format, size)
+    return _zip(lake, caller, rows, f"cohort/{name}", f"{name}.zip", content, image_format, size)

@@ -9,7 +9,7 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from radlake.api import audit
 from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
@@ -17,7 +17,7 @@ from radlake.api.serialize import image_full, image_item, label_item
 from radlake.catalog.models import Image, Label
 from radlake.catalog.queries import count_images, find_images, get_image
 from radlake.domain import ImageFormat, Plane
-from radlake.errors import ImageError, ObjectNotFound, RenderError
+from radlake.errors import ImageError, ImageNotFound, ObjectNotFound, RenderError
 from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.pixels import Window
 from radlake.imaging.render import PREVIEW_SIZE, render
@@ -30,6 +30,7 @@ ImageId = Annotated[int, Path(ge=1, le=2**62, description="Image id")]
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 CACHE_CONTROL = "private, max-age=3600"
 UPLOAD_CHUNK = 1 << 20
+TOTAL_CAP = 10_000  # beyond this a listing says "10000+" unless count=exact is asked
 
 
 @router.get("/images")
@@ -39,14 +40,20 @@ def list_images(
     selection: Selection,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[int, Query(ge=0, le=2**62, description="Last id of the previous page")] = 0,
+    count: Annotated[
+        Literal["capped", "exact"], Query(description="capped: exact up to 10,000, then '10000+'")
+    ] = "capped",
 ) -> dict[str, Any]:
-    """Images matching the filter, in id order, a page at a time."""
-    total = count_images(session, selection=selection)
+    """Images matching the filter, in id order, a page at a time, with their total."""
+    cap = None if count == "exact" else TOTAL_CAP + 1
+    total = count_images(session, selection=selection, cap=cap)
     page = find_images(session, selection=selection, limit=limit + 1, after_id=cursor)
     more = len(page) > limit
     page = page[:limit]
+    exact = cap is None or total <= TOTAL_CAP
     return {
-        "total": total,
+        "total": total if exact else TOTAL_CAP,
+        "total_exact": exact,
         "images": [image_item(image) for image in page],
         "next_cursor": page[-1].id if more and page else None,
     }
@@ -61,7 +68,7 @@ def one_image(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str
 @router.get("/images/{image_id}/original")
 def original(image_id: ImageId, caller: Viewer, session: DbSession, lake: LakeDep) -> Response:
     """The bytes as received."""
-    image = get_image(session, image_id=image_id)
+    image = _pixels_row(session, image_id)
     data = lake.store.get_bytes(image.original_key)
     audit.record(lake, caller, "download.original", f"image/{image_id}", bytes=len(data))
     extension = ImageFormat(image.format).extension
@@ -74,6 +81,16 @@ def original(image_id: ImageId, caller: Viewer, session: DbSession, lake: LakeDe
             "Cache-Control": CACHE_CONTROL,
         },
     )
+
+
+def _pixels_row(session: DbSession, image_id: int) -> Row[str, str, str]:
+    """The three columns pixel routes need (no hierarchy loading on the hot path)."""
+    row = session.execute(
+        select(Image.sha256, Image.format, Image.original_key).where(Image.id == image_id)
+    ).first()
+    if row is None:
+        raise ImageNotFound(f"no image with id {image_id}")
+    return row
 
 
 @router.get("/images/{image_id}/render")
@@ -91,8 +108,8 @@ def rendering(
 ) -> Response:
     """A rendering, served from the store when it exists (the preview, or an earlier
     request with the same parameters), else made and kept; ETag revalidation is free."""
-    image = get_image(session, image_id=image_id)
-    chosen = Window.parse(window) if window else None  # ValueError -> 422
+    image = _pixels_row(session, image_id)
+    chosen = Window.parse(window) if window else None
     params = f"{format}|{size}|{slice_index}|{plane.value}|{window}"
     digest = hashlib.sha256(params.encode()).hexdigest()[:16]
     etag = f'"{image.sha256[:16]}-{digest}"'
