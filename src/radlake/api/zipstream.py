@@ -143,9 +143,9 @@ def stream_zip(
 
     Never holds more than about one entry plus a chunk. `entries` is consumed lazily,
     one entry at a time, and each entry's `read()` is called only when that entry is
-    written. Chunks are at most `chunk_size` bytes; the last chunk of each entry may be
-    shorter, because everything written so far is handed over before the next entry
-    is read (a slow read never holds back bytes that are ready). What is kept across
+    written. Chunks are `chunk_size` bytes except the last; bytes of a finished entry
+    that do not fill a chunk wait for the next entry (at most chunk_size - 1 bytes:
+    small entries share chunks, which is what makes many small files fast). What is kept across
     entries is only zipfile's record of each entry for the central directory (about
     100 bytes plus the name). It is a generator: `close()` it when the client goes
     away, and no further entry is read.
@@ -187,6 +187,8 @@ def _stream(entries: Iterable[ZipEntry], chunk_size: int) -> Generator[bytes, No
                     member.write(view[start : start + chunk_size])
                     yield from _drain(sink.buffer, chunk_size)
             # Let go of this entry's bytes before the next read(): one entry at a time.
+            # Only full chunks leave here: small entries (thumbnails, label files) share
+            # a chunk, so the server pays its per-chunk cost once per 64 KiB, not per file.
             del data, view
-            yield from _drain(sink.buffer, chunk_size, everything=True)
+            yield from _drain(sink.buffer, chunk_size)
     yield from _drain(sink.buffer, chunk_size, everything=True)
