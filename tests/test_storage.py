@@ -286,3 +286,15 @@ def test_derived_keys_refuse_bad_rendition_names() -> None:
         with pytest.raises(ValueError, match="rendition"):
             derived_key(CT_SHA, rendition, "png")
     assert derived_key(CT_SHA, "x" * 64, "png").endswith("/" + "x" * 64 + ".png")
+
+
+def test_stale_temporary_files_are_removed_and_fresh_ones_kept(local_store: ObjectStore) -> None:
+    folder = Path(local_store.root) / "tmp"
+    folder.mkdir(exist_ok=True)
+    stale, fresh = folder / "killed-writer", folder / "live-writer"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    assert local_store.remove_stale_temporary(max_age_seconds=3600) == 1
+    assert not stale.exists()
+    assert fresh.exists()

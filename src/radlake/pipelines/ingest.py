@@ -173,6 +173,7 @@ def ingest(
     found = discover(paths)
     pool = executor or default_executor(workers)
     _mark_interrupted(engine)
+    store.remove_stale_temporary()  # what a killed run left half-written, if anything
     with transaction(engine) as session:
         source_id = ensure_source(session, name=source, kind=source_kind)
         job = Job(

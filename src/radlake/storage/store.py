@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -87,6 +88,22 @@ class ObjectStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+
+    def remove_stale_temporary(self, max_age_seconds: float = 3600.0) -> int:
+        """Delete temporary files a killed writer left behind (local stores only);
+        returns how many. Only old ones: a live writer's file is never touched."""
+        if not self._local:
+            return 0
+        folder = f"{self.root}/{TMP_PREFIX}"
+        removed = 0
+        cutoff = time.time() - max_age_seconds
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Store data unless key exists (content-addressed keys); True when written."""
