@@ -40,6 +40,19 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def run_radlake(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `radlake` command as a user runs it, with only RADLAKE_HOME set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADLAKE_")}
+    env["RADLAKE_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "radlake.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def pydicom_file(name: str) -> Path:
     """A file bundled with pydicom (always present)."""
     return PYDICOM_FILES / name

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from pycocotools.coco import COCO
 
+from tests.conftest import run_radlake as radlake
 from tests.test_datasets import write_vinbigdata
-
-
-def radlake(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADLAKE_")}
-    env["RADLAKE_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "radlake.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -15,18 +12,7 @@ from radlake.catalog.db import session_factory
 from radlake.catalog.models import ApiToken
 from radlake.config import Settings
 from radlake.lake import open_lake
-
-
-def radlake(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADLAKE_")}
-    env["RADLAKE_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "radlake.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.conftest import run_radlake as radlake
 
 
 def test_token_lifecycle(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radlake.catalog.models import Image, Job, Quarantine
+from radlake.catalog.models import DatasetVersion, Image, Job, Quarantine
 
 SUMMARY_FIELDS = ("id", "format", "modality", "manufacturer", "rows", "columns", "frames", "slices")
 RENDITION_FIELDS = ("name", "key", "width", "height", "window_center", "window_width")
@@ -73,4 +73,21 @@ def job_row(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "seconds": job.seconds,
         "error": job.error,
+    }
+
+
+def version_row(version: DatasetVersion) -> dict[str, Any]:
+    """A dataset version: selection, split spec, seed, label set, split counts, hash."""
+    return {
+        "version": version.version,
+        "selection": version.selection,
+        "split_spec": version.split_spec.get("spec"),
+        "seed": version.seed,
+        "label_set": version.label_set,
+        "fusion": version.fusion,
+        "classes": version.classes.get("names", []),
+        "splits": version.counts,
+        "leakage": version.leakage,
+        "manifest_hash": version.manifest_hash,
+        "created_at": version.created_at,
     }

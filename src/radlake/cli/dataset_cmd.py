@@ -12,6 +12,7 @@ from sqlalchemy import select
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Dataset, DatasetVersion
 from radlake.catalog.queries import ImageFilter
+from radlake.catalog.serialize import version_row
 from radlake.cli.ingest_cmd import JsonOption
 from radlake.cli.output import console, print_json
 from radlake.curation.splits import SplitSpec
@@ -37,20 +38,7 @@ def _selection(pairs: list[str]) -> ImageFilter:
 
 
 def _version_dict(version: DatasetVersion) -> dict[str, Any]:
-    return {
-        "dataset": version.dataset.name,
-        "version": version.version,
-        "selection": version.selection,
-        "split_spec": version.split_spec.get("spec"),
-        "seed": version.seed,
-        "label_set": version.label_set,
-        "fusion": version.fusion,
-        "classes": version.classes.get("names", []),
-        "counts": version.counts,
-        "leakage": version.leakage,
-        "manifest_hash": version.manifest_hash,
-        "created_at": version.created_at,
-    }
+    return {"dataset": version.dataset.name} | version_row(version)
 
 
 @app.command("create")
@@ -93,7 +81,7 @@ def create(
         print_json(summary)
         return
     verb = "created" if created else "unchanged, still"
-    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    counts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     console.print(f"{name} {verb} version {summary['version']}: {counts}", highlight=False)
     console.print(
         f"leakage check: {'ok' if version.leakage.get('ok') else 'FAILED'}; "
@@ -118,7 +106,7 @@ def list_datasets(as_json: JsonOption = False) -> None:
         return
     table = Table("dataset", "version", "label set", "splits", "leakage")
     for row in rows:
-        counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items())
+        counts = ", ".join(f"{k} {v}" for k, v in row["splits"].items())
         ok = row["leakage"].get("ok")
         table.add_row(
             str(row["dataset"]),

@@ -19,6 +19,7 @@ from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import transaction
 from radlake.catalog.models import Dataset, DatasetVersion
 from radlake.catalog.queries import ImageFilter
+from radlake.catalog.serialize import version_row
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import DatasetError, VersionRequest, create_version, get_version
 from radlake.formats.sink import FolderSink
@@ -29,22 +30,6 @@ Name = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Version = Annotated[int, Path(ge=1, le=1_000_000)]
 
 
-def version_item(version: DatasetVersion) -> dict[str, Any]:
-    return {
-        "version": version.version,
-        "selection": version.selection,
-        "split_spec": version.split_spec.get("spec"),
-        "seed": version.seed,
-        "label_set": version.label_set,
-        "fusion": version.fusion,
-        "classes": version.classes.get("names", []),
-        "splits": version.counts,
-        "leakage": version.leakage,
-        "manifest_hash": version.manifest_hash,
-        "created_at": version.created_at,
-    }
-
-
 @router.get("/datasets")
 def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
     """Every dataset with its versions' split counts."""
@@ -53,7 +38,7 @@ def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
     )
     found: dict[str, list[dict[str, Any]]] = {}
     for version in rows:
-        found.setdefault(version.dataset.name, []).append(version_item(version))
+        found.setdefault(version.dataset.name, []).append(version_row(version))
     return [{"name": name, "versions": versions} for name, versions in found.items()]
 
 
@@ -82,7 +67,7 @@ def create(name: Name, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[
             version, created = create_version(session, request)
         except DatasetError as exc:
             raise HTTPException(422, detail=str(exc)) from None
-        answer = {"name": name, "created": created} | version_item(version)
+        answer = {"name": name, "created": created} | version_row(version)
     audit.record(lake, caller, "dataset.create", f"dataset/{name}/{answer['version']}")
     return answer
 
@@ -92,7 +77,7 @@ def dataset_version(
     name: Name, version: Version, caller: Viewer, session: DbSession
 ) -> dict[str, Any]:
     """One version: selection, split spec, seed, label set, split counts, leakage, hash."""
-    return {"name": name} | version_item(get_version(session, name, version))
+    return {"name": name} | version_row(get_version(session, name, version))
 
 
 @router.get("/datasets/{name}/versions/{version}/export")
