@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Row, select
@@ -132,16 +133,35 @@ def _metadata_csv(
     return read
 
 
+@dataclass(frozen=True, slots=True)
+class ZipOptions:
+    """What each image of a zip is: the stored preview, a rendering, or the original."""
+
+    content: Content
+    image_format: Literal["jpeg", "png"]
+    size: int
+
+
+def zip_options(
+    content: Content = "preview",
+    image_format: Literal["jpeg", "png"] = "jpeg",
+    size: Annotated[int, Query(ge=16, le=4096)] = 512,
+) -> ZipOptions:
+    return ZipOptions(content, image_format, size)
+
+
+ZipQuery = Annotated[ZipOptions, Depends(zip_options)]
+
+
 def _zip(
     lake: Lake,
     caller: Caller,
     rows: list[Row[Any]],
     target: str,
     filename: str,
-    content: Content,
-    fmt: str,
-    size: int,
+    options: ZipOptions,
 ) -> StreamingResponse:
+    content, fmt, size = options.content, options.image_format, options.size
     names = [_file_name(row, content, fmt) for row in rows]
     # Rendered images are already compressed: stored, not deflated again.
     entries = [
@@ -163,9 +183,7 @@ def images_zip(
     session: DbSession,
     lake: LakeDep,
     selection: Selection,
-    content: Content = "preview",
-    image_format: Literal["jpeg", "png"] = "jpeg",
-    size: Annotated[int, Query(ge=16, le=4096)] = 512,
+    options: ZipQuery,
 ) -> StreamingResponse:
     """Every image matching the filter (stored previews, renderings or originals) + metadata.csv."""
     rows = _rows(session, selection)
@@ -175,9 +193,7 @@ def images_zip(
         rows,
         f"images?{selection.as_dict()}",
         "images.zip",
-        content,
-        image_format,
-        size,
+        options,
     )
 
 
@@ -189,9 +205,7 @@ def split_zip(
     caller: Viewer,
     session: DbSession,
     lake: LakeDep,
-    content: Content = "preview",
-    image_format: Literal["jpeg", "png"] = "jpeg",
-    size: Annotated[int, Query(ge=16, le=4096)] = 512,
+    options: ZipQuery,
 ) -> StreamingResponse:
     """One split of a dataset version as a zip."""
     get_version(session, name, version)
@@ -204,9 +218,7 @@ def split_zip(
         rows,
         f"dataset/{name}/{version}/{split}",
         f"{name}-v{version}-{split}.zip",
-        content,
-        image_format,
-        size,
+        options,
     )
 
 
@@ -247,13 +259,11 @@ def cohort_zip(
     caller: Viewer,
     session: DbSession,
     lake: LakeDep,
-    content: Content = "preview",
-    image_format: Literal["jpeg", "png"] = "jpeg",
-    size: Annotated[int, Query(ge=16, le=4096)] = 512,
+    options: ZipQuery,
 ) -> StreamingResponse:
     """A saved cohort's images as a zip."""
     cohort = session.scalar(select(Cohort).where(Cohort.name == name))
     if cohort is None:
         raise HTTPException(404, detail=f"no cohort named {name!r}")
     rows = _rows(session, ImageFilter.from_dict(cohort.selection))
-    return _zip(lake, caller, rows, f"cohort/{name}", f"{name}.zip", content, image_format, size)
+    return _zip(lake, caller, rows, f"cohort/{name}", f"{name}.zip", options)
