@@ -21,14 +21,6 @@ class ImageFormat(StrEnum):
         return {"dicom": "dcm", "nifti": "nii", "png": "png", "jpeg": "jpg"}[self.value]
 
 
-class Outcome(StrEnum):
-    """Where one input ended: exactly one of these, so summaries add up."""
-
-    CATALOGUED = "catalogued"
-    ALREADY_PRESENT = "already_present"
-    QUARANTINED = "quarantined"
-
-
 class Plane(StrEnum):
     """Orthogonal planes of a stack of frames or a volume."""
 

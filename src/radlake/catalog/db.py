@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +19,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from radlake.errors import CatalogError, NotInitialized
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
+IN_LIST_SIZE = 500  # IN (...) lists stay well under every backend's parameter limit
+WRITE_BATCH = 5000  # rows per multi-row INSERT/UPDATE
+
+
+def batches(values: Sequence[T], size: int = IN_LIST_SIZE) -> Iterator[Sequence[T]]:
+    """Consecutive slices of values, for IN lists and bulk writes."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 _DRIVERS = {
     "postgresql": "postgresql+psycopg",
     "mysql": "mysql+pymysql",

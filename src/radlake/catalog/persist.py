@@ -8,13 +8,14 @@ handful of round trips on any backend.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from radlake.catalog.db import batches
 from radlake.catalog.models import (
     Image,
     Patient,
@@ -26,10 +27,6 @@ from radlake.catalog.models import (
 )
 from radlake.catalog.serialize import rendition_fields
 from radlake.domain import ImageMetadata, RenditionInfo
-
-T = TypeVar("T")
-# Keep IN (...) lists well under every backend's parameter limit.
-_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +63,11 @@ def ensure_source(session: Session, *, name: str, kind: str) -> int:
     return source.id
 
 
-def _chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
-
-
 def _existing(session: Session, column: Any, keys: Sequence[str]) -> dict[str, int]:
     """Ids of the rows whose natural key (column) is among keys."""
     table_id = column.class_.id
     found: dict[str, int] = {}
-    for chunk in _chunks(keys):
+    for chunk in batches(keys):
         found.update(
             (key, row_id)
             for key, row_id in session.execute(select(column, table_id).where(column.in_(chunk)))

@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from radlake.catalog.db import WRITE_BATCH, batches
 from radlake.catalog.models import (
     Dataset,
     DatasetMember,
@@ -37,7 +38,6 @@ from radlake.domain import Box, Finding, LabelOrigin
 from radlake.errors import CatalogError, RadlakeError
 
 LABEL_SETS = ("readers", "consensus")
-_CHUNK = 500
 
 
 class DatasetError(RadlakeError, ValueError):
@@ -57,17 +57,13 @@ class VersionRequest:
     consensus_k: int = 2
 
 
-def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
-    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
-
-
 def selected_images(session: Session, selection: ImageFilter) -> list[tuple[int, str, str | None]]:
     """(image id, sha256, patient pseudonym) of every image the selection matches."""
     chosen = list(
         session.execute(apply_filter(select(Image.id, Image.sha256), selection).order_by(Image.id))
     )
     pseudonyms: dict[int, str] = {}
-    for chunk in _chunks([image_id for image_id, _ in chosen]):
+    for chunk in batches([image_id for image_id, _ in chosen]):
         pseudonyms.update(
             (image_id, pseudonym)
             for image_id, pseudonym in session.execute(
@@ -84,7 +80,7 @@ def selected_images(session: Session, selection: ImageFilter) -> list[tuple[int,
 def ground_truth(session: Session, image_ids: Sequence[int]) -> dict[int, list[Finding]]:
     """Every ground-truth label of the images, as findings (boxes in stored pixels)."""
     found: dict[int, list[Finding]] = defaultdict(list)
-    for chunk in _chunks(image_ids):
+    for chunk in batches(image_ids):
         rows = session.execute(
             select(
                 Label.image_id,
@@ -275,8 +271,8 @@ def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVe
     session.add(version)
     session.flush()
     rows = [{"version_id": version.id, "image_id": i, "split": s} for i, s in assignment.items()]
-    for start in range(0, len(rows), 5000):
-        session.execute(insert(DatasetMember), rows[start : start + 5000])
+    for batch in batches(rows, WRITE_BATCH):
+        session.execute(insert(DatasetMember), batch)
     if not leakage["ok"]:
         raise CatalogError(f"leakage check failed for {request.dataset}: {leakage}")
     return version, True
@@ -329,14 +325,4 @@ def diff_versions(session: Session, dataset: str, a: int, b: int) -> VersionDiff
         removed=sorted(set(old) - set(new)),
         moved=sorted((i, old[i], new[i]) for i in set(old) & set(new) if old[i] != new[i]),
         settings=settings,
-    )
-
-
-def count_versions(session: Session, dataset: str) -> int:
-    """How many versions a dataset has."""
-    return int(
-        session.scalar(
-            select(func.count(DatasetVersion.id)).join(Dataset).where(Dataset.name == dataset)
-        )
-        or 0
     )

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from PIL import Image as PILImage
 from sqlalchemy import Engine, Row, select
 
-from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.db import batches, session_factory, transaction
 from radlake.catalog.models import Export, Image
 from radlake.curation.versions import DatasetError, get_version, members, version_findings
 from radlake.domain import ImageFormat
@@ -87,10 +87,8 @@ def export_version(
         # Plain rows, not ORM objects: versions hold tens of thousands of images.
         images = [
             image
-            for start in range(0, len(ids), 500)
-            for image in session.execute(
-                select(*_IMAGE_COLUMNS).where(Image.id.in_(ids[start : start + 500]))
-            )
+            for chunk in batches(ids)
+            for image in session.execute(select(*_IMAGE_COLUMNS).where(Image.id.in_(chunk)))
         ]
         findings = version_findings(session, chosen, ids)
         class_names = list(chosen.classes.get("names", []))

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.db import WRITE_BATCH, batches, session_factory, transaction
 from radlake.catalog.models import Image, Label, LabelClass, Source
 from radlake.catalog.persist import (
     CataloguedInput,
@@ -34,8 +34,6 @@ from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.executor import Executor
 from radlake.pipelines.ingest import IngestSummary, Progress, ingest
 from radlake.storage.store import ObjectStore
-
-_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +192,7 @@ def _already_catalogued(engine: Engine, paths: Sequence[str]) -> dict[str, str]:
     check): a dataset re-described by its CSV does not re-read every image."""
     found: dict[str, str] = {}
     with session_factory(engine)() as session:
-        for start in range(0, len(paths), _CHUNK):
-            chunk = paths[start : start + _CHUNK]
+        for chunk in batches(paths):
             for key, sha, size in session.execute(
                 select(Image.source_key, Image.sha256, Image.size_bytes).where(
                     Image.source_key.in_(chunk)
@@ -235,7 +232,7 @@ class _Linked:
 def _images_by_sha(session: Any, shas: Sequence[str]) -> dict[str, _Linked]:
     # Plain rows, not ORM objects: a dataset links tens of thousands of images.
     found: dict[str, _Linked] = {}
-    for start in range(0, len(shas), _CHUNK):
+    for chunk in batches(shas):
         statement = select(
             Image.sha256,
             Image.id,
@@ -246,7 +243,7 @@ def _images_by_sha(session: Any, shas: Sequence[str]) -> dict[str, _Linked]:
             Image.modality,
             Image.view_position,
             Image.attributes,
-        ).where(Image.sha256.in_(shas[start : start + _CHUNK]))
+        ).where(Image.sha256.in_(chunk))
         for sha, *values in session.execute(statement):
             found[sha] = _Linked(*values)
     return found
@@ -296,20 +293,20 @@ def _place_images(
         }
         for image in linked.values()
     ]
-    for start in range(0, len(updates), 5000):
-        session.execute(update(Image), updates[start : start + 5000])  # bulk, by primary key
+    for batch in batches(updates, WRITE_BATCH):
+        session.execute(update(Image), batch)  # bulk, by primary key
 
 
 def _write_labels(
     session: Any, source_id: int, records: Sequence[SourceRecord], linked: Mapping[str, _Linked]
 ) -> tuple[int, int]:
     keys = [r.key for r in records]
-    for start in range(0, len(keys), _CHUNK):
+    for chunk in batches(keys):
         session.execute(
             delete(Label).where(
                 Label.source_id == source_id,
                 Label.origin == LabelOrigin.GROUND_TRUTH.value,
-                Label.source_image_key.in_(keys[start : start + _CHUNK]),
+                Label.source_image_key.in_(chunk),
             )
         )
     rows: list[dict[str, Any]] = []
@@ -345,6 +342,6 @@ def _write_labels(
                 }
                 boxes += 1
             rows.append(row)
-    for start in range(0, len(rows), 5000):
-        session.execute(insert(Label), rows[start : start + 5000])
+    for batch in batches(rows, WRITE_BATCH):
+        session.execute(insert(Label), batch)
     return len(rows), boxes

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from radlake.api import audit
 from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
-from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.db import batches, session_factory, transaction
 from radlake.catalog.models import Cohort, Image, Label
 from radlake.catalog.queries import ImageFilter, apply_filter
 from radlake.curation.versions import get_version
@@ -100,10 +100,10 @@ def _metadata_csv(
         boxes: dict[int, int] = {}
         ids = [row.id for row in rows]
         with session_factory(lake.engine)() as session:
-            for start in range(0, len(ids), 500):
+            for chunk in batches(ids):
                 for image_id, class_name, x_min in session.execute(
                     select(Label.image_id, Label.class_name, Label.x_min).where(
-                        Label.image_id.in_(ids[start : start + 500])
+                        Label.image_id.in_(chunk)
                     )
                 ):
                     assert image_id is not None
