@@ -58,7 +58,7 @@ def pydicom_file(name: str) -> Path:
     return PYDICOM_FILES / name
 
 
-def _server_database(admin_url: str) -> Iterator[str]:
+def server_database(admin_url: str) -> Iterator[str]:
     """A fresh, empty database on a real server, dropped afterwards."""
     name = f"radlake_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
@@ -82,9 +82,9 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     elif request.param == "postgresql":
-        yield from _server_database(POSTGRES_URL)
+        yield from server_database(POSTGRES_URL)
     else:
-        yield from _server_database(MARIADB_URL)
+        yield from server_database(MARIADB_URL)
 
 
 @pytest.fixture

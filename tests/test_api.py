@@ -26,7 +26,7 @@ from radlake.lake import Lake
 from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.ingest import ingest
 from radlake.storage.store import open_store
-from tests.conftest import POSTGRES_URL, SECRET, _server_database, pydicom_file
+from tests.conftest import POSTGRES_URL, SECRET, pydicom_file, server_database
 
 SAMPLES = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "JPEG2000.dcm", "US1_J2KR.dcm")
 UPLOAD_LIMIT = 400_000
@@ -38,9 +38,6 @@ class Api:
     lake: Lake
     tokens: dict[str, str]
     app: FastAPI
-
-    def get(self, path: str, role: str = "viewer", **kwargs: object) -> object:
-        return self.client.get(path, headers=self.auth(role), **kwargs)  # type: ignore[arg-type]
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -75,7 +72,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         (tmp_path / "db").mkdir()
         yield from build(f"sqlite:///{tmp_path / 'db' / 'catalog.sqlite'}", tmp_path)
     else:
-        for url in _server_database(POSTGRES_URL):
+        for url in server_database(POSTGRES_URL):
             yield from build(url, tmp_path)
 
 

@@ -120,9 +120,9 @@ def test_the_way_up_postgres_catalog_s3_store_process_pool(
 ) -> None:
     """Same code at scale: PostgreSQL catalog, S3 store, workers in other processes."""
     from radlake.pipelines.executor import LocalProcessExecutor
-    from tests.conftest import POSTGRES_URL, _server_database, s3_options
+    from tests.conftest import POSTGRES_URL, s3_options, server_database
 
-    for url in _server_database(POSTGRES_URL):
+    for url in server_database(POSTGRES_URL):
         engine = make_engine(url)
         upgrade(engine)
         store = open_store(f"s3://{s3_bucket}/lake", **s3_options(s3_endpoint))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,10 @@ def loaded(lake: Lake, tmp_path: Path) -> Path:
 
 
 def make(lake: Lake, **changes: object) -> tuple[int, bool]:
-    request = VersionRequest(dataset="vin", selection=ImageFilter(source="vinbigdata"), spec=SPEC)
-    for key, value in changes.items():
-        object.__setattr__(request, key, value)
+    request = replace(
+        VersionRequest(dataset="vin", selection=ImageFilter(source="vinbigdata"), spec=SPEC),
+        **changes,
+    )
     with transaction(lake.engine) as session:
         version, created = create_version(session, request)
         assert version.leakage["ok"] is True
