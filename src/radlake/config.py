@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from radlake.errors import ConfigError
@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str | None = None
+    # Limits that keep one hostile input from taking the machine (issue 7). The
+    # defaults suit a 2-core, 24 GB machine running two workers and the API.
+    max_decoded_mb: int = Field(default=1024, ge=1)  # pixels one input may decode to
+    max_input_mb: int = Field(default=2048, ge=1)  # bytes of one input file or upload
+    file_seconds: int = Field(default=300, ge=1)  # one input's time in a worker
+    retry_seconds: float = Field(default=30.0, ge=0)  # how long faults are retried
 
     def resolved_catalog_url(self) -> str:
         """The catalog URL, defaulting to a SQLite file in the lake's home."""

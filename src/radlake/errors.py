@@ -6,12 +6,15 @@
     │   ├── UnsupportedFormat(ImageError, ValueError)
     │   ├── CorruptImage(ImageError, ValueError)
     │   ├── NoPixelData(ImageError, ValueError)
-    │   └── UndecodableImage(ImageError, ValueError)
+    │   ├── UndecodableImage(ImageError, ValueError)
+    │   └── TooLargeToDecode(ImageError, ValueError)
     ├── RenderError(RadlakeError, ValueError)
     ├── StorageError
-    │   └── ObjectNotFound(StorageError, FileNotFoundError)
+    │   ├── ObjectNotFound(StorageError, FileNotFoundError)
+    │   └── StoreUnavailable(StorageError, ConnectionError)
     └── CatalogError
         ├── NotInitialized
+        ├── CatalogUnavailable(CatalogError, ConnectionError)
         └── ImageNotFound(CatalogError, LookupError)
 
 Modules add their own leaves (each also a ValueError): SourceFormatError
@@ -55,6 +58,11 @@ class UndecodableImage(ImageError, ValueError):
     """Pixel data exist but no installed decoder handles them."""
 
 
+class TooLargeToDecode(ImageError, ValueError):
+    """The headers claim more decoded pixels than the decode budget allows (a bomb,
+    or an image too large for this machine); nothing was decoded."""
+
+
 class RenderError(RadlakeError, ValueError):
     """A rendering request does not fit the image (slice out of range, bad window)."""
 
@@ -67,12 +75,20 @@ class ObjectNotFound(StorageError, FileNotFoundError):
     """No object under the requested key."""
 
 
+class StoreUnavailable(StorageError, ConnectionError):
+    """The store kept failing after bounded retries: a fault, never a bad input."""
+
+
 class CatalogError(RadlakeError):
     """The catalog database failed or holds unexpected state."""
 
 
 class NotInitialized(CatalogError):
     """No lake at the configured location: run `radlake init`."""
+
+
+class CatalogUnavailable(CatalogError, ConnectionError):
+    """The catalog database kept failing after bounded retries: a fault, never a bad input."""
 
 
 class ImageNotFound(CatalogError, LookupError):
