@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,13 +13,22 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from radlake.errors import CatalogError, NotInitialized
+from radlake.errors import CatalogError, CatalogUnavailable, NotInitialized
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
+DEFAULT_RETRY_SECONDS = 30.0
 IN_LIST_SIZE = 500  # IN (...) lists stay well under every backend's parameter limit
 WRITE_BATCH = 5000  # rows per multi-row INSERT/UPDATE
 
@@ -140,3 +149,46 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """A session in one transaction: committed on success, rolled back on error."""
     with session_factory(engine).begin() as session:
         yield session
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault worth retrying: the server went away, a lock or deadlock, a timeout.
+
+    OperationalError covers lost connections on every driver, PostgreSQL
+    serialization failures and deadlocks, MySQL lock waits and deadlocks, and
+    SQLite's "database is locked"; constraint and data errors are never transient.
+    """
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def run_transaction(
+    engine: Engine,
+    work: Callable[[Session], T],
+    *,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+) -> T:
+    """Run work(session) in one transaction, re-running the whole transaction on
+    transient faults with bounded exponential backoff.
+
+    Raises:
+        CatalogUnavailable: the fault outlasted retry_seconds.
+    """
+
+    def once() -> T:
+        with transaction(engine) as session:
+            return work(session)
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_delay(retry_seconds),
+        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        reraise=True,
+    )
+    try:
+        return retrying(once)
+    except SQLAlchemyError as exc:
+        if is_transient(exc):
+            raise CatalogUnavailable(f"catalog unreachable ({_short(exc)})") from exc
+        raise

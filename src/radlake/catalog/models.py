@@ -203,12 +203,15 @@ class Quarantine(Base):
     fingerprint: Mapped[str] = mapped_column(SHA256, unique=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("source.id"), index=True)
     source_key: Mapped[str] = mapped_column(String(1024))
-    sha256: Mapped[str | None] = mapped_column(SHA256)
+    sha256: Mapped[str | None] = mapped_column(SHA256, index=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(String(500))
     stored_key: Mapped[str | None] = mapped_column(String(200))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the same bytes, or a fixed file at the same path, got catalogued later:
+    # quarantine lists what still needs a person, the row keeps the history.
+    resolved_at: Mapped[datetime | None]
     source: Mapped[Source] = relationship()
 
 

@@ -1,8 +1,10 @@
 """Writing ingest results into the catalog: batches, one transaction each.
 
-The hierarchy (patient -> study -> series) is upserted by natural key with one
-SELECT and one multi-row INSERT per level, so a batch of hundreds of images costs a
-handful of round trips on any backend.
+The hierarchy (patient -> study -> series) and the images are inserted by natural
+key with each dialect's own "insert unless present" (upsert.py) and one SELECT per
+level, so a batch of hundreds of images costs a handful of round trips on any
+backend, and any number of ingests can write the same rows at once without an error
+or a duplicate. Every row is fitted to its columns first (fit.py).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from radlake.catalog.db import batches
+from radlake.catalog.fit import clean_json, column_length, fit_row
 from radlake.catalog.models import (
     Image,
     Patient,
@@ -24,8 +27,10 @@ from radlake.catalog.models import (
     Series,
     Source,
     Study,
+    utcnow,
 )
 from radlake.catalog.serialize import rendition_fields
+from radlake.catalog.upsert import insert_missing
 from radlake.domain import ImageMetadata, RenditionInfo
 
 
@@ -53,14 +58,13 @@ class RejectedInput:
 
 
 def ensure_source(session: Session, *, name: str, kind: str) -> int:
-    """The id of the named source, created on first use."""
-    found = session.scalar(select(Source.id).where(Source.name == name))
+    """The id of the named source, created on first use (safe when two create it)."""
+    row, _ = fit_row(Source, {"name": name, "kind": kind})
+    found = session.scalar(select(Source.id).where(Source.name == row["name"]))
     if found is not None:
         return found
-    source = Source(name=name, kind=kind)
-    session.add(source)
-    session.flush()
-    return source.id
+    insert_missing(session, Source, [row], key="name")
+    return session.scalars(select(Source.id).where(Source.name == row["name"])).one()
 
 
 def _existing(session: Session, column: Any, keys: Sequence[str]) -> dict[str, int]:
@@ -84,9 +88,11 @@ def _upsert(
     """Ids by natural key, inserting the rows that are missing."""
     column = getattr(model, key)
     ids = _existing(session, column, sorted(rows))
-    missing = [{key: value, **rows[value]} for value in sorted(rows) if value not in ids]
+    missing = [
+        fit_row(model, {key: value, **rows[value]})[0] for value in sorted(rows) if value not in ids
+    ]
     if missing:
-        session.execute(insert(model), missing)
+        insert_missing(session, model, missing, key=key)
         ids.update(_existing(session, column, [str(row[key]) for row in missing]))
     return ids
 
@@ -144,7 +150,7 @@ def upsert_hierarchy(session: Session, entries: Sequence[HierarchyEntry | None])
                 "study_id": studies.get(e.study_uid or ""),
                 "modality": e.modality,
                 "series_number": e.series_number,
-                "description": (e.description or "")[:200] or None,
+                "description": e.description or None,
             }
             for e in known
         },
@@ -154,36 +160,85 @@ def upsert_hierarchy(session: Session, entries: Sequence[HierarchyEntry | None])
 def add_images(
     session: Session, *, source_id: int, job_id: int | None, items: Sequence[CataloguedInput]
 ) -> set[str]:
-    """Insert images not yet catalogued; returns the sha256 of those inserted.
+    """Insert images not yet catalogued; returns the sha256 of those this call inserted.
 
-    Images whose sha256 is already catalogued (a re-run, or the same bytes under two
-    paths) are left alone: re-ingest is a no-op.
+    Images whose sha256 is already catalogued (a re-run, the same bytes under two
+    paths, or another ingest that got there first) are left alone: re-ingest is a
+    no-op. Quarantine rows of these inputs are marked resolved.
     """
     unique = list({item.sha256: item for item in reversed(items)}.values())
     present = _existing(session, Image.sha256, [item.sha256 for item in unique])
     new = [item for item in unique if item.sha256 not in present]
-    if not new:
-        return set()
-    series = upsert_hierarchy(session, [HierarchyEntry.of(item.metadata) for item in new])
-    session.execute(
-        insert(Image),
-        [
+    inserted: set[str] = set()
+    if new:
+        series = upsert_hierarchy(session, [HierarchyEntry.of(item.metadata) for item in new])
+        rows = [
             _image_row(item, source_id, job_id, series.get(item.metadata.series_uid or ""))
             for item in new
-        ],
+        ]
+        insert_missing(session, Image, rows, key="sha256")
+        inserted = _inserted_by(session, [item.sha256 for item in new], job_id, present)
+        ids = _existing(session, Image.sha256, sorted(inserted))
+        renditions = [
+            {"image_id": ids[item.sha256], **rendition_fields(r)}
+            for item in new
+            if item.sha256 in inserted
+            for r in item.renditions
+        ]
+        insert_missing(session, Rendition, renditions, key="image_id")
+    resolve_quarantined(
+        session,
+        sha256s=[item.sha256 for item in unique],
+        source_keys=[item.source_key for item in unique],
     )
-    ids = _existing(session, Image.sha256, [item.sha256 for item in new])
-    renditions = [
-        {"image_id": ids[item.sha256], **rendition_fields(r)}
-        for item in new
-        for r in item.renditions
-    ]
-    if renditions:
-        session.execute(insert(Rendition), renditions)
-    return {item.sha256 for item in new}
+    return inserted
+
+
+def _inserted_by(
+    session: Session, sha256s: Sequence[str], job_id: int | None, present_before: dict[str, int]
+) -> set[str]:
+    """Which of sha256s this job inserted (another ingest may have won some of them)."""
+    if job_id is None:
+        return {sha for sha in sha256s if sha not in present_before}
+    mine: set[str] = set()
+    for chunk in batches(sha256s):
+        mine.update(
+            session.scalars(
+                select(Image.sha256).where(Image.sha256.in_(chunk), Image.job_id == job_id)
+            )
+        )
+    return mine
+
+
+def resolve_quarantined(
+    session: Session, *, sha256s: Sequence[str], source_keys: Sequence[str]
+) -> None:
+    """Quarantine rows of inputs now catalogued (same bytes, or a fixed file at the same
+    path) stop counting as quarantined; the row stays, marked resolved."""
+    now = utcnow()
+    for column, values in ((Quarantine.sha256, sha256s), (Quarantine.source_key, source_keys)):
+        for chunk in batches(sorted(set(values))):
+            session.execute(
+                update(Quarantine)
+                .where(Quarantine.resolved_at.is_(None), column.in_(chunk))
+                .values(resolved_at=now)
+            )
 
 
 def _image_row(
+    item: CataloguedInput, source_id: int, job_id: int | None, series_id: int | None
+) -> dict[str, object]:
+    row, lost = fit_row(Image, _raw_image_row(item, source_id, job_id, series_id))
+    description = item.metadata.series_description or ""
+    if len(description) > (column_length(Series, "description") or len(description)):
+        lost["series_description"] = clean_json(description)
+    if lost:
+        # What did not fit a column stays whole and queryable in the attributes.
+        row["attributes"] = {**row["attributes"], "full_values": lost}
+    return row
+
+
+def _raw_image_row(
     item: CataloguedInput, source_id: int, job_id: int | None, series_id: int | None
 ) -> dict[str, object]:
     m = item.metadata
@@ -192,7 +247,7 @@ def _image_row(
         "size_bytes": item.size_bytes,
         "format": m.format.value,
         "source_id": source_id,
-        "source_key": item.source_key[:1024],
+        "source_key": item.source_key,
         "original_key": item.original_key,
         "series_id": series_id,
         "sop_instance_uid": m.sop_instance_uid,
@@ -236,19 +291,21 @@ def add_quarantined(
     by_fingerprint = {quarantine_fingerprint(r.source_key, r.sha256): r for r in rejects}
     known = _existing(session, Quarantine.fingerprint, sorted(by_fingerprint))
     rows = [
-        {
-            "fingerprint": fingerprint,
-            "source_id": source_id,
-            "source_key": r.source_key[:1024],
-            "sha256": r.sha256,
-            "size_bytes": r.size_bytes,
-            "reason": r.reason[:500],
-            "stored_key": r.stored_key,
-            "job_id": job_id,
-        }
+        fit_row(
+            Quarantine,
+            {
+                "fingerprint": fingerprint,
+                "source_id": source_id,
+                "source_key": r.source_key,
+                "sha256": r.sha256,
+                "size_bytes": r.size_bytes,
+                "reason": r.reason,
+                "stored_key": r.stored_key,
+                "job_id": job_id,
+            },
+        )[0]
         for fingerprint, r in sorted(by_fingerprint.items())
         if fingerprint not in known
     ]
-    if rows:
-        session.execute(insert(Quarantine), rows)
+    insert_missing(session, Quarantine, rows, key="fingerprint")
     return len(rows)

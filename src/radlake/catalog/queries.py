@@ -238,9 +238,14 @@ def get_image(session: Session, *, image_id: int) -> Image:
     return image
 
 
-def list_quarantine(session: Session, *, limit: int | None = None) -> Sequence[Quarantine]:
-    """Rejected inputs, oldest first, with their sources."""
+def list_quarantine(
+    session: Session, *, limit: int | None = None, include_resolved: bool = False
+) -> Sequence[Quarantine]:
+    """Rejected inputs, oldest first, with their sources; by default only those not
+    catalogued since (see persist.resolve_quarantined)."""
     statement = select(Quarantine).options(selectinload(Quarantine.source)).order_by(Quarantine.id)
+    if not include_resolved:
+        statement = statement.where(Quarantine.resolved_at.is_(None))
     if limit is not None:
         statement = statement.limit(limit)
     return list(session.scalars(statement))

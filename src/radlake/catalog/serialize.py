@@ -58,6 +58,7 @@ def quarantine_row(row: Quarantine) -> dict[str, Any]:
         "stored_key": row.stored_key,
         "job_id": row.job_id,
         "created_at": row.created_at,
+        "resolved_at": row.resolved_at,
     }
 
 

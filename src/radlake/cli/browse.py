@@ -104,12 +104,16 @@ def show(
 
 def quarantine(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many rows.")] = None,
+    include_resolved: Annotated[
+        bool, typer.Option("--all", help="Also inputs catalogued by a later run.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Every rejected input with the reason it was rejected."""
+    """Every rejected input with the reason it was rejected (not catalogued since)."""
     lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
-        rows = [quarantine_row(row) for row in list_quarantine(session, limit=limit)]
+        found = list_quarantine(session, limit=limit, include_resolved=include_resolved)
+        rows = [quarantine_row(row) for row in found]
     if as_json:
         print_json(rows)
         return

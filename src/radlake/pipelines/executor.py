@@ -2,19 +2,35 @@
 
 The interface is one method, so a Dask executor (client.map + as_completed) can
 slot in later without touching the pipelines.
+
+A worker process can die under an item: the kernel's OOM killer, a crash in a
+native decoder, or the per-item time limit (SIGALRM with its default action kills
+the process even inside C code that never returns to Python). The pool then breaks
+and every item in flight is lost with it, innocent or not. The process executor
+re-runs those items one at a time in a fresh pool: the innocent ones succeed, and
+the one that kills its worker again is handed to `on_crash`, which turns it into an
+ordinary result (a quarantine row), so the job goes on.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import signal
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+OnCrash = Callable[[T, str], R]
+"""Turns an item whose worker died into a result, given the reason in words."""
 
 
 class Executor(Protocol):
@@ -22,57 +38,143 @@ class Executor(Protocol):
 
     workers: int
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+    def map_unordered(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        on_crash: OnCrash[T, R] | None = None,
+    ) -> Iterator[R]: ...
 
 
 class SerialExecutor:
-    """Everything in the calling process: for one worker, tests and debugging."""
+    """Everything in the calling process: for one worker, tests, debugging and the API
+    (which relies on the decode budget, since a crash here would take the caller)."""
 
     workers = 1
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map_unordered(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        on_crash: OnCrash[T, R] | None = None,
+    ) -> Iterator[R]:
         for item in items:
             yield fn(item)
 
 
-def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
-    return [fn(item) for item in chunk]
+def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T], item_seconds: int | None) -> list[R]:
+    results = []
+    for item in chunk:
+        if item_seconds:
+            # Default action of SIGALRM: the kernel ends the process, wherever it is.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(item_seconds)
+        try:
+            results.append(fn(item))
+        finally:
+            if item_seconds:
+                signal.alarm(0)
+    return results
 
 
 class LocalProcessExecutor:
     """A pool of worker processes; work goes out in small chunks to amortise IPC.
 
     Submission is bounded (a few chunks per worker in flight), so memory stays flat
-    however many items there are.
+    however many items there are. item_seconds bounds one item's time in a worker.
     """
 
-    def __init__(self, workers: int | None = None, chunk_size: int = 8) -> None:
+    def __init__(
+        self, workers: int | None = None, chunk_size: int = 8, item_seconds: float | None = None
+    ) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.chunk_size = chunk_size
+        self.item_seconds = math.ceil(item_seconds) if item_seconds else None
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def _pool(self) -> ProcessPoolExecutor:
         # forkserver: workers never inherit the parent's threads, sockets or DB pools.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["radlake.pipelines.worker"])
+        return ProcessPoolExecutor(self.workers, mp_context=context)
+
+    def map_unordered(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        on_crash: OnCrash[T, R] | None = None,
+    ) -> Iterator[R]:
         iterator = iter(items)
-        in_flight: set[Future[list[R]]] = set()
-        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+        suspects: deque[T] = deque()
+        pool = self._pool()
+        try:
+            in_flight: dict[Future[list[R]], Sequence[T]] = {}
             while True:
-                while len(in_flight) < self.workers * 3:
+                while not suspects and len(in_flight) < self.workers * 3:
                     chunk = list(islice(iterator, self.chunk_size))
                     if not chunk:
                         break
-                    in_flight.add(pool.submit(_run_chunk, fn, chunk))
+                    in_flight[pool.submit(_run_chunk, fn, chunk, self.item_seconds)] = chunk
                 if not in_flight:
                     return
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                broken = False
                 for future in done:
-                    yield from future.result()
+                    chunk = in_flight.pop(future)
+                    try:
+                        results = future.result()
+                    except BrokenProcessPool:
+                        if on_crash is None:
+                            raise
+                        broken = True
+                        suspects.extend(chunk)
+                        continue
+                    yield from results
+                if broken:
+                    # Every other chunk in flight died with the pool: all are suspects.
+                    for chunk in in_flight.values():
+                        suspects.extend(chunk)
+                    in_flight.clear()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    assert on_crash is not None
+                    pool = yield from self._isolate(fn, suspects, on_crash)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _isolate(
+        self, fn: Callable[[T], R], suspects: deque[T], on_crash: OnCrash[T, R]
+    ) -> Iterator[R]:
+        """Run each suspect alone in a live pool; the one whose worker dies again is
+        handed to on_crash. Returns the pool to go on with (generator return value)."""
+        pool = self._pool()
+        while suspects:
+            item = suspects.popleft()
+            started = time.monotonic()
+            try:
+                results = pool.submit(_run_chunk, fn, [item], self.item_seconds).result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = self._pool()
+                yield on_crash(item, self._death_reason(time.monotonic() - started))
+                continue
+            yield from results
+        return pool
+
+    def _death_reason(self, seconds: float) -> str:
+        if self.item_seconds and seconds >= self.item_seconds - 0.5:
+            return (
+                f"took longer than the {self.item_seconds} s limit for one input "
+                "(RADLAKE_FILE_SECONDS): the worker was stopped"
+            )
+        return (
+            "the worker process died while reading it (killed for memory, or a crash "
+            "in a native decoder)"
+        )
 
 
-def default_executor(workers: int | None) -> Executor:
-    """A process pool of `workers` (default: one per CPU); serial for one worker."""
-    count = workers or os.cpu_count() or 1
-    if count <= 1:
-        return SerialExecutor()
-    return LocalProcessExecutor(count)
+def default_executor(workers: int | None, item_seconds: float | None = None) -> Executor:
+    """A process pool of `workers` (default: one per CPU), even for one worker: a
+    worker that dies costs its input a quarantine row, never the job."""
+    return LocalProcessExecutor(workers, item_seconds=item_seconds)
