@@ -17,6 +17,7 @@ from radlake.cli import (
     render_cmd,
     serve_cmd,
     sources_cmd,
+    verify_cmd,
 )
 from radlake.cli.output import err_console
 from radlake.errors import RadlakeError
@@ -36,6 +37,7 @@ app.command("quarantine")(browse.quarantine)
 app.command("jobs")(browse.jobs)
 app.command("render")(render_cmd.render)
 app.command("quickstart")(quickstart.quickstart)
+app.command("verify")(verify_cmd.verify)
 app.add_typer(sources_cmd.app, name="source")
 app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(labels_cmd.app, name="labels")

@@ -1,0 +1,93 @@
+"""`radlake verify`: check the store against the catalog, repair with --repair."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from radlake.cli.ingest_cmd import progress_bar
+from radlake.cli.output import console, err_console, print_json
+from radlake.lake import load_settings, open_lake
+from radlake.pipelines.verify import verify_lake
+
+FINDINGS_SHOWN = 10
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2  # what Typer answers for a bad argument
+
+
+def _whole_number(text: str | None, option: str, minimum: int) -> int | None:
+    """The option's value as an int, or one error line and exit 2 (Typer's own
+    message for a bad value is a multi-line panel)."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        err_console.print(
+            f"error: {option} expects a whole number of at least {minimum}, got {text!r}",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    return value
+
+
+def verify(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Render missing or corrupt previews again, rewrite originals from their "
+            "source files, delete orphan objects older than an hour.",
+        ),
+    ] = False,
+    sample: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N",
+            help="Re-hash a random sample of N originals instead of all (sizes are always "
+            "checked).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        str, typer.Option(metavar="SEED", help="Seed of the sample: same seed, same images.")
+    ] = "0",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = (
+        False
+    ),
+) -> None:
+    """Check that every catalogued object is in the store, whole, and nothing else is;
+    exit 1 while problems remain."""
+    sample_size = _whole_number(sample, "--sample", 1)
+    sample_seed = _whole_number(seed, "--seed", 0) or 0
+    lake = open_lake(load_settings())
+    with progress_bar("verifying", not as_json) as progress:
+        task = progress.add_task("verifying", total=None) if progress else None
+
+        def report_progress(phase: str, done: int, total: int | None) -> None:
+            if progress is not None and task is not None:
+                progress.update(task, description=phase, completed=done, total=total)
+
+        report = verify_lake(
+            engine=lake.engine,
+            store=lake.store,
+            repair=repair,
+            sample=sample_size,
+            seed=sample_seed,
+            progress=report_progress,
+        )
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        console.print(report.line(), highlight=False, markup=False)
+        for finding in report.findings[:FINDINGS_SHOWN]:
+            console.print(f"  {finding.line()}", highlight=False, markup=False)
+        more = len(report.findings) + report.findings_left_out - FINDINGS_SHOWN
+        if more > 0:
+            console.print(f"  ... and {more} more findings (--json lists them)", highlight=False)
+    if not report.sound:
+        raise typer.Exit(EXIT_PROBLEMS)
