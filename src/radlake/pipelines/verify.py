@@ -34,7 +34,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -151,21 +151,8 @@ class VerifyReport:
 
     def counts(self) -> dict[str, int]:
         """The counts recorded on the job row."""
-        names = (
-            "images",
-            "images_hashed",
-            "bytes_hashed",
-            "renditions",
-            "quarantine_rows",
-            "objects_listed",
-            "missing",
-            "corrupt",
-            "orphans",
-            "recent_orphans",
-            "pointing_nowhere",
-            "repaired",
-        )
-        return {name: int(getattr(self, name)) for name in names} | {"unrepaired": self.unrepaired}
+        counted = (name.name for name in fields(_Tally) if name.name != "hash_seconds")
+        return {name: getattr(self, name) for name in counted} | {"unrepaired": self.unrepaired}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {
@@ -381,6 +368,8 @@ class _RenditionRow:
 
 @dataclass
 class _Tally:
+    """The report's figures while they grow."""
+
     images: int = 0
     images_hashed: int = 0
     bytes_hashed: int = 0
@@ -394,8 +383,6 @@ class _Tally:
     recent_orphans: int = 0
     pointing_nowhere: int = 0
     repaired: int = 0
-    findings: list[Finding] = field(default_factory=list)
-    findings_left_out: int = 0
 
 
 _COUNTERS: dict[Kind, str] = {
@@ -411,6 +398,8 @@ class _Verifier:
     def __init__(self, engine: Engine, store: ObjectStore, repair: bool, now: float) -> None:
         self.engine, self.store, self.repair, self.now = engine, store, repair, now
         self.tally = _Tally()
+        self.findings: list[Finding] = []
+        self.findings_left_out = 0
         self.references = _References()
         self._bad_originals: set[int] = set()  # reported and not repaired
 
@@ -419,10 +408,10 @@ class _Verifier:
         name = _COUNTERS[finding.kind]
         setattr(tally, name, getattr(tally, name) + 1)
         tally.repaired += finding.repaired
-        if len(tally.findings) < MAX_FINDINGS:
-            tally.findings.append(finding)
+        if len(self.findings) < MAX_FINDINGS:
+            self.findings.append(finding)
         else:
-            tally.findings_left_out += 1
+            self.findings_left_out += 1
 
     # originals
 
@@ -630,7 +619,7 @@ class _Verifier:
                 self.tally.objects_listed += 1
                 if key not in self.references:
                     self._orphan(key)
-                if progress:
+                if progress and self.tally.objects_listed % 100 == 0:
                     progress("looking for orphans", self.tally.objects_listed, None)
 
     def _orphan(self, key: str) -> None:
@@ -687,6 +676,8 @@ def _picture_problem(data: bytes, rendition: _RenditionRow) -> str | None:
 def _source_bytes(image: _ImageRow) -> bytes | None:
     """The source file's bytes when it is still there and hashes to the row's sha256."""
     try:
+        if os.stat(image.source_key).st_size != image.size_bytes:
+            return None  # changed (and perhaps large): not worth reading
         data = Path(image.source_key).read_bytes()
     except (OSError, ValueError):  # gone, unreadable, not a local path
         return None
@@ -740,28 +731,15 @@ def verify_lake(
         raise
     finally:
         seconds = time.perf_counter() - started
-        tally = verifier.tally
         report = VerifyReport(
             job_id=job_id,
             repair=repair,
             sample=sample,
             seed=seed,
-            images=tally.images,
-            images_hashed=tally.images_hashed,
-            bytes_hashed=tally.bytes_hashed,
-            hash_seconds=tally.hash_seconds,
-            renditions=tally.renditions,
-            quarantine_rows=tally.quarantine_rows,
-            objects_listed=tally.objects_listed,
-            missing=tally.missing,
-            corrupt=tally.corrupt,
-            orphans=tally.orphans,
-            recent_orphans=tally.recent_orphans,
-            pointing_nowhere=tally.pointing_nowhere,
-            repaired=tally.repaired,
             seconds=seconds,
-            findings=tuple(tally.findings),
-            findings_left_out=tally.findings_left_out,
+            findings=tuple(verifier.findings),
+            findings_left_out=verifier.findings_left_out,
+            **asdict(verifier.tally),
         )
         with transaction(engine) as session:
             row = session.get_one(Job, job_id)
