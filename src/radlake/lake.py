@@ -5,7 +5,7 @@ Entry points (CLI, later the API and flows) call these; pipelines receive the pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -14,7 +14,10 @@ from radlake.catalog.db import check_current, make_engine, sqlite_file, upgrade
 from radlake.config import Settings
 from radlake.errors import ConfigError, NotInitialized
 from radlake.imaging.deid import Pseudonymizer
+from radlake.pipelines.ingest import IngestLimits
 from radlake.storage.store import ObjectStore, open_store
+
+MIB = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,17 @@ class Lake:
     engine: Engine
     store: ObjectStore
     pseudonymizer: Pseudonymizer
+    limits: IngestLimits = field(default_factory=IngestLimits)
+
+
+def ingest_limits(settings: Settings) -> IngestLimits:
+    """The per-input limits and the fault retry time the settings ask for."""
+    return IngestLimits(
+        max_decoded_bytes=settings.max_decoded_mb * MIB,
+        max_input_bytes=settings.max_input_mb * MIB,
+        file_seconds=settings.file_seconds,
+        retry_seconds=settings.retry_seconds,
+    )
 
 
 def load_settings() -> Settings:
@@ -50,8 +64,13 @@ def init_lake(settings: Settings) -> tuple[Lake, bool]:
         database.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_catalog_url())
     upgrade(engine)
-    store = open_store(settings.resolved_store_url(), **settings.store_options())
-    return Lake(engine, store, Pseudonymizer(settings.secret_key_bytes())), created_key
+    store = open_store(
+        settings.resolved_store_url(),
+        retry_seconds=settings.retry_seconds,
+        **settings.store_options(),
+    )
+    lake = Lake(engine, store, Pseudonymizer(settings.secret_key_bytes()), ingest_limits(settings))
+    return lake, created_key
 
 
 def open_lake(settings: Settings) -> Lake:
@@ -67,5 +86,9 @@ def open_lake(settings: Settings) -> Lake:
         raise NotInitialized(f"no lake in {settings.home}: run `radlake init` first")
     engine = make_engine(settings.resolved_catalog_url())
     check_current(engine)
-    store = open_store(settings.resolved_store_url(), **settings.store_options())
-    return Lake(engine, store, Pseudonymizer(settings.secret_key_bytes()))
+    store = open_store(
+        settings.resolved_store_url(),
+        retry_seconds=settings.retry_seconds,
+        **settings.store_options(),
+    )
+    return Lake(engine, store, Pseudonymizer(settings.secret_key_bytes()), ingest_limits(settings))

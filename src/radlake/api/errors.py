@@ -17,6 +17,7 @@ from radlake.errors import (
     RenderError,
     StorageError,
 )
+from radlake.pipelines.ingest import IngestFault
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ImageNotFound, 404),
@@ -26,6 +27,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (RenderError, 422),
     (ImageError, 422),
     (NotInitialized, 503),
+    (IngestFault, 503),
     (CatalogError, 503),
     (StorageError, 503),
 )

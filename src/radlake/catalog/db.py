@@ -183,7 +183,7 @@ def run_transaction(
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_delay(retry_seconds),
-        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.1),
         reraise=True,
     )
     try:

@@ -76,6 +76,7 @@ def ingest_with_progress(
             pseudonymizer=lake.pseudonymizer,
             source=source,
             workers=workers,
+            limits=lake.limits,
             progress=report,
         )
 

@@ -47,6 +47,7 @@ def _run(
             store=lake.store,
             pseudonymizer=lake.pseudonymizer,
             workers=workers,
+            limits=lake.limits,
             progress=report,
         )
     if as_json:

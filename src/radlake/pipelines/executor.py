@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
@@ -113,29 +113,29 @@ class LocalProcessExecutor:
             in_flight: dict[Future[list[R]], Sequence[T]] = {}
             while True:
                 while not suspects and len(in_flight) < self.workers * 3:
-                    chunk = list(islice(iterator, self.chunk_size))
-                    if not chunk:
+                    batch = list(islice(iterator, self.chunk_size))
+                    if not batch:
                         break
-                    in_flight[pool.submit(_run_chunk, fn, chunk, self.item_seconds)] = chunk
+                    in_flight[pool.submit(_run_chunk, fn, batch, self.item_seconds)] = batch
                 if not in_flight:
                     return
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 broken = False
                 for future in done:
-                    chunk = in_flight.pop(future)
+                    sent = in_flight.pop(future)
                     try:
                         results = future.result()
                     except BrokenProcessPool:
                         if on_crash is None:
                             raise
                         broken = True
-                        suspects.extend(chunk)
+                        suspects.extend(sent)
                         continue
                     yield from results
                 if broken:
                     # Every other chunk in flight died with the pool: all are suspects.
-                    for chunk in in_flight.values():
-                        suspects.extend(chunk)
+                    for sent in in_flight.values():
+                        suspects.extend(sent)
                     in_flight.clear()
                     pool.shutdown(wait=True, cancel_futures=True)
                     assert on_crash is not None
@@ -145,7 +145,7 @@ class LocalProcessExecutor:
 
     def _isolate(
         self, fn: Callable[[T], R], suspects: deque[T], on_crash: OnCrash[T, R]
-    ) -> Iterator[R]:
+    ) -> Generator[R, None, ProcessPoolExecutor]:
         """Run each suspect alone in a live pool; the one whose worker dies again is
         handed to on_crash. Returns the pool to go on with (generator return value)."""
         pool = self._pool()

@@ -4,22 +4,30 @@ Crash safety comes from ordering: blobs are written (atomically, content-address
 before the catalog rows that point at them, and rows are inserted in batches, one
 transaction each, keyed by sha256. Killing the process at any point and running the
 same command again finishes the work with no duplicate and no missing row.
+
+One input never stops a job: each ends catalogued, already present or quarantined,
+even when its worker dies. A fault of the store or the catalog is retried (the
+store's and `run_transaction`'s bounded backoff); when it persists the job is marked
+failed and `IngestFault` says so in one line. Nothing is lost then: what was written
+is consistent, and the same command finishes the work.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from radlake.catalog.db import transaction
+from radlake.catalog.db import DEFAULT_RETRY_SECONDS, run_transaction
 from radlake.catalog.models import Job, utcnow
 from radlake.catalog.persist import (
     CataloguedInput,
@@ -28,17 +36,42 @@ from radlake.catalog.persist import (
     add_quarantined,
     ensure_source,
 )
+from radlake.errors import CatalogError, RadlakeError, StorageError
+from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.deid import Pseudonymizer
-from radlake.pipelines.discover import discover
+from radlake.pipelines.discover import discover, key_of_path
 from radlake.pipelines.executor import Executor, default_executor
-from radlake.pipelines.worker import WorkerContext, process_input
+from radlake.pipelines.worker import (
+    DEFAULT_MAX_INPUT_BYTES,
+    WorkerContext,
+    crashed_input,
+    process_bytes,
+    process_input,
+)
 from radlake.storage.store import ObjectStore
 
 BATCH_SIZE = 256
 BATCH_SECONDS = 2.0
+T = TypeVar("T")
 
 Progress = Callable[[int, int], None]
 """Called with (inputs done, inputs in all) as work completes."""
+Outcome = CataloguedInput | RejectedInput
+
+
+class IngestFault(RadlakeError, ConnectionError):
+    """The store or the catalog kept failing: the job stopped, nothing was lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """What one input may cost (settings RADLAKE_MAX_DECODED_MB, _MAX_INPUT_MB,
+    _FILE_SECONDS) and how long faults are retried (RADLAKE_RETRY_SECONDS)."""
+
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    file_seconds: float | None = 300.0
+    retry_seconds: float = DEFAULT_RETRY_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +110,50 @@ class IngestSummary:
         }
 
 
-class _Batcher:
-    """Collects worker results and writes them in batches, counting outcomes."""
+class IngestSession:
+    """One recorded job: its row, the batched catalog writes and the counts.
 
-    def __init__(self, engine: Engine, source_id: int, job_id: int) -> None:
-        self.engine, self.source_id, self.job_id = engine, source_id, job_id
-        self.pending: list[CataloguedInput | RejectedInput] = []
+    Results are written in batches (BATCH_SIZE inputs or BATCH_SECONDS, whichever
+    comes first), one transaction each, retried whole on transient faults.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        source: str,
+        source_kind: str,
+        parameters: dict[str, object],
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ) -> None:
+        self.engine, self.retry_seconds = engine, retry_seconds
+        self.started = time.perf_counter()
+        self.pending: list[Outcome] = []
         self.counts = {"catalogued": 0, "already_present": 0, "quarantined": 0, "bytes_read": 0}
         self.last_flush = time.monotonic()
+        self.inserted: set[str] = set()
+        self._transaction(_mark_interrupted)
 
-    def add(self, result: CataloguedInput | RejectedInput) -> None:
+        def open_job(session: Session) -> tuple[int, int]:
+            source_id = ensure_source(session, name=source, kind=source_kind)
+            job = Job(
+                kind="ingest",
+                status="running",
+                parameters=parameters,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+            session.add(job)
+            session.flush()
+            return source_id, job.id
+
+        self.source_id, self.job_id = self._transaction(open_job)
+        _ACTIVE_JOBS.add(self.job_id)
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        return run_transaction(self.engine, work, retry_seconds=self.retry_seconds)
+
+    def add(self, result: Outcome) -> None:
         self.pending.append(result)
         if len(self.pending) >= BATCH_SIZE or time.monotonic() - self.last_flush > BATCH_SECONDS:
             self.flush()
@@ -96,44 +163,68 @@ class _Batcher:
             return
         images = [r for r in self.pending if isinstance(r, CataloguedInput)]
         rejects = [r for r in self.pending if isinstance(r, RejectedInput)]
-        for attempt in (1, 2):
-            try:
-                with transaction(self.engine) as session:
-                    inserted = add_images(
-                        session, source_id=self.source_id, job_id=self.job_id, items=images
-                    )
-                    add_quarantined(
-                        session, source_id=self.source_id, job_id=self.job_id, rejects=rejects
-                    )
-                    counts = {
-                        "catalogued": self.counts["catalogued"] + len(inserted),
-                        "already_present": self.counts["already_present"]
-                        + len(images)
-                        - len(inserted),
-                        "quarantined": self.counts["quarantined"] + len(rejects),
-                        "bytes_read": self.counts["bytes_read"]
-                        + sum(r.size_bytes or 0 for r in self.pending),
-                    }
-                    session.get_one(Job, self.job_id).counts = counts
-                break
-            except IntegrityError:
-                # Another ingest inserted some of the same rows meanwhile; the retry
-                # sees them as present.
-                if attempt == 2:
-                    raise
-        self.counts = counts
+
+        def write(session: Session) -> tuple[set[str], dict[str, int]]:
+            inserted = add_images(
+                session, source_id=self.source_id, job_id=self.job_id, items=images
+            )
+            add_quarantined(session, source_id=self.source_id, job_id=self.job_id, rejects=rejects)
+            counts = {
+                "catalogued": self.counts["catalogued"] + len(inserted),
+                "already_present": self.counts["already_present"] + len(images) - len(inserted),
+                "quarantined": self.counts["quarantined"] + len(rejects),
+                "bytes_read": self.counts["bytes_read"]
+                + sum(r.size_bytes or 0 for r in self.pending),
+            }
+            session.get_one(Job, self.job_id).counts = counts
+            return inserted, counts
+
+        inserted, self.counts = self._transaction(write)
+        self.inserted |= inserted
         self.pending.clear()
         self.last_flush = time.monotonic()
 
+    def finish(self, status: str, error: str | None, inputs: int) -> IngestSummary:
+        """Record how the job ended (best effort when the catalog is the fault)."""
+        seconds = time.perf_counter() - self.started
 
-def _mark_interrupted(engine: Engine) -> None:
-    """Jobs left 'running' by a process of this host that no longer exists."""
-    host = socket.gethostname()
-    with transaction(engine) as session:
-        for job in session.scalars(select(Job).where(Job.status == "running", Job.host == host)):
-            if job.pid is not None and not _alive(job.pid):
-                job.status = "interrupted"
-                job.error = "the process running this job ended before it finished"
+        def close(session: Session) -> None:
+            job = session.get_one(Job, self.job_id)
+            job.status, job.error = status, error
+            job.counts = self.counts | {"inputs": inputs}
+            job.finished_at, job.seconds = utcnow(), round(seconds, 3)
+
+        _ACTIVE_JOBS.discard(self.job_id)
+        try:
+            self._transaction(close)
+        except CatalogError:
+            if status == "succeeded":
+                raise
+            # The catalog is the fault: the next run marks this job interrupted.
+        return IngestSummary(
+            job_id=self.job_id,
+            inputs=inputs,
+            catalogued=self.counts["catalogued"],
+            already_present=self.counts["already_present"],
+            quarantined=self.counts["quarantined"],
+            bytes_read=self.counts["bytes_read"],
+            seconds=seconds,
+        )
+
+
+_ACTIVE_JOBS: set[int] = set()
+"""Jobs this process is running now (a long-lived API process runs many in turn)."""
+
+
+def _mark_interrupted(session: Session) -> None:
+    """Jobs left 'running' by a process of this host that no longer exists, or by
+    this process when it no longer runs them (the catalog failed as they ended)."""
+    host, me = socket.gethostname(), os.getpid()
+    for job in session.scalars(select(Job).where(Job.status == "running", Job.host == host)):
+        ended = job.pid is not None and not _alive(job.pid)
+        if ended or (job.pid == me and job.id not in _ACTIVE_JOBS):
+            job.status = "interrupted"
+            job.error = "the process running this job ended before it finished"
 
 
 def _alive(pid: int) -> bool:
@@ -146,6 +237,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _fault(exc: StorageError | CatalogError) -> IngestFault:
+    return IngestFault(f"{exc}: nothing lost; run the same command again to resume")
+
+
 def ingest(
     paths: Sequence[str | Path],
     *,
@@ -156,77 +251,126 @@ def ingest(
     source_kind: str = "folder",
     executor: Executor | None = None,
     workers: int | None = None,
+    limits: IngestLimits | None = None,
     progress: Progress | None = None,
-    on_result: Callable[[CataloguedInput | RejectedInput], None] | None = None,
+    on_result: Callable[[Outcome], None] | None = None,
 ) -> IngestSummary:
-    """Ingest files and folders into the lake; safe to re-run.
+    """Ingest files and folders into the lake; safe to re-run, alone or concurrently.
 
     on_result receives every input's outcome (source adapters map their keys to
     sha256 with it).
 
     Raises:
         InputPathError: a given path does not exist (nothing is ingested).
-        StorageError, CatalogError: the store or the catalog failed (the job is
-            recorded as failed; re-running finishes it).
+        IngestFault: the store or the catalog kept failing (the job is recorded as
+            failed when the catalog allows; re-running finishes it).
     """
-    started = time.perf_counter()
+    limits = limits or IngestLimits()
     found = discover(paths)
-    pool = executor or default_executor(workers)
-    _mark_interrupted(engine)
-    store.remove_stale_temporary()  # what a killed run left half-written, if anything
-    with transaction(engine) as session:
-        source_id = ensure_source(session, name=source, kind=source_kind)
-        job = Job(
-            kind="ingest",
-            status="running",
+    pool = executor or default_executor(workers, item_seconds=limits.file_seconds)
+    try:
+        store.remove_stale_temporary()  # what a killed run left half-written, if anything
+        session = IngestSession(
+            engine,
+            source=source,
+            source_kind=source_kind,
             parameters={
-                "paths": [str(p) for p in paths],
+                "paths": [key_of_path(str(p)) for p in paths],
                 "source": source,
                 "workers": pool.workers,
             },
-            host=socket.gethostname(),
-            pid=os.getpid(),
+            retry_seconds=limits.retry_seconds,
         )
-        session.add(job)
-        session.flush()
-        job_id = job.id
+    except (StorageError, CatalogError) as exc:
+        raise _fault(exc) from exc
     total = len(found.files) + len(found.rejected)
-    batcher = _Batcher(engine, source_id, job_id)
+    context = WorkerContext(
+        store,
+        pseudonymizer,
+        max_decoded_bytes=limits.max_decoded_bytes,
+        max_input_bytes=limits.max_input_bytes,
+    )
     status, error = "failed", None
     try:
-        for rejected in found.rejected:
-            batcher.add(rejected)
-            if on_result:
-                on_result(rejected)
-        done = len(found.rejected)
-        if progress:
-            progress(done, total)
-        task = functools.partial(process_input, WorkerContext(store, pseudonymizer))
-        for result in pool.map_unordered(task, found.files):
-            batcher.add(result)
+        outcomes = pool.map_unordered(
+            functools.partial(process_input, context), found.files, on_crash=crashed_input
+        )
+        for done, result in enumerate(itertools.chain(found.rejected, outcomes), start=1):
+            session.add(result)
             if on_result:
                 on_result(result)
-            done += 1
             if progress:
                 progress(done, total)
-        batcher.flush()
+        session.flush()
         status = "succeeded"
+    except (StorageError, CatalogError) as exc:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        raise _fault(exc) from exc
     except BaseException as exc:
         error = f"{type(exc).__name__}: {str(exc)[:300]}"
         raise
     finally:
-        seconds = time.perf_counter() - started
-        with transaction(engine) as session:
-            job = session.get_one(Job, job_id)
-            job.status, job.error = status, error
-            job.counts = batcher.counts | {"inputs": total}
-            job.finished_at, job.seconds = utcnow(), round(seconds, 3)
-    return IngestSummary(
-        job_id=job_id,
-        inputs=total,
-        catalogued=batcher.counts["catalogued"],
-        already_present=batcher.counts["already_present"],
-        quarantined=batcher.counts["quarantined"],
-        bytes_read=batcher.counts["bytes_read"],
-        seconds=seconds,
+        summary = session.finish(status, error, total)
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class BytesOutcome:
+    """What became of one input given as bytes: its outcome and, when catalogued or
+    already present, the image's sha256; `new` when this call catalogued it."""
+
+    outcome: Outcome
+    new: bool
+
+
+def ingest_bytes(
+    data: bytes,
+    *,
+    engine: Engine,
+    store: ObjectStore,
+    pseudonymizer: Pseudonymizer,
+    source: str,
+    source_kind: str,
+    source_key: str,
+    limits: IngestLimits | None = None,
+    keep_rejected: bool = True,
+) -> BytesOutcome:
+    """Ingest one input held in memory (an upload, a received DICOM object) through
+    the same steps as a file, in this process, as one recorded job.
+
+    Raises:
+        IngestFault: the store or the catalog kept failing.
+    """
+    limits = limits or IngestLimits()
+    context = WorkerContext(
+        store,
+        pseudonymizer,
+        max_decoded_bytes=limits.max_decoded_bytes,
+        max_input_bytes=limits.max_input_bytes,
+        keep_rejected=keep_rejected,
+    )
+    try:
+        session = IngestSession(
+            engine,
+            source=source,
+            source_kind=source_kind,
+            parameters={"source": source, "input": source_key},
+            retry_seconds=limits.retry_seconds,
+        )
+    except (StorageError, CatalogError) as exc:
+        raise _fault(exc) from exc
+    status, error = "failed", None
+    try:
+        outcome = process_bytes(context, data, source_key)
+        if isinstance(outcome, CataloguedInput) or keep_rejected:
+            session.add(outcome)
+        session.flush()
+        status = "succeeded"
+    except (StorageError, CatalogError) as exc:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        raise _fault(exc) from exc
+    finally:
+        session.finish(status, error, 1)
+    return BytesOutcome(
+        outcome, new=isinstance(outcome, CataloguedInput) and outcome.sha256 in session.inserted
     )

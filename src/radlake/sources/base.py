@@ -32,7 +32,7 @@ from radlake.catalog.persist import (
 from radlake.domain import Box, LabelOrigin
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.executor import Executor
-from radlake.pipelines.ingest import IngestSummary, Progress, ingest
+from radlake.pipelines.ingest import IngestLimits, IngestSummary, Progress, ingest
 from radlake.storage.store import ObjectStore
 
 
@@ -127,6 +127,7 @@ def load_source(
     pseudonymizer: Pseudonymizer,
     executor: Executor | None = None,
     workers: int | None = None,
+    limits: IngestLimits | None = None,
     progress: Progress | None = None,
 ) -> SourceSummary:
     """Ingest a parsed source's images and write its metadata and labels; re-runnable.
@@ -153,6 +154,7 @@ def load_source(
             source_kind=load.kind,
             executor=executor,
             workers=workers,
+            limits=limits,
             progress=progress,
             on_result=remember,
         )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
-from pathlib import Path as FilePath
+import io
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
@@ -15,14 +13,14 @@ from radlake.api import audit
 from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.serialize import image_full, image_item, label_item
 from radlake.catalog.models import Image, Label
+from radlake.catalog.persist import RejectedInput
 from radlake.catalog.queries import count_images, find_images, get_image
 from radlake.domain import ImageFormat, Plane
-from radlake.errors import ImageError, ImageNotFound, ObjectNotFound, RenderError
+from radlake.errors import ImageError, ImageNotFound, ObjectNotFound
 from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.pixels import Window
 from radlake.imaging.render import PREVIEW_SIZE, render
-from radlake.pipelines.executor import SerialExecutor
-from radlake.pipelines.ingest import ingest
+from radlake.pipelines.ingest import ingest_bytes
 from radlake.storage.keys import derived_key
 
 router = APIRouter(tags=["images"])
@@ -143,19 +141,16 @@ def labels(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str, A
     return {"image_id": image_id, "labels": [label_item(label) for label in rows]}
 
 
-def _save_upload(file: UploadFile, folder: FilePath, limit: int) -> FilePath:
-    """Copy the upload to a file named by us (never by the client), up to limit bytes."""
-    target = folder / "upload"
-    written = 0
-    with target.open("wb") as out:
-        while chunk := file.file.read(UPLOAD_CHUNK):
-            written += len(chunk)
-            if written > limit:
-                raise HTTPException(413, detail=f"upload larger than the {limit}-byte limit")
-            out.write(chunk)
-    if written == 0:
+def _read_upload(file: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, up to limit (413 beyond; the client's file name is never used)."""
+    buffer = io.BytesIO()
+    while chunk := file.file.read(UPLOAD_CHUNK):
+        if buffer.tell() + len(chunk) > limit:
+            raise HTTPException(413, detail=f"upload larger than the {limit}-byte limit")
+        buffer.write(chunk)
+    if buffer.tell() == 0:
         raise HTTPException(422, detail="empty file (0 bytes)")
-    return target
+    return buffer.getvalue()
 
 
 @router.post("/images", status_code=201)
@@ -166,37 +161,41 @@ def upload(
     lake: LakeDep,
     file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG file")],
 ) -> dict[str, Any]:
-    """Ingest one image through the usual pipeline; 422 with the reason if it is not one."""
-    limit: int = request.app.state.upload_limit
+    """Ingest one image through the ingest pipeline, once; 422 with the reason if it is
+    not one (nothing is kept of a rejected upload: its sender has it and the reason)."""
+    limit = min(int(request.app.state.upload_limit), lake.limits.max_input_bytes)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise HTTPException(413, detail=f"upload larger than the {limit}-byte limit")
-    folder = FilePath(tempfile.mkdtemp(prefix="radlake-upload-"))
+    data = _read_upload(file, limit)
     try:
-        path = _save_upload(file, folder, limit)
-        data = path.read_bytes()
-        try:
-            fmt = detect_format(data)
-            if fmt is ImageFormat.NIFTI:
-                raise RenderError("expected a DICOM, PNG or JPEG upload, got NIfTI")
-            metadata, open_pixels = reader_for(fmt).read(data, lake.pseudonymizer)
-            render(open_pixels(), size=64)  # decodes: truncated or bomb inputs fail here
-        except ImageError as exc:
-            raise HTTPException(422, detail=str(exc)) from None
-        sha256 = hashlib.sha256(data).hexdigest()
-        ingest(
-            [path],
-            engine=lake.engine,
-            store=lake.store,
-            pseudonymizer=lake.pseudonymizer,
-            source="upload",
-            source_kind="upload",
-            executor=SerialExecutor(),
-        )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    image_id = session.scalar(select(Image.id).where(Image.sha256 == sha256))
-    if image_id is None:
-        raise HTTPException(422, detail="the upload could not be catalogued")
+        if detect_format(data) is ImageFormat.NIFTI:
+            raise HTTPException(422, detail="expected a DICOM, PNG or JPEG upload, got NIfTI")
+    except ImageError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    result = ingest_bytes(
+        data,
+        engine=lake.engine,
+        store=lake.store,
+        pseudonymizer=lake.pseudonymizer,
+        source="upload",
+        source_kind="upload",
+        source_key=f"upload/{hashlib.sha256(data).hexdigest()}",
+        limits=lake.limits,
+        keep_rejected=False,
+    )
+    outcome = result.outcome
+    if isinstance(outcome, RejectedInput):
+        raise HTTPException(422, detail=outcome.reason)
+    image_id = session.scalar(select(Image.id).where(Image.sha256 == outcome.sha256))
+    if image_id is None:  # catalogued a moment ago: only a concurrent delete could do this
+        raise HTTPException(409, detail="the upload was catalogued and then removed")
+    fmt = outcome.metadata.format
     audit.record(lake, caller, "upload", f"image/{image_id}", bytes=len(data), format=fmt.value)
-    return {"id": image_id, "sha256": sha256, "format": fmt.value, "modality": metadata.modality}
+    return {
+        "id": image_id,
+        "sha256": outcome.sha256,
+        "format": fmt.value,
+        "modality": outcome.metadata.modality,
+        "already_present": not result.new,
+    }
