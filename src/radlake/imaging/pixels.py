@@ -8,16 +8,42 @@ window in CT Hounsfield units means what a radiologist expects.
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from radlake.errors import RenderError
+from radlake.errors import CorruptImage, ImageError, RenderError
 
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def safe_message(exc: BaseException) -> str:
+    """An exception's text fit for a quarantine reason, a log line or an HTTP answer."""
+    # Decoder messages may quote element values; drop quoted text so no patient
+    # data can reach a quarantine reason or a log line.
+    text = _QUOTED.sub("'…'", str(exc)).strip() or type(exc).__name__
+    return text[:200]
+
+
+@contextmanager
+def decoding(what: str) -> Iterator[None]:
+    """Report whatever a decoder, pydicom or numpy raises as CorruptImage("what: reason").
+
+    ImageError and RenderError pass unchanged; MemoryError too (a fault of this
+    machine, not of the input).
+    """
+    try:
+        yield
+    except (ImageError, RenderError, MemoryError):
+        raise
+    except Exception as exc:  # bad input must never surface as a traceback or a 500
+        raise CorruptImage(f"{what}: {safe_message(exc)}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,14 @@
 
 modality LUT (done by the reader) -> VOI: the requested window, else the header's
 VOI LUT or first window centre/width, else a robust percentile window -> MONOCHROME1
-inversion -> resize. The window actually used is returned, so a 16-bit image is never
-squeezed into 8 bits without saying how.
+inversion. The window actually used is returned, so a 16-bit image is never squeezed
+into 8 bits without saying how.
+
+Greyscale pictures that change size are resampled first, in float32 modality values
+(an area average when shrinking), and windowed after, on the small array: a 2000 x
+2000 CR becomes a 512-px preview without a full-size float64 array (the modality LUT,
+non-linear or not, is already applied by the reader, so averaging is done on the
+values it yields).
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from PIL import Image
 
 from radlake.domain import Plane
 from radlake.errors import RenderError
-from radlake.imaging.pixels import PixelSource, Window
+from radlake.imaging.pixels import PixelSource, Window, decoding
 
 PREVIEW_SIZE = 512
 PERCENTILES = (0.5, 99.5)
+# A strided sample this large estimates the percentiles as well as every value does.
+PERCENTILE_SAMPLE = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +54,12 @@ class Rendered:
 
 def percentile_window(values: np.ndarray) -> Window:
     """A window over the 0.5-99.5 percentiles of the finite values (robust to outliers)."""
-    finite = values[np.isfinite(values)]
+    flat = values.reshape(-1)
+    if flat.size > PERCENTILE_SAMPLE:  # stride first: no full-size mask or copy
+        flat = flat[:: flat.size // PERCENTILE_SAMPLE]
+    finite = flat[np.isfinite(flat)]
     if finite.size == 0:
         return Window(0.0, 1.0)
-    if finite.size > 1_000_000:  # a strided sample is as good and much faster
-        finite = finite[:: finite.size // 1_000_000]
     low, high = np.percentile(finite, PERCENTILES)
     if high <= low:
         low, high = float(finite.min()), float(finite.max())
@@ -65,6 +74,19 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # extreme data saturate, by design
         scaled = (values.astype(np.float64) - low) / window.width
         return np.nan_to_num(np.clip(scaled, 0.0, 1.0), nan=0.0)
+
+
+def _resample(values: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """Modality values resized to target (width, height), in float32.
+
+    Shrinking is an area average (Pillow's box filter, exact for any ratio);
+    enlarging is bilinear, as the 8-bit path does it.
+    """
+    picture = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), "F")
+    width, height = target
+    shrinking = width <= picture.width and height <= picture.height
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    return np.asarray(picture.resize(target, method))
 
 
 def _plane_image(source: PixelSource, plane: Plane, index: int | None) -> tuple[np.ndarray, int]:
@@ -124,24 +146,28 @@ def render(
     if size is not None and not 1 <= size <= 8192:
         raise RenderError(f"expected a size in 1..8192, got {size}")
     values, chosen = _plane_image(source, plane, index)
-    used: Window | None = None
-    if source.is_color:
-        image = Image.fromarray(np.ascontiguousarray(values[..., :3]).astype(np.uint8), "RGB")
-    else:
-        voi = window if window is not None else source.header_voi(chosen)
-        if voi is None:
-            voi = percentile_window(values)
-        if isinstance(voi, Window):
-            used = voi
-            unit = apply_window(values, voi)
-        else:
-            unit = np.nan_to_num(np.clip(voi(values), 0.0, 1.0), nan=0.0)
-        grey = np.round(unit * 255.0).astype(np.uint8)
-        if source.invert:
-            grey = 255 - grey
-        image = Image.fromarray(grey, "L")
     aspect = _aspect(source, plane) if true_aspect else 1.0
     target = _output_size(values.shape[:2], aspect, size)
-    if target is not None and target != image.size:
-        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    used: Window | None = None
+    with decoding("unrenderable pixel data"):
+        if source.is_color:
+            rgb = np.ascontiguousarray(values[..., :3]).astype(np.uint8)
+            image = Image.fromarray(rgb, "RGB")
+            if target is not None and target != image.size:
+                image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        else:
+            if target is not None and target != (values.shape[1], values.shape[0]):
+                values = _resample(values, target)
+            voi = window if window is not None else source.header_voi(chosen)
+            if voi is None:
+                voi = percentile_window(values)
+            if isinstance(voi, Window):
+                used = voi
+                unit = apply_window(values, voi)
+            else:
+                unit = np.nan_to_num(np.clip(voi(values), 0.0, 1.0), nan=0.0)
+            grey = np.round(unit * 255.0).astype(np.uint8)
+            if source.invert:
+                grey = 255 - grey
+            image = Image.fromarray(grey, "L")
     return Rendered(image=image, window=used, index=chosen, plane=plane)
