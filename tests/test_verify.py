@@ -30,7 +30,6 @@ from radlake.pipelines.verify import (
     ORPHAN_MIN_AGE,
     REINGEST_HINT,
     VerifyReport,
-    object_info,
     verify_lake,
 )
 from radlake.storage.store import ObjectStore, open_store
@@ -139,7 +138,7 @@ def add_orphans(store: ObjectStore) -> float | None:
         # measure ages from a `now` that puts exactly one of them past the hour.
         time.sleep(1.1)
         store.put_bytes(YOUNG_ORPHAN, b"a live ingest's preview, its row not yet written")
-        young = object_info(store, YOUNG_ORPHAN).modified
+        young = store.info(YOUNG_ORPHAN).modified
         assert young is not None
         return young + ORPHAN_MIN_AGE - 0.5
     two_hours_ago = time.time() - 7200

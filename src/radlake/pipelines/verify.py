@@ -35,9 +35,8 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image as PILImage
@@ -169,23 +168,7 @@ def _size_text(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} KB"
 
 
-# --- store helpers: streaming reads and listings, object info ------------------------
-
-
-class ObjectInfoLike(Protocol):
-    """What ObjectStore.info returns: size in bytes, modification time (epoch seconds)."""
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def modified(self) -> float | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Info:
-    size: int
-    modified: float | None
+# --- store helpers: streaming reads and listings ------------------------------------
 
 
 def _object_path(store: ObjectStore, key: str) -> str:
@@ -193,38 +176,6 @@ def _object_path(store: ObjectStore, key: str) -> str:
     if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise StorageError(f"expected a relative key without '..', got {key[:120]!r}")
     return f"{store.root}/{key}"
-
-
-def object_info(store: ObjectStore, key: str) -> ObjectInfoLike:
-    """Size and modification time of the object under key (store.info where the store
-    has it, else the fsspec listing details).
-
-    Raises:
-        ObjectNotFound: nothing is stored under key.
-        StorageError: the store failed.
-    """
-    info = getattr(store, "info", None)
-    if callable(info):
-        found: ObjectInfoLike = info(key)
-        return found
-    try:
-        details = store.fs.info(_object_path(store, key))
-    except FileNotFoundError as exc:
-        raise ObjectNotFound(f"no object under key {key}") from exc
-    except OSError as exc:
-        raise StorageError(f"store error reading details of {key}: {exc}") from exc
-    if details.get("type") == "directory":
-        raise ObjectNotFound(f"no object under key {key} (a folder)")
-    modified = None
-    for name in ("mtime", "LastModified", "created"):  # local, S3, memory
-        value = details.get(name)
-        if isinstance(value, datetime):
-            modified = value.timestamp()
-            break
-        if isinstance(value, int | float):
-            modified = float(value)
-            break
-    return _Info(int(details["size"]), modified)
 
 
 def hash_object(store: ObjectStore, key: str) -> tuple[str, int]:
@@ -478,7 +429,7 @@ class _Verifier:
     def _check_original(self, image: _ImageRow, rehash: bool) -> bool:
         """Whether the original is known to hash right (checked, or rewritten)."""
         try:
-            size = object_info(self.store, image.original_key).size
+            size = self.store.info(image.original_key).size
             if size != image.size_bytes:
                 return self._bad_original(
                     image, "corrupt", f"{size} bytes, the catalog says {image.size_bytes}"
@@ -624,7 +575,7 @@ class _Verifier:
 
     def _orphan(self, key: str) -> None:
         try:
-            modified = object_info(self.store, key).modified
+            modified = self.store.info(key).modified
         except FileNotFoundError:
             return  # deleted meanwhile
         age = None if modified is None else self.now - modified
