@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, func, select
 
 from radlake.api.app import create_app
-from radlake.auth import create_token
+from radlake.auth import Role, create_token
 from radlake.catalog.db import session_factory
 from radlake.catalog.models import Image, Job, Quarantine, Series, Source, Study
 from radlake.imaging.deid import Pseudonymizer
@@ -120,9 +120,9 @@ def test_concurrent_ingests_and_uploads_end_without_error_or_duplicate(
 def test_first_uploads_to_a_fresh_lake_all_succeed(catalog: Engine, tmp_path: Path) -> None:
     lake = Lake(catalog, open_store((tmp_path / "store").as_uri()), Pseudonymizer(SECRET))
     with session_factory(catalog).begin() as session:
-        token = create_token(session, name="curator", role="curator")
+        token = create_token(session, name="curator", role=Role.CURATOR)
     client = TestClient(create_app(lake))
-    names = ["CT_small.dcm", "MR_small.dcm", "CT_small.dcm", "emri_small.dcm"] * 2
+    names = ["CT_small.dcm", "MR_small.dcm", "CT_small.dcm", "JPEG2000.dcm"] * 2
 
     def send(name: str) -> int:
         response = client.post(

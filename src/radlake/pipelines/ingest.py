@@ -28,7 +28,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from radlake.catalog.db import DEFAULT_RETRY_SECONDS, run_transaction
-from radlake.catalog.models import Job, utcnow
+from radlake.catalog.models import Image, Job, utcnow
 from radlake.catalog.persist import (
     CataloguedInput,
     RejectedInput,
@@ -184,6 +184,13 @@ class IngestSession:
         self.pending.clear()
         self.last_flush = time.monotonic()
 
+    def image_id(self, sha256: str) -> int | None:
+        """The id of the image with these bytes, if catalogued (seen from a new
+        transaction, so also when another process catalogued it a moment ago)."""
+        return self._transaction(
+            lambda session: session.scalar(select(Image.id).where(Image.sha256 == sha256))
+        )
+
     def finish(self, status: str, error: str | None, inputs: int) -> IngestSummary:
         """Record how the job ended (best effort when the catalog is the fault)."""
         seconds = time.perf_counter() - self.started
@@ -316,10 +323,11 @@ def ingest(
 
 @dataclass(frozen=True, slots=True)
 class BytesOutcome:
-    """What became of one input given as bytes: its outcome and, when catalogued or
-    already present, the image's sha256; `new` when this call catalogued it."""
+    """What became of one input given as bytes: its outcome, the image's id when it
+    is catalogued (by this call, `new`, or before), else None."""
 
     outcome: Outcome
+    image_id: int | None
     new: bool
 
 
@@ -365,12 +373,11 @@ def ingest_bytes(
         if isinstance(outcome, CataloguedInput) or keep_rejected:
             session.add(outcome)
         session.flush()
+        image_id = session.image_id(outcome.sha256) if outcome.sha256 else None
         status = "succeeded"
     except (StorageError, CatalogError) as exc:
         error = f"{type(exc).__name__}: {str(exc)[:300]}"
         raise _fault(exc) from exc
     finally:
         session.finish(status, error, 1)
-    return BytesOutcome(
-        outcome, new=isinstance(outcome, CataloguedInput) and outcome.sha256 in session.inserted
-    )
+    return BytesOutcome(outcome, image_id, new=outcome.sha256 in session.inserted)

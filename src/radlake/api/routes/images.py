@@ -184,10 +184,9 @@ def upload(
         limits=lake.limits,
         keep_rejected=False,
     )
-    outcome = result.outcome
+    outcome, image_id = result.outcome, result.image_id
     if isinstance(outcome, RejectedInput):
         raise HTTPException(422, detail=outcome.reason)
-    image_id = session.scalar(select(Image.id).where(Image.sha256 == outcome.sha256))
     if image_id is None:  # catalogued a moment ago: only a concurrent delete could do this
         raise HTTPException(409, detail="the upload was catalogued and then removed")
     fmt = outcome.metadata.format
