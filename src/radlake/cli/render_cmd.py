@@ -43,7 +43,9 @@ def render(
     with session_factory(lake.engine)() as session:
         image = get_image(session, image_id=image_id)
         key, image_format = image.original_key, ImageFormat(image.format)
-    source = reader_for(image_format).open_pixels(lake.store.get_bytes(key))
+    source = reader_for(image_format).open_pixels(
+        lake.store.get_bytes(key), max_decoded_bytes=lake.limits.max_decoded_bytes
+    )
     rendered = render_image(source, size=size, index=slice_index, plane=plane, window=chosen_window)
     try:
         output.write_bytes(rendered.encode(fmt))

@@ -79,7 +79,8 @@ def _reader(
         if content == "preview":
             return lake.store.get_bytes(derived_key(row.sha256, "preview", "png"))
         source = reader_for(ImageFormat(row.format)).open_pixels(
-            lake.store.get_bytes(row.original_key)
+            lake.store.get_bytes(row.original_key),
+            max_decoded_bytes=lake.limits.max_decoded_bytes,
         )
         return render(source, size=size).encode(fmt)
 

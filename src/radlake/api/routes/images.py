@@ -124,7 +124,8 @@ def rendering(
         data = lake.store.get_bytes(key)
     except ObjectNotFound:
         source = reader_for(ImageFormat(image.format)).open_pixels(
-            lake.store.get_bytes(image.original_key)
+            lake.store.get_bytes(image.original_key),
+            max_decoded_bytes=lake.limits.max_decoded_bytes,
         )
         data = render(source, size=size, index=slice_index, plane=plane, window=chosen).encode(
             format
