@@ -79,6 +79,7 @@ def verify(
             sample=sample_size,
             seed=sample_seed,
             progress=report_progress,
+            max_decoded_bytes=lake.limits.max_decoded_bytes,
         )
     if as_json:
         print_json(report.as_dict())

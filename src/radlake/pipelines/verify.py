@@ -45,6 +45,7 @@ from sqlalchemy import Engine, func, null, select
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Image, Job, Quarantine, Rendition, utcnow
 from radlake.errors import ImageError, ObjectNotFound, RenderError, StorageError
+from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.pipelines.worker import PREVIEW, encode_preview
@@ -346,8 +347,11 @@ _COUNTERS: dict[Kind, str] = {
 
 
 class _Verifier:
-    def __init__(self, engine: Engine, store: ObjectStore, repair: bool, now: float) -> None:
+    def __init__(
+        self, engine: Engine, store: ObjectStore, repair: bool, now: float, max_decoded_bytes: int
+    ) -> None:
         self.engine, self.store, self.repair, self.now = engine, store, repair, now
+        self.max_decoded_bytes = max_decoded_bytes
         self.tally = _Tally()
         self.findings: list[Finding] = []
         self.findings_left_out = 0
@@ -487,7 +491,9 @@ class _Verifier:
         if data is None:
             return f"unrepairable: its original is missing or corrupt, {REINGEST_HINT}"
         try:
-            rendered = render(reader_for(detect_format(data)).open_pixels(data), size=PREVIEW_SIZE)
+            reader = reader_for(detect_format(data))
+            pixels = reader.open_pixels(data, max_decoded_bytes=self.max_decoded_bytes)
+            rendered = render(pixels, size=PREVIEW_SIZE)
         except (ImageError, RenderError) as exc:
             return f"unrepairable: its original does not render ({exc})"
         window = (
@@ -644,12 +650,14 @@ def verify_lake(
     seed: int = 0,
     progress: Progress | None = None,
     now: float | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> VerifyReport:
     """Check the lake's store against its catalog, repairing what can be with repair.
 
     sample re-hashes N originals chosen with random.Random(seed) instead of all (sizes
     are always checked); now is the time orphans' ages are measured from (default:
-    when the job starts).
+    when the job starts); max_decoded_bytes is the decode budget for rendering
+    previews again (the ingest limit).
 
     Raises:
         ValueError: sample is below 1.
@@ -670,7 +678,8 @@ def verify_lake(
         session.add(job)
         session.flush()
         job_id = job.id
-    verifier = _Verifier(engine, store, repair, time.time() if now is None else now)
+    clock = time.time() if now is None else now
+    verifier = _Verifier(engine, store, repair, clock, max_decoded_bytes)
     status, error = "failed", None
     try:
         verifier.check_images(sample, seed, progress)
