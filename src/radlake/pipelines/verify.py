@@ -434,19 +434,21 @@ class _Verifier:
         """Whether the original is known to hash right (checked, or rewritten)."""
         try:
             size = self.store.info(image.original_key).size
-            if size != image.size_bytes:
-                return self._bad_original(
-                    image, "corrupt", f"{size} bytes, the catalog says {image.size_bytes}"
-                )
-            if not rehash:
-                return False
-            started = time.perf_counter()
-            digest, size = hash_object(self.store, image.original_key)
-            self.tally.hash_seconds += time.perf_counter() - started
-            self.tally.images_hashed += 1
-            self.tally.bytes_hashed += size
-        except FileNotFoundError:  # ObjectNotFound, from info or from a read
+        except ObjectNotFound:
             return self._bad_original(image, "missing", "no object under its key")
+        if size != image.size_bytes:
+            detail = f"{size} bytes, the catalog says {image.size_bytes}"
+            return self._bad_original(image, "corrupt", detail)
+        if not rehash:
+            return False
+        started = time.perf_counter()
+        try:
+            digest, size = hash_object(self.store, image.original_key)
+        except ObjectNotFound:  # deleted since the look above
+            return self._bad_original(image, "missing", "no object under its key")
+        self.tally.hash_seconds += time.perf_counter() - started
+        self.tally.images_hashed += 1
+        self.tally.bytes_hashed += size
         if digest != image.sha256:
             return self._bad_original(image, "corrupt", "its sha256 differs from the catalog's")
         return True
@@ -582,11 +584,11 @@ class _Verifier:
     def _orphan(self, key: str) -> None:
         try:
             modified = self.store.info(key).modified
-        except FileNotFoundError:
+        except ObjectNotFound:
             return  # deleted meanwhile
         age = None if modified is None else self.now - modified
         if age is not None and age < ORPHAN_MIN_AGE:
-            detail = f"recent ({age / 60:.0f} min old), left alone"
+            detail = f"recent ({max(age, 0.0) / 60:.0f} min old), left alone"
             self._report(Finding("recent_orphan", "object", key, None, detail))
             return
         detail = "no catalog row points to it, " + (
