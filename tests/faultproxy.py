@@ -14,9 +14,17 @@ Modes:
     pass    forward bytes both ways
     refuse  accept, then close at once (the client reads end of stream)
     reset   read part of the request, then close with RST (SO_LINGER 0)
-    stall   accept and read everything, never answer
+    stall   accept, never read, never answer (a frozen server: small requests wait
+            for an answer, large uploads block once the socket buffers are full)
 Every mode change cuts (RST) the connections opened before it, so pooled keep-alive
 connections fail too, as when a server goes away and comes back.
+
+In pytest, `from tests.faultproxy import fault_proxy_fixture  # noqa: F401` in a test
+module (or conftest.py) provides the `fault_proxy` fixture, a factory whose proxies are
+closed after the test:
+
+    def test_catalog_outage(fault_proxy):
+        proxy = fault_proxy(("127.0.0.1", 5432))
 
 Generic TCP: nothing is parsed, so any protocol works, client-first (HTTP, the
 PostgreSQL wire protocol) or server-first (MySQL), where `reset` waits at most
@@ -53,6 +61,7 @@ class _Link:
         self.generation = generation
         self.writers = [client]
         self.cut = False
+        self.was_cut = asyncio.Event()
 
     def add(self, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
@@ -61,6 +70,7 @@ class _Link:
 
     def reset(self) -> None:
         self.cut = True
+        self.was_cut.set()
         for writer in self.writers:
             _reset(writer)
 
@@ -273,8 +283,8 @@ class FaultProxy:
                     await asyncio.wait_for(reader.read(self._reset_after_bytes), self._reset_wait)
                 link.reset()
             elif mode == "stall":
-                while await reader.read(CHUNK):
-                    pass
+                # Not reading: asyncio stops reading the socket once its buffer is full.
+                await link.was_cut.wait()
             else:
                 await self._forward(reader, link)
         except (OSError, asyncio.IncompleteReadError):
@@ -315,8 +325,8 @@ class FaultProxy:
             link.reset()  # one side failed: the other must not wait for it forever
 
 
-@pytest.fixture
-def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
+@pytest.fixture(name="fault_proxy")
+def fault_proxy_fixture() -> Iterator[Callable[..., FaultProxy]]:
     """A factory: fault_proxy((host, port), **options) starts a FaultProxy in front of
     that server; every proxy it started is closed after the test."""
     started: list[FaultProxy] = []

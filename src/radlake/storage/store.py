@@ -50,8 +50,9 @@ _BACKOFF = wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.2)
 # the server's silence, not the upload: 20 s leaves room for a server to answer a PUT
 # of the largest single part s3fs sends (under 100 MB; larger objects go as 50 MB
 # parts). botocore's own retries are off, and so are s3fs's (below): nested, the
-# three layers multiply (s3fs tries 5 times, botocore 5 times each), and only one
-# layer can keep a deadline.
+# layers multiply (s3fs tries 5 times, botocore 5 times each), and only one layer can
+# keep a deadline. (aiohttp still resends an idempotent request once when a pooled
+# connection turns out dead, RFC 9112 9.3.1: one cheap extra try.)
 S3_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
     "read_timeout": 20,
@@ -104,6 +105,9 @@ _PERMANENT_BOTOCORE = frozenset(
 _THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
 )
+
+# Their exceptions' text names the endpoint and request; messages show the type only.
+_CLIENT_LIBRARIES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs"})
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -188,7 +192,7 @@ class ObjectStore:
             elapsed = time.monotonic() - started
             raise StoreUnavailable(
                 f"store unreachable ({action} {key}: {_describe(cause)};"
-                f" {tries} tries in {elapsed:.1f} s)"
+                f" {tries} {'try' if tries == 1 else 'tries'} in {elapsed:.1f} s)"
             ) from cause
         except FileNotFoundError:
             raise
@@ -410,19 +414,21 @@ def _http_status(exc: BaseException | None) -> tuple[str, int] | None:
 
 
 def _describe(exc: BaseException | None) -> str:
-    """A short one-line cause: the exception's type and, for OS errors, their text;
-    never the request URL or headers, which may carry credentials."""
+    """A short one-line cause: the exception's type and what it says, except that
+    client-library errors give their type only (their text carries the request URL)."""
     if exc is None:
         return "unknown error"
     name = type(exc).__name__
     status = _http_status(exc) or _http_status(exc.__cause__)
     if status is not None:
-        detail = f"HTTP {status[1]} {status[0]}".strip()
+        detail = f"HTTP {status[1]} {status[0]}"
     elif isinstance(exc, OSError) and exc.strerror:
         detail = str(exc.strerror)
-    else:
+    elif type(exc).__module__.partition(".")[0] in _CLIENT_LIBRARIES:
         return name
-    return " ".join(f"{name}: {detail}".split())[:160]
+    else:
+        detail = str(exc)
+    return " ".join(f"{name}: {detail}".split())[:160] if detail.strip() else name
 
 
 def _log_retry(action: str, key: str) -> Callable[[RetryCallState], None]:
