@@ -48,6 +48,7 @@ from radlake.errors import ImageError, ObjectNotFound, RenderError, StorageError
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.render import PREVIEW_SIZE, render
+from radlake.pipelines.discover import path_of_key
 from radlake.pipelines.worker import PREVIEW, encode_preview
 from radlake.storage.store import ObjectStore
 
@@ -635,9 +636,10 @@ def _picture_problem(data: bytes, rendition: _RenditionRow) -> str | None:
 def _source_bytes(image: _ImageRow) -> bytes | None:
     """The source file's bytes when it is still there and hashes to the row's sha256."""
     try:
-        if os.stat(image.source_key).st_size != image.size_bytes:
+        source = path_of_key(image.source_key)  # quoted keys of non-UTF-8 names
+        if os.stat(source).st_size != image.size_bytes:
             return None  # changed (and perhaps large): not worth reading
-        data = Path(image.source_key).read_bytes()
+        data = Path(source).read_bytes()
     except (OSError, ValueError):  # gone, unreadable, not a local path
         return None
     return data if hashlib.sha256(data).hexdigest() == image.sha256 else None
