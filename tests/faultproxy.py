@@ -12,7 +12,8 @@ client runs.
 
 Modes:
     pass    forward bytes both ways
-    refuse  accept, then close at once (the client reads end of stream)
+    refuse  accept, then close at once (the client reads end of stream, or gets a
+            reset if its request was already sent)
     reset   read part of the request, then close with RST (SO_LINGER 0)
     stall   accept, never read, never answer (a frozen server: small requests wait
             for an answer, large uploads block once the socket buffers are full)
