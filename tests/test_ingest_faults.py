@@ -69,7 +69,7 @@ def test_a_short_s3_outage_is_ridden_out(
     folder: Path, lake_engine: Engine, s3_bucket: str, s3_proxy: FaultProxy
 ) -> None:
     store = _s3_store(s3_bucket, s3_proxy, retry=20)
-    s3_proxy.outage(2.0, mode="reset")
+    s3_proxy.set_mode("reset", connections=4)  # the next four connections die mid-request
     summary = _run(folder, lake_engine, store, retry=20, workers=2)
     assert (summary.catalogued, summary.quarantined) == (len(FILES), 0)
     assert s3_proxy.counts["reset"] > 0  # the fault really happened
@@ -120,7 +120,7 @@ def test_a_postgresql_outage_is_ridden_out(
 ) -> None:
     engine, proxy = proxied_postgres
     store = ObjectStore((tmp_path / "store").as_uri())
-    proxy.outage(2.0)
+    proxy.set_mode("refuse", connections=3)
     summary = _run(folder, engine, store, retry=20)
     assert (summary.catalogued, summary.quarantined) == (len(FILES), 0)
     assert proxy.counts["refuse"] > 0

@@ -304,3 +304,21 @@ def test_stale_temporary_files_are_removed_and_fresh_ones_kept(local_store: Obje
     assert local_store.remove_stale_temporary(max_age_seconds=3600) == 1
     assert not stale.exists()
     assert fresh.exists()
+
+
+def test_unsynced_writes_skip_fsync_until_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest writes a batch with sync=False and makes it durable with one sync()
+    before the catalog commits; a plain put_bytes is durable on its own."""
+    store = open_store((tmp_path / "store").as_uri())
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    store.put_bytes("raw/aa/one", b"x" * 10, sync=False)
+    store.put_if_absent("raw/aa/two", b"y" * 10, sync=False)
+    assert fsyncs == []
+    store.sync()  # syncfs(2): no per-file fsync needed
+    assert store.get_bytes("raw/aa/two") == b"y" * 10
+    store.put_bytes("raw/aa/three", b"z")
+    assert len(fsyncs) >= 2  # the file and its folder

@@ -120,13 +120,14 @@ class IngestSession:
     def __init__(
         self,
         engine: Engine,
+        store: ObjectStore,
         *,
         source: str,
         source_kind: str,
         parameters: dict[str, object],
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
-        self.engine, self.retry_seconds = engine, retry_seconds
+        self.engine, self.store, self.retry_seconds = engine, store, retry_seconds
         self.started = time.perf_counter()
         self.pending: list[Outcome] = []
         self.counts = {"catalogued": 0, "already_present": 0, "quarantined": 0, "bytes_read": 0}
@@ -179,6 +180,9 @@ class IngestSession:
             session.get_one(Job, self.job_id).counts = counts
             return inserted, counts
 
+        # Workers write without fsync; one sync makes the whole batch's objects durable
+        # before any row points at them.
+        self.store.sync()
         inserted, self.counts = self._transaction(write)
         self.inserted |= inserted
         self.pending.clear()
@@ -279,6 +283,7 @@ def ingest(
         store.remove_stale_temporary()  # what a killed run left half-written, if anything
         session = IngestSession(
             engine,
+            store,
             source=source,
             source_kind=source_kind,
             parameters={
@@ -360,6 +365,7 @@ def ingest_bytes(
     try:
         session = IngestSession(
             engine,
+            store,
             source=source,
             source_kind=source_kind,
             parameters={"source": source, "input": source_key},

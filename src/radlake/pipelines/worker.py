@@ -82,7 +82,7 @@ def _make_preview(
     rendered = render(open_pixels(), size=PREVIEW_SIZE)
     window = None if rendered.window is None else (rendered.window.center, rendered.window.width)
     png = encode_preview(rendered.image, window)
-    context.store.put_bytes(key, png)
+    context.store.put_bytes(key, png, sync=False)  # synced before the batch commits
     width, height = rendered.image.size
     return RenditionInfo(PREVIEW, key, width, height, *(window or (None, None)))
 
@@ -127,7 +127,7 @@ def process_bytes(
         )
         preview = _make_preview(context, sha256, open_pixels)
         original_key = raw_key(sha256, fmt.extension)
-        context.store.put_if_absent(original_key, data)
+        context.store.put_if_absent(original_key, data, sync=False)
     except StorageError:
         raise
     except ImageError as exc:
@@ -161,7 +161,7 @@ def _reject(
     stored = None
     if data and context.keep_rejected:
         stored = quarantine_key(sha256)
-        context.store.put_if_absent(stored, data)
+        context.store.put_if_absent(stored, data, sync=False)
     return RejectedInput(source_key, reason, sha256 if data else None, len(data), stored)
 
 
