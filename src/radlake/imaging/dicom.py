@@ -393,6 +393,15 @@ def _element_value(ds: Dataset, keyword: str) -> Any:
         raise CorruptImage(f"malformed {keyword}: {safe_message(exc)}") from exc
 
 
+def _check_lut_item(sequence: Any, name: str, clause: str) -> None:
+    """The first item of a LUT sequence, the one applied, has its descriptor and data."""
+    item = sequence[0] if len(sequence) else Dataset()
+    if "LUTDescriptor" not in item or "LUTData" not in item:
+        raise CorruptImage(
+            f"malformed {name}: its first item has no LUT Descriptor or LUT Data (PS3.3 {clause})"
+        )
+
+
 class DicomPixels(PixelSource):
     """Frames of a DICOM object after the modality LUT (per frame for Enhanced IODs).
 
@@ -499,23 +508,31 @@ class DicomPixels(PixelSource):
             return raw
         return self._modality_values(raw, index)
 
+    def _rescale(self, index: int) -> tuple[float, float] | None:
+        """The linear rescale (slope, intercept), or None under a Modality LUT Sequence."""
+        ds = self._ds
+        if "ModalityLUTSequence" in ds:
+            _check_lut_item(ds.ModalityLUTSequence, "Modality LUT Sequence", "C.11.1")
+            return None
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            return (
+                _decimal(_element_value(ds, "RescaleSlope"), "RescaleSlope"),
+                _decimal(_element_value(ds, "RescaleIntercept"), "RescaleIntercept"),
+            )
+        # Enhanced IODs: per frame, then shared functional groups.
+        group = "PixelValueTransformationSequence"
+        slope = _functional(ds, index, group, "RescaleSlope")
+        intercept = _functional(ds, index, group, "RescaleIntercept")
+        if slope is None or intercept is None:
+            return 1.0, 0.0
+        return _decimal(slope, "RescaleSlope"), _decimal(intercept, "RescaleIntercept")
+
     def _modality_values(self, raw: np.ndarray, index: int) -> np.ndarray:
         """PS3.3 C.11.1: the Modality LUT, or the rescale, in float32."""
-        ds = self._ds
-        if "ModalityLUTSequence" in ds:  # non-linear: a table lookup, as pydicom does it
-            with _quiet():
-                return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
-        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-            slope = _decimal(_element_value(ds, "RescaleSlope"), "RescaleSlope")
-            intercept = _decimal(_element_value(ds, "RescaleIntercept"), "RescaleIntercept")
-        else:  # Enhanced IODs: per frame, then shared functional groups
-            group = "PixelValueTransformationSequence"
-            slope_value = _functional(ds, index, group, "RescaleSlope")
-            intercept_value = _functional(ds, index, group, "RescaleIntercept")
-            if slope_value is None or intercept_value is None:
-                return raw.astype(np.float32)
-            slope = _decimal(slope_value, "RescaleSlope")
-            intercept = _decimal(intercept_value, "RescaleIntercept")
+        rescale = self._rescale(index)
+        if rescale is None:  # non-linear: a table lookup, as pydicom does it
+            return np.asarray(apply_modality_lut(raw, self._ds), dtype=np.float32)
+        slope, intercept = rescale
         values = raw.astype(np.float32)
         if slope != 1:
             values *= np.float32(slope)
@@ -523,9 +540,24 @@ class DicomPixels(PixelSource):
             values += np.float32(intercept)
         return values
 
-    def frame(self, index: int) -> np.ndarray:
+    def stored_frame(self, index: int) -> tuple[np.ndarray, float, float]:
+        if self.is_color:
+            return super().stored_frame(index)
+        self._check_index(index)
+        with decoding("unrenderable pixel data"):
+            raw = self._decode(index if self.frame_count > 1 else None)
+            with _quiet():
+                rescale = self._rescale(index)
+                if rescale is None:
+                    return self._modality_values(raw, index), 1.0, 0.0
+        return raw, *rescale
+
+    def _check_index(self, index: int) -> None:
         if not 0 <= index < self.frame_count:
             raise RenderError(f"expected a frame in 0..{self.frame_count - 1}, got {index}")
+
+    def frame(self, index: int) -> np.ndarray:
+        self._check_index(index)
         with decoding("unrenderable pixel data"):
             raw = self._decode(index if self.frame_count > 1 else None)
             with _quiet():
@@ -546,13 +578,8 @@ class DicomPixels(PixelSource):
     def _header_voi(self, index: int) -> Window | VoiTransform | None:
         ds = self._ds
         if _get(ds, "VOILUTSequence"):
-            item = ds.VOILUTSequence[0]
-            if "LUTDescriptor" not in item or "LUTData" not in item:
-                raise CorruptImage(
-                    "malformed VOI LUT Sequence: its first item has no LUT Descriptor or "
-                    "LUT Data (PS3.3 C.11.2)"
-                )
-            bits = int(item.LUTDescriptor[2])
+            _check_lut_item(ds.VOILUTSequence, "VOI LUT Sequence", "C.11.2")
+            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
 
             def voi_lut(values: np.ndarray) -> FloatArray:
                 with _quiet(), decoding("malformed VOI LUT"):

@@ -100,6 +100,16 @@ class PixelSource(ABC):
     def frame(self, index: int) -> np.ndarray:
         """One frame: (rows, columns) modality values, or (rows, columns, 3) RGB."""
 
+    def stored_frame(self, index: int) -> tuple[np.ndarray, float, float]:
+        """One greyscale frame as stored, with the rescale (slope, intercept) that
+        turns it into modality values (PS3.3 C.11.1.1.2).
+
+        A linear rescale commutes with averaging, so a renderer may shrink the stored
+        values first and rescale the small result. Sources whose modality LUT is not
+        linear return their modality values with (1.0, 0.0).
+        """
+        return self.frame(index), 1.0, 0.0
+
     def volume(self) -> np.ndarray:
         """Every frame stacked as (frames, rows, columns); for orthogonal planes."""
         return np.stack([self.frame(i) for i in range(self.frame_count)])

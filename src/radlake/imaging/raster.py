@@ -93,6 +93,9 @@ class RasterPixels(PixelSource):
         # Modality values as float32, made on demand: the decoded array stays compact.
         return self._array if self.is_color else self._array.astype(np.float32)
 
+    def stored_frame(self, index: int) -> tuple[np.ndarray, float, float]:
+        return self._array, 1.0, 0.0
+
     def header_voi(self, index: int) -> Window | None:
         return self._window
 
