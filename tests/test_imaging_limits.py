@@ -9,6 +9,7 @@ block follows a full flush, so it stands alone in the stream).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import struct
@@ -26,7 +27,7 @@ import pydicom.data
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
@@ -362,6 +363,11 @@ class TestDeflate:
                 np.asarray(render(plain, index=index).image),
             )
 
+    def test_truncated_deflated_data_set_is_corrupt(self) -> None:
+        data = pydicom_file("image_dfl.dcm").read_bytes()
+        with pytest.raises(CorruptImage, match="deflated data set"):
+            reader_for(ImageFormat.DICOM).read(data[: len(data) // 2], PSEUDONYMIZER)
+
     def test_a_deflated_frame_cannot_inflate_past_its_size(self) -> None:
         ds = _small_ct()
         deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -466,6 +472,17 @@ class TestDecoderErrors:
             render(reader.open_pixels(data))
         except ImageError as exc:
             assert str(exc)
+
+    def test_a_panicking_rle_decoder_is_a_corrupt_image(self) -> None:
+        # pylibjpeg-rle (Rust) panics on this segment (a literal run past the frame);
+        # pyo3 raises the panic as a BaseException, which `except Exception` misses.
+        ds = pydicom.dcmread(pydicom_file("MR_small_RLE.dcm"))
+        fragment = bytearray(next(itertools.islice(generate_fragments(ds.PixelData), 1, 2)))
+        fragment[2013] = 66
+        ds.PixelData = encapsulate([bytes(fragment)])
+        source = reader_for(ImageFormat.DICOM).open_pixels(_bytes(ds))
+        with pytest.raises(CorruptImage, match="truncated or malformed pixel data"):
+            render(source)
 
     def test_out_of_range_frame_is_still_a_render_error(self) -> None:
         source = reader_for(ImageFormat.DICOM).open_pixels(_bytes(_mr_small()))

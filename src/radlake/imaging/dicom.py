@@ -64,6 +64,7 @@ from radlake.imaging.pixels import (
     VoiTransform,
     Window,
     decoding,
+    is_decoder_panic,
     safe_message,
 )
 from radlake.imaging.reader import ImageReader
@@ -238,6 +239,8 @@ def _meta_end(data: bytes) -> int | None:
         if group != 0x0002:
             return position
         if data[position + 4 : position + 6] in _LONG_VRS:
+            if position + 12 > len(data):
+                break
             (length,) = struct.unpack_from("<I", data, position + 8)
             position += 12 + length
         else:
@@ -255,9 +258,12 @@ def _check_deflated_size(data: bytes, max_decoded_bytes: int) -> None:
     end = _meta_end(data)
     if end is None or _DEFLATED_UID_BYTES not in data[132:end]:
         return
-    with _quiet():
-        ts = dcmread(io.BytesIO(data[:end]), force=True).file_meta.get("TransferSyntaxUID")
-    if ts != DeflatedExplicitVRLittleEndian:
+    try:
+        with _quiet():
+            meta = dcmread(io.BytesIO(data[:end]), force=True).file_meta
+    except Exception as exc:  # as in read_dataset: garbage means "corrupt"
+        raise CorruptImage(f"unreadable DICOM header: {safe_message(exc)}") from exc
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return
     body = memoryview(data)[end:]
     try:
@@ -451,6 +457,10 @@ class DicomPixels(PixelSource):
         except MemoryError:
             raise
         except Exception as exc:  # short buffers, bad codestreams, bad descriptors
+            raise CorruptImage(f"truncated or malformed pixel data: {safe_message(exc)}") from exc
+        except BaseException as exc:  # a Rust decoder's panic is not an Exception
+            if not is_decoder_panic(exc):
+                raise
             raise CorruptImage(f"truncated or malformed pixel data: {safe_message(exc)}") from exc
 
     def _inflate_frames(self, index: int | None) -> np.ndarray:

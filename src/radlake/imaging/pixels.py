@@ -44,6 +44,15 @@ def decoding(what: str) -> Iterator[None]:
         raise
     except Exception as exc:  # bad input must never surface as a traceback or a 500
         raise CorruptImage(f"{what}: {safe_message(exc)}") from exc
+    except BaseException as exc:
+        if not is_decoder_panic(exc):
+            raise
+        raise CorruptImage(f"{what}: the decoder failed ({safe_message(exc)})") from exc
+
+
+def is_decoder_panic(exc: BaseException) -> bool:
+    """A Rust decoder's panic (pylibjpeg-rle): pyo3 raises it as a BaseException."""
+    return type(exc).__name__ == "PanicException"
 
 
 @dataclass(frozen=True, slots=True)
