@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select
 from radlake.api.app import create_app
 from radlake.auth import Role, create_token
 from radlake.catalog.db import session_factory
-from radlake.catalog.models import Image, Job, Quarantine, Series, Source, Study
+from radlake.catalog.models import Image, Job, Label, LabelClass, Quarantine, Series, Source, Study
 from radlake.imaging.deid import Pseudonymizer
 from radlake.lake import Lake
 from radlake.pipelines.ingest import ingest_bytes
@@ -99,10 +99,8 @@ def test_concurrent_ingests_and_uploads_end_without_error_or_duplicate(
 
     with ThreadPoolExecutor(4) as pool:
         kinds = list(pool.map(upload, uploads))
-    for run in runs:
-        _, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err.decode()
-        assert not err.strip()
+    errors = [run.communicate(timeout=300)[1].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0] and not "".join(errors).strip(), errors
 
     assert set(kinds) == {"CataloguedInput"}
     headers = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
@@ -136,3 +134,36 @@ def test_first_uploads_to_a_fresh_lake_all_succeed(catalog: Engine, tmp_path: Pa
         codes = list(pool.map(send, names))
     assert codes == [201] * len(names)
     assert _counts(catalog)["images"] == 3
+
+
+def test_concurrent_loads_of_one_source_keep_one_copy_of_its_labels(
+    catalog: Engine, catalog_url: str, tmp_path: Path
+) -> None:
+    from tests.test_sources import TestCovid
+
+    root = tmp_path / "covid"
+    TestCovid().write(root, "utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADLAKE_")}
+    env |= {
+        "RADLAKE_HOME": str(tmp_path / "home"),
+        "RADLAKE_CATALOG_URL": catalog_url,
+        "RADLAKE_STORE_URL": (tmp_path / "store").as_uri(),
+        "RADLAKE_SECRET_KEY": SECRET.decode(),
+    }
+    command = [sys.executable, "-m", "radlake.cli.main", "source", "covid", str(root)]
+    runs = [
+        subprocess.Popen(
+            [*command, "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    errors = [run.communicate(timeout=300)[1].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], errors
+
+    with session_factory(catalog)() as session:
+        labels = list(session.execute(select(Label.source_image_key, Label.class_name)))
+        classes = session.scalar(select(func.count(LabelClass.id)))
+    assert len(labels) == len(set(labels)) == 7  # 3 finding levels x 2 images + the absent one
+    assert classes == 4  # Pneumonia, Pneumonia/Viral, .../COVID-19, No Finding
+    assert _counts(catalog)["images"] == 2
+    assert _counts(catalog)["quarantined"] == 1  # the row whose file is absent, once

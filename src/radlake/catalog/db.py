@@ -81,7 +81,13 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(normalized)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(normalized, pool_pre_ping=True)
+            # READ COMMITTED on MySQL/MariaDB as on PostgreSQL: REPEATABLE READ's
+            # snapshot would hide a row another writer committed after our first read,
+            # so "insert unless present, then read its id" could find nothing.
+            options: dict[str, Any] = {"pool_pre_ping": True}
+            if normalized.startswith("mysql"):
+                options["isolation_level"] = "READ COMMITTED"
+            engine = create_engine(normalized, **options)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise CatalogError(f"cannot use catalog URL: {exc}") from exc
     return engine

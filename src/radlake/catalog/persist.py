@@ -67,6 +67,12 @@ def ensure_source(session: Session, *, name: str, kind: str) -> int:
     return session.scalars(select(Source.id).where(Source.name == row["name"])).one()
 
 
+def lock_source(session: Session, source_id: int) -> None:
+    """Hold the source's row until the transaction ends: writers of one source's
+    labels take turns (SQLite serializes every writer anyway)."""
+    session.execute(select(Source.id).where(Source.id == source_id).with_for_update())
+
+
 def _existing(session: Session, column: Any, keys: Sequence[str]) -> dict[str, int]:
     """Ids of the rows whose natural key (column) is among keys."""
     table_id = column.class_.id

@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.orm import Session
 
-from radlake.catalog.db import WRITE_BATCH, batches, session_factory, transaction
+from radlake.catalog.db import (
+    DEFAULT_RETRY_SECONDS,
+    WRITE_BATCH,
+    batches,
+    run_transaction,
+    session_factory,
+)
 from radlake.catalog.models import Image, Label, LabelClass, Source
 from radlake.catalog.persist import (
     CataloguedInput,
@@ -27,8 +34,10 @@ from radlake.catalog.persist import (
     RejectedInput,
     add_quarantined,
     ensure_source,
+    lock_source,
     upsert_hierarchy,
 )
+from radlake.catalog.upsert import insert_missing
 from radlake.domain import Box, LabelOrigin
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.executor import Executor
@@ -159,8 +168,12 @@ def load_source(
             on_result=remember,
         )
     missing = [r for r in load.records if r.path is None]
-    with transaction(engine) as session:
+
+    def write(session: Session) -> tuple[int, int, int]:
         source_id = ensure_source(session, name=load.name, kind=load.kind)
+        # Two loads of one source at once: the second waits here until the first has
+        # committed, then replaces its labels instead of adding a second copy.
+        lock_source(session, source_id)
         _write_taxonomy(session, source_id, load.taxonomy)
         if load.quarantine_missing and missing:
             add_quarantined(
@@ -177,12 +190,15 @@ def load_source(
             r.key: images[sha_by_path[str(r.path)]] for r in present if str(r.path) in sha_by_path
         }
         _place_images(session, load, source_id, linked, pseudonymizer)
-        labels, boxes = _write_labels(session, source_id, load.records, linked)
+        return (len(linked), *_write_labels(session, source_id, load.records, linked))
+
+    retry_seconds = limits.retry_seconds if limits else DEFAULT_RETRY_SECONDS
+    linked_count, labels, boxes = run_transaction(engine, write, retry_seconds=retry_seconds)
     return SourceSummary(
         source=load.name,
         records=len(load.records),
         ingest=summary,
-        linked=len(linked),
+        linked=linked_count,
         missing=sorted(r.key for r in missing),
         labels=labels,
         boxes=boxes,
@@ -213,8 +229,7 @@ def _write_taxonomy(session: Any, source_id: int, taxonomy: Mapping[str, int | N
         for name, class_id in sorted(taxonomy.items())
         if name not in known
     ]
-    if rows:
-        session.execute(insert(LabelClass), rows)
+    insert_missing(session, LabelClass, rows, key="name")
 
 
 @dataclass(slots=True)
