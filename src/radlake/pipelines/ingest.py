@@ -14,12 +14,13 @@ is consistent, and the same command finishes the work.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -132,7 +133,7 @@ class IngestSession:
         self.pending: list[Outcome] = []
         self.counts = {"catalogued": 0, "already_present": 0, "quarantined": 0, "bytes_read": 0}
         self.last_flush = time.monotonic()
-        self.inserted: set[str] = set()
+        self.last_inserted: set[str] = set()  # sha256 this job inserted in its last batch
         self._transaction(_mark_interrupted)
 
         def open_job(session: Session) -> tuple[int, int]:
@@ -183,8 +184,7 @@ class IngestSession:
         # Workers write without fsync; one sync makes the whole batch's objects durable
         # before any row points at them.
         self.store.sync()
-        inserted, self.counts = self._transaction(write)
-        self.inserted |= inserted
+        self.last_inserted, self.counts = self._transaction(write)
         self.pending.clear()
         self.last_flush = time.monotonic()
 
@@ -196,7 +196,8 @@ class IngestSession:
         )
 
     def finish(self, status: str, error: str | None, inputs: int) -> IngestSummary:
-        """Record how the job ended (best effort when the catalog is the fault)."""
+        """Record how the job ended (best effort when the catalog is the fault); the
+        summary is also kept as `self.summary`."""
         seconds = time.perf_counter() - self.started
 
         def close(session: Session) -> None:
@@ -206,13 +207,11 @@ class IngestSession:
             job.finished_at, job.seconds = utcnow(), round(seconds, 3)
 
         _ACTIVE_JOBS.discard(self.job_id)
-        try:
+        # Best effort: every row of the work is committed already; if the catalog fails
+        # now, only the job's own row stays "running" and the next run marks it.
+        with contextlib.suppress(CatalogError):
             self._transaction(close)
-        except CatalogError:
-            if status == "succeeded":
-                raise
-            # The catalog is the fault: the next run marks this job interrupted.
-        return IngestSummary(
+        self.summary = IngestSummary(
             job_id=self.job_id,
             inputs=inputs,
             catalogued=self.counts["catalogued"],
@@ -221,6 +220,7 @@ class IngestSession:
             bytes_read=self.counts["bytes_read"],
             seconds=seconds,
         )
+        return self.summary
 
 
 _ACTIVE_JOBS: set[int] = set()
@@ -252,6 +252,49 @@ def _fault(exc: StorageError | CatalogError) -> IngestFault:
     return IngestFault(f"{exc}: nothing lost; run the same command again to resume")
 
 
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+@contextlib.contextmanager
+def recorded_job(
+    engine: Engine,
+    store: ObjectStore,
+    *,
+    source: str,
+    source_kind: str,
+    parameters: dict[str, object],
+    inputs: Callable[[], int],
+    retry_seconds: float,
+) -> Iterator[IngestSession]:
+    """An IngestSession whose job row ends succeeded or failed with the reason; store
+    and catalog faults leave it as IngestFault. After the block, `session.summary`."""
+    try:
+        session = IngestSession(
+            engine,
+            store,
+            source=source,
+            source_kind=source_kind,
+            parameters=parameters,
+            retry_seconds=retry_seconds,
+        )
+    except (StorageError, CatalogError) as exc:
+        raise _fault(exc) from exc
+    status, error = "failed", None
+    try:
+        yield session
+        session.flush()
+        status = "succeeded"
+    except (StorageError, CatalogError) as exc:
+        error = _error_text(exc)
+        raise _fault(exc) from exc
+    except BaseException as exc:
+        error = _error_text(exc)
+        raise
+    finally:
+        session.finish(status, error, inputs())
+
+
 def ingest(
     paths: Sequence[str | Path],
     *,
@@ -281,19 +324,7 @@ def ingest(
     pool = executor or default_executor(workers, item_seconds=limits.file_seconds)
     try:
         store.remove_stale_temporary()  # what a killed run left half-written, if anything
-        session = IngestSession(
-            engine,
-            store,
-            source=source,
-            source_kind=source_kind,
-            parameters={
-                "paths": [key_of_path(str(p)) for p in paths],
-                "source": source,
-                "workers": pool.workers,
-            },
-            retry_seconds=limits.retry_seconds,
-        )
-    except (StorageError, CatalogError) as exc:
+    except StorageError as exc:
         raise _fault(exc) from exc
     total = len(found.files) + len(found.rejected)
     context = WorkerContext(
@@ -302,8 +333,20 @@ def ingest(
         max_decoded_bytes=limits.max_decoded_bytes,
         max_input_bytes=limits.max_input_bytes,
     )
-    status, error = "failed", None
-    try:
+    parameters: dict[str, object] = {
+        "paths": [key_of_path(str(p)) for p in paths],
+        "source": source,
+        "workers": pool.workers,
+    }
+    with recorded_job(
+        engine,
+        store,
+        source=source,
+        source_kind=source_kind,
+        parameters=parameters,
+        inputs=lambda: total,
+        retry_seconds=limits.retry_seconds,
+    ) as session:
         outcomes = pool.map_unordered(
             functools.partial(process_input, context), found.files, on_crash=crashed_input
         )
@@ -313,17 +356,7 @@ def ingest(
                 on_result(result)
             if progress:
                 progress(done, total)
-        session.flush()
-        status = "succeeded"
-    except (StorageError, CatalogError) as exc:
-        error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        raise _fault(exc) from exc
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        raise
-    finally:
-        summary = session.finish(status, error, total)
-    return summary
+    return session.summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,28 +395,18 @@ def ingest_bytes(
         max_input_bytes=limits.max_input_bytes,
         keep_rejected=keep_rejected,
     )
-    try:
-        session = IngestSession(
-            engine,
-            store,
-            source=source,
-            source_kind=source_kind,
-            parameters={"source": source, "input": source_key},
-            retry_seconds=limits.retry_seconds,
-        )
-    except (StorageError, CatalogError) as exc:
-        raise _fault(exc) from exc
-    status, error = "failed", None
-    try:
+    with recorded_job(
+        engine,
+        store,
+        source=source,
+        source_kind=source_kind,
+        parameters={"source": source, "input": source_key},
+        inputs=lambda: 1,
+        retry_seconds=limits.retry_seconds,
+    ) as session:
         outcome = process_bytes(context, data, source_key)
         if isinstance(outcome, CataloguedInput) or keep_rejected:
             session.add(outcome)
         session.flush()
         image_id = session.image_id(outcome.sha256) if outcome.sha256 else None
-        status = "succeeded"
-    except (StorageError, CatalogError) as exc:
-        error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        raise _fault(exc) from exc
-    finally:
-        session.finish(status, error, 1)
-    return BytesOutcome(outcome, image_id, new=outcome.sha256 in session.inserted)
+    return BytesOutcome(outcome, image_id, new=outcome.sha256 in session.last_inserted)
