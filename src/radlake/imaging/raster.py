@@ -8,6 +8,7 @@ refused from its first bytes.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable
@@ -35,7 +36,8 @@ _GREY_16_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Pillow mode -> bytes per sample once decoded (others: one byte per band).
 _MODE_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 _MODE_DTYPES = {"I;16": "uint16", "I;16L": "uint16", "I;16N": "uint16", "I;16B": ">u2"}
-_HEADER_BYTES = 64 * 1024  # JPEG APPn segments (EXIF, ICC) come before the frame header
+_HEADER_BYTES = 64 * 1024
+_COPY_STRIP_ROWS = 256  # JPEG APPn segments (EXIF, ICC) come before the frame header
 # Pillow refuses more than twice this many pixels outright; below that, the decode
 # budget decides. A 1-gigapixel chest film does not exist.
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
@@ -70,8 +72,27 @@ def _open(data: bytes, max_decoded_bytes: int) -> Image.Image:
     return image
 
 
+def _as_array(image: Image.Image) -> np.ndarray:
+    """The decoded image as a numpy array, copied a strip of rows at a time.
+
+    np.asarray(image) goes through tobytes(), which holds the pixels twice more at
+    its peak; strips keep the peak at the decoded image plus its array.
+    """
+    width, height = image.size
+    row = np.asarray(image.crop((0, 0, width, 1)))  # the layout and dtype of one row
+    out = np.empty((height, *row.shape[1:]), row.dtype)
+    for top in range(0, height, _COPY_STRIP_ROWS):
+        bottom = min(height, top + _COPY_STRIP_ROWS)
+        out[top:bottom] = np.asarray(image.crop((0, top, width, bottom)))
+    return out
+
+
 class RasterPixels(PixelSource):
-    """A single PNG/JPEG frame, decoded when the source is made."""
+    """A single PNG/JPEG frame, decoded when the source is made.
+
+    The decoded pixels are held once, as a numpy array: Pillow's own copy is released
+    (the image is closed) as soon as the array exists.
+    """
 
     def __init__(self, image: Image.Image) -> None:
         with decoding("undecodable raster image"):
@@ -80,14 +101,15 @@ class RasterPixels(PixelSource):
             self._window: Window | None = None
             if mode in _GREY_16_MODES or mode == "F":
                 # 16-bit and float: a robust window, never a clip to 8 bits.
-                self._array = np.asarray(image)
+                self._array = _as_array(image)
             elif mode in {"L", "LA", "1"}:
-                self._array = np.asarray(image.convert("L"))
+                self._array = _as_array(image if mode == "L" else image.convert("L"))
                 # 8-bit greyscale is already a display image: show it unchanged.
                 self._window = Window(127.5, 255.0)
             else:
-                self._array = np.asarray(image.convert("RGB"))
+                self._array = _as_array(image.convert("RGB"))
                 self.is_color = True
+            image.close()
 
     def frame(self, index: int) -> np.ndarray:
         # Modality values as float32, made on demand: the decoded array stays compact.
@@ -121,9 +143,10 @@ class RasterReader(ImageReader):
         *,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     ) -> tuple[ImageMetadata, Callable[[], PixelSource]]:
-        # One header parse serves both; pixels are decoded only if the opener is called.
+        # One header parse serves both; pixels are decoded only if the opener is called,
+        # once however often it is called (the decoded image is closed after use).
         image = _open(data, max_decoded_bytes)
-        return _metadata(image), lambda: RasterPixels(image)
+        return _metadata(image), functools.cache(lambda: RasterPixels(image))
 
     def open_pixels(
         self, data: bytes, *, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES

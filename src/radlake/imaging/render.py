@@ -17,6 +17,7 @@ time it took when the full-resolution array was windowed first (benchmarks/rende
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,21 +81,35 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
 
 # numpy dtypes Pillow wraps without a copy or converts itself (L, I;16, I, F).
 _PILLOW_DTYPES = frozenset(np.dtype(name) for name in ("u1", "<u2", "<i4", "<f4"))
+# Output rows shrunk at a time: only a strip of the source is ever held as floats.
+SHRINK_STRIP_ROWS = 64
 
 
 def _shrink(values: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     """Values area-averaged down to target (width, height), as float32.
 
     Pillow's box filter weighs every source pixel by its overlap with the output
-    pixel, so any ratio is an exact area average. 8- and 16-bit values go to Pillow
-    as they are and become float there: one full-size float copy, not two.
+    pixel, so any ratio is an exact area average. It runs on strips of source rows
+    (the box coordinates keep the overlaps exact at strip edges), so the float copy
+    of a 16000 x 16000 image is a strip, not 1 GB.
     """
-    if values.dtype not in _PILLOW_DTYPES:
-        values = values.astype(np.float32)
-    picture = Image.fromarray(np.ascontiguousarray(values))
-    if picture.mode != "F":
-        picture = picture.convert("F")
-    return np.asarray(picture.resize(target, Image.Resampling.BOX))
+    width, height = target
+    source_height, source_width = values.shape
+    scale = source_height / height
+    out = np.empty((height, width), np.float32)
+    for first in range(0, height, SHRINK_STRIP_ROWS):
+        last = min(height, first + SHRINK_STRIP_ROWS)
+        top, bottom = first * scale, last * scale
+        start, stop = math.floor(top), min(source_height, math.ceil(bottom))
+        rows = values[start:stop]
+        if rows.dtype not in _PILLOW_DTYPES:
+            rows = rows.astype(np.float32)
+        strip = Image.fromarray(np.ascontiguousarray(rows))
+        if strip.mode != "F":
+            strip = strip.convert("F")
+        box = (0.0, top - start, float(source_width), bottom - start)
+        out[first:last] = np.asarray(strip.resize((width, last - first), Image.Resampling.BOX, box))
+    return out
 
 
 def _rescaled(values: np.ndarray, slope: float, intercept: float) -> np.ndarray:
