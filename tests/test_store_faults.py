@@ -109,7 +109,7 @@ def test_an_outage_longer_than_retry_seconds_is_store_unavailable_in_bounded_tim
     proxy: FaultProxy, through_proxy: Callable[[float], ObjectStore]
 ) -> None:
     store = through_proxy(3.0)
-    store.put_bytes("raw/aa/there", b"x")
+    through_proxy(30.0).put_bytes("raw/aa/there", b"x")  # set up without a tight deadline
     proxy.set_mode("refuse")
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match=r"^store unreachable \(writing raw/") as caught:
@@ -144,7 +144,7 @@ def test_every_operation_reports_a_lasting_outage_as_store_unavailable(
     operation: Callable[[ObjectStore], object],
 ) -> None:
     store = through_proxy(1.0)
-    store.put_bytes("raw/aa/there", b"x")
+    through_proxy(30.0).put_bytes("raw/aa/there", b"x")  # set up without a tight deadline
     proxy.set_mode("reset")
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="store unreachable"):
@@ -158,7 +158,7 @@ def test_a_stalled_server_is_a_fault_not_a_hang(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = through_proxy(2.0)
-    store.put_bytes("raw/aa/there", b"x")
+    through_proxy(30.0).put_bytes("raw/aa/there", b"x")  # set up without a tight deadline
     proxy.set_mode("stall")  # accepts, never reads, never answers
     # A small request waits for an answer: the read timeout (2 s) ends each try.
     started = time.monotonic()
