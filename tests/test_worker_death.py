@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from radlake.catalog.persist import CataloguedInput, RejectedInput
+from radlake.domain import CataloguedInput, RejectedInput
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.discover import InputFile
 from radlake.pipelines.executor import LocalProcessExecutor

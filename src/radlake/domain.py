@@ -127,3 +127,26 @@ class Finding:
     reader: str | None = None
     origin: LabelOrigin = LabelOrigin.GROUND_TRUTH
     confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CataloguedInput:
+    """One decoded input, its blobs already in the store."""
+
+    sha256: str
+    size_bytes: int
+    source_key: str
+    original_key: str
+    metadata: ImageMetadata
+    renditions: tuple[RenditionInfo, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedInput:
+    """One input that cannot be catalogued, and why."""
+
+    source_key: str
+    reason: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    stored_key: str | None = None

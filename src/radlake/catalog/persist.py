@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -31,30 +31,7 @@ from radlake.catalog.models import (
 )
 from radlake.catalog.serialize import rendition_fields
 from radlake.catalog.upsert import insert_missing
-from radlake.domain import ImageMetadata, RenditionInfo
-
-
-@dataclass(frozen=True, slots=True)
-class CataloguedInput:
-    """One decoded input, its blobs already in the store."""
-
-    sha256: str
-    size_bytes: int
-    source_key: str
-    original_key: str
-    metadata: ImageMetadata
-    renditions: tuple[RenditionInfo, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedInput:
-    """One input that cannot be catalogued, and why."""
-
-    source_key: str
-    reason: str
-    sha256: str | None = None
-    size_bytes: int | None = None
-    stored_key: str | None = None
+from radlake.domain import CataloguedInput, ImageMetadata, RejectedInput
 
 
 def ensure_source(session: Session, *, name: str, kind: str) -> int:

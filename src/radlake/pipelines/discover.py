@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from radlake.catalog.persist import RejectedInput
+from radlake.domain import RejectedInput
 from radlake.errors import RadlakeError
 
 

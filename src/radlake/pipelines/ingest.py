@@ -31,12 +31,11 @@ from sqlalchemy.orm import Session
 from radlake.catalog.db import DEFAULT_RETRY_SECONDS, run_transaction
 from radlake.catalog.models import Image, Job, utcnow
 from radlake.catalog.persist import (
-    CataloguedInput,
-    RejectedInput,
     add_images,
     add_quarantined,
     ensure_source,
 )
+from radlake.domain import CataloguedInput, RejectedInput
 from radlake.errors import CatalogError, RadlakeError, StorageError
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.deid import Pseudonymizer

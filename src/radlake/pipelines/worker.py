@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, PngImagePlugin
 
-from radlake.catalog.persist import CataloguedInput, RejectedInput
-from radlake.domain import RenditionInfo
+from radlake.domain import CataloguedInput, RejectedInput, RenditionInfo
 from radlake.errors import ImageError, ObjectNotFound, StorageError
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES, MIB
 from radlake.imaging.deid import Pseudonymizer

@@ -29,16 +29,14 @@ from radlake.catalog.db import (
 )
 from radlake.catalog.models import Image, Label, LabelClass, Source
 from radlake.catalog.persist import (
-    CataloguedInput,
     HierarchyEntry,
-    RejectedInput,
     add_quarantined,
     ensure_source,
     lock_source,
     upsert_hierarchy,
 )
 from radlake.catalog.upsert import insert_missing
-from radlake.domain import Box, LabelOrigin
+from radlake.domain import Box, CataloguedInput, LabelOrigin, RejectedInput
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.executor import Executor
 from radlake.pipelines.ingest import IngestLimits, IngestSummary, Progress, ingest

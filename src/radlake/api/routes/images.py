@@ -13,9 +13,8 @@ from radlake.api import audit
 from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.serialize import image_full, image_item, label_item
 from radlake.catalog.models import Image, Label
-from radlake.catalog.persist import RejectedInput
 from radlake.catalog.queries import count_images, find_images, get_image
-from radlake.domain import ImageFormat, Plane
+from radlake.domain import ImageFormat, Plane, RejectedInput
 from radlake.errors import ImageError, ImageNotFound, ObjectNotFound
 from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.pixels import Window
