@@ -36,8 +36,8 @@ _GREY_16_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Pillow mode -> bytes per sample once decoded (others: one byte per band).
 _MODE_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 _MODE_DTYPES = {"I;16": "uint16", "I;16L": "uint16", "I;16N": "uint16", "I;16B": ">u2"}
-_HEADER_BYTES = 64 * 1024
-_COPY_STRIP_ROWS = 256  # JPEG APPn segments (EXIF, ICC) come before the frame header
+_HEADER_BYTES = 64 * 1024  # JPEG APPn segments (EXIF, ICC) come before the frame header
+_COPY_STRIP_ROWS = 256  # rows copied out of Pillow at a time
 # Pillow refuses more than twice this many pixels outright; below that, the decode
 # budget decides. A 1-gigapixel chest film does not exist.
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
