@@ -37,6 +37,13 @@ this process alone: discovery, result unpickling, catalog writes.
 Targets: ingest >= 0.70 of the bound's files/s on SQLite, >= 0.60 on PostgreSQL
 (both corpora). Moonshot: faster than Orthanc's REST ingest of the same files (the
 issue measured Orthanc 1.10 at 170-184 files/s with 4 clients).
+On a working tree that others are editing, measure a committed snapshot (workers
+import radlake afresh, and a half-saved change would quarantine every file):
+
+    rm -rf /tmp/radlake-snap && mkdir /tmp/radlake-snap
+    git archive HEAD src | tar -x -C /tmp/radlake-snap
+    PYTHONPATH=/tmp/radlake-snap/src .venv/bin/python benchmarks/ingest.py
+
 Exit status: 0 when every target is met, 1 when one is missed or a count is wrong,
 2 when the shared data, pydicom-data or the PostgreSQL server is missing.
 """
@@ -50,6 +57,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +73,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 import orthanc
+import radlake
 import stages
 from corpus import (
     CACHE,
@@ -555,6 +564,27 @@ def measure(
     return results, [run.as_dict() for runs in mode_runs.values() for run in runs]
 
 
+def library() -> str:
+    """Where radlake was imported from, and its commit when that is a git checkout."""
+    folder = Path(radlake.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{folder} (not a git checkout)"
+    return f"{folder} at {commit}" + (" with uncommitted changes" if dirty else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     n = int(args.files)
@@ -625,13 +655,14 @@ def report(
 ) -> None:
     n, workers, repeat = int(args.files), int(args.workers), int(args.repeat)
     machine = (
-        f"{os.cpu_count()} CPUs, {workers} workers; load average (1/5/15 min) "
+        f"radlake {library()}\n{os.cpu_count()} CPUs, {workers} workers; load average (1/5/15 min) "
         f"{'/'.join(f'{v:.2f}' for v in load_start)} at start, "
         f"{'/'.join(f'{v:.2f}' for v in load_end)} at end"
     )
     if args.json:
         document = {
             "files": n,
+            "library": library(),
             "workers": workers,
             "cpus": os.cpu_count(),
             "repeat": repeat,

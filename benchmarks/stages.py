@@ -5,9 +5,11 @@ the corpus, in this process only (no pool, no IPC), so the stages add up:
 
     read          Path.read_bytes
     hash          hashlib.sha256
-    parse header  detect_format + reader_for(fmt).read (metadata; pixels not decoded)
-    decode        the reader's PixelSource.frame (the frame render picks; modality LUT)
-    render        render(size=512): VOI window, MONOCHROME1, resize (frame already decoded)
+    parse header  detect_format + reader_for(fmt).read (the data set parsed, metadata)
+    decode        open_pixels() and the PixelSource calls render makes (frame or
+                  stored_frame: decompression, byte order, modality LUT where applied)
+    render        render(size=512) minus those calls: shrink/resize, rescale, VOI
+                  window, MONOCHROME1, conversion to 8 bits
     encode        pipelines.worker.encode_preview (PNG)
     store write   ObjectStore.put_bytes (preview) + put_if_absent (original), local store
     catalog       ingest() run in this process with a timing executor: ingest's CPU
@@ -61,24 +63,33 @@ def read_image(data: bytes, pseudonymizer: Pseudonymizer) -> tuple[Any, Any, Any
     return fmt, metadata, open_pixels
 
 
-class _DecodedOnce:
-    """A PixelSource that decodes each frame once, so render's share excludes decoding.
+class _TimedSource:
+    """The reader's PixelSource, with the CPU and wall time of every call render makes
+    on it (frame, stored_frame, volume, ...) added up: the pixel decoding.
 
-    Everything but frame() is the reader's own source (duck-typed delegation), so a
-    change in the reader's PixelSource shows up here unchanged.
+    Delegation is by name, so whichever method render uses today is timed, and a
+    change in the PixelSource interface shows up here unchanged.
     """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self._frames: dict[int, Any] = {}
-
-    def frame(self, index: int) -> Any:
-        if index not in self._frames:
-            self._frames[index] = self._inner.frame(index)
-        return self._frames[index]
+        self.cpu = self.wall = 0.0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        value = getattr(self._inner, name)
+        if not callable(value):
+            return value
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            cpu, wall = _now()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                cpu_end, wall_end = _now()
+                self.cpu += cpu_end - cpu
+                self.wall += wall_end - wall
+
+        return timed
 
 
 @dataclass
@@ -146,11 +157,11 @@ def _stages_of_one(path: Path, modality: str, profile: Profile, store: Any, key:
     t2 = _now()
     fmt, _metadata, open_pixels = read_image(data, pseudonymizer)
     t3 = _now()
-    source = _DecodedOnce(open_pixels())
-    source.frame(source.frame_count // 2)  # render's default: the middle frame
-    t4 = _now()
+    source = _TimedSource(open_pixels())
     rendered = render(source, size=PREVIEW_SIZE)  # type: ignore[arg-type]
     t5 = _now()
+    # Decode: opening the pixels and every pixel call render made; render: the rest.
+    t4 = (t5[0] - source.cpu, t5[1] - source.wall)
     window = None if rendered.window is None else (rendered.window.center, rendered.window.width)
     png = worker.encode_preview(rendered.image, window)
     t6 = _now()
