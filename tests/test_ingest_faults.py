@@ -147,3 +147,17 @@ def test_a_dead_catalog_is_a_fault_and_the_job_is_not_left_running(
     # A job the outage stopped is not left "running": it failed, or the next run
     # marked it interrupted.
     assert statuses[0] == statuses[-1] == "succeeded" and "running" not in statuses
+
+
+def test_verify_against_a_dead_store_is_one_clear_fault(
+    folder: Path, lake_engine: Engine, s3_bucket: str, s3_proxy: FaultProxy
+) -> None:
+    from radlake.errors import StoreUnavailable
+    from radlake.pipelines.verify import verify_lake
+
+    store = _s3_store(s3_bucket, s3_proxy, retry=2)
+    _run(folder, lake_engine, store, retry=2)
+    s3_proxy.set_mode("refuse")
+    with pytest.raises(StoreUnavailable, match=r"^store unreachable \(") as raised:
+        verify_lake(engine=lake_engine, store=store)
+    assert "\n" not in str(raised.value)

@@ -222,3 +222,29 @@ def test_a_truncated_stored_original_is_rewritten_on_reingest(
     assert local_store.get_bytes(raw_key(image.sha256, "dcm")) == path.read_bytes()
     with session_factory(catalog)() as session:
         assert session.scalar(select(func.count(Series.id))) == 1
+
+
+def test_long_paths_and_absurd_spacing(
+    catalog: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    deep = tmp_path / "in" / "/".join(["d" * 250] * 6)  # a path of ~1.6 kB
+    broken = _dicom(deep / "scan.dcm")
+    data = broken.read_bytes()
+    broken.write_bytes(data[:500])
+    spacing = _dicom(tmp_path / "in" / "spacing.dcm")
+    raw = spacing.read_bytes()
+    pixel_spacing = pydicom.dcmread(spacing).PixelSpacing
+    old = "\\".join(str(value) for value in pixel_spacing).encode()
+    spacing.write_bytes(raw.replace(old, b"nan\\inf" + b" " * (len(old) - 7)))
+
+    first = _ingest(tmp_path / "in", catalog, local_store)
+    assert (first.catalogued, first.quarantined) == (1, 1)
+    (key,) = _reasons(catalog)
+    assert key == str(deep / "scan.dcm")  # whole, not cut at 1,024 characters
+    with session_factory(catalog)() as session:
+        image = session.scalars(select(Image)).one()
+    assert image.pixel_spacing_row is None and image.pixel_spacing_col is None
+
+    broken.write_bytes(data)
+    assert _ingest(tmp_path / "in", catalog, local_store).catalogued == 1
+    assert _reasons(catalog) == {}  # the long path's row is resolved

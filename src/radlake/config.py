@@ -36,10 +36,11 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     # Limits that keep one hostile input from taking the machine (issue 7). The
     # defaults suit a 2-core, 24 GB machine running two workers and the API.
-    max_decoded_mb: int = Field(default=1024, ge=1)  # pixels one input may decode to
-    max_input_mb: int = Field(default=2048, ge=1)  # bytes of one input file or upload
-    file_seconds: int = Field(default=300, ge=1)  # one input's time in a worker
-    retry_seconds: float = Field(default=30.0, ge=0)  # how long faults are retried
+    # Upper bounds keep a typo from disabling the limit (or overflowing a timer).
+    max_decoded_mb: int = Field(default=1024, ge=1, le=65536)  # pixels one input decodes to
+    max_input_mb: int = Field(default=2048, ge=1, le=1048576)  # bytes of one input or upload
+    file_seconds: int = Field(default=300, ge=1, le=86400)  # one input's time in a worker
+    retry_seconds: float = Field(default=30.0, ge=0, le=3600)  # how long faults are retried
 
     def resolved_catalog_url(self) -> str:
         """The catalog URL, defaulting to a SQLite file in the lake's home."""

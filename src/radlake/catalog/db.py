@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,7 +89,7 @@ def make_engine(url: str) -> Engine:
             if normalized.startswith("mysql"):
                 options["isolation_level"] = "READ COMMITTED"
             engine = create_engine(normalized, **options)
-    except (ArgumentError, NoSuchModuleError) as exc:
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise CatalogError(f"cannot use catalog URL: {exc}") from exc
     return engine
 
@@ -117,6 +118,10 @@ def upgrade(engine: Engine) -> None:
     try:
         command.upgrade(_alembic_config(engine), "head")
     except SQLAlchemyError as exc:
+        # Two `radlake init` at once: the one that lost the race finds the schema made.
+        with contextlib.suppress(CatalogError):
+            check_current(engine)
+            return
         raise CatalogError(f"cannot migrate catalog: {_short(exc)}") from exc
 
 

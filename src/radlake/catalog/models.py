@@ -122,7 +122,8 @@ class Image(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(16), index=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("source.id"), index=True)
-    source_key: Mapped[str] = mapped_column(String(1024))
+    # Text: input paths may be longer than any VARCHAR (PATH_MAX is 4096 bytes).
+    source_key: Mapped[str] = mapped_column(Text)
     original_key: Mapped[str] = mapped_column(String(200))
     series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id"))
     sop_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
@@ -202,7 +203,8 @@ class Quarantine(Base):
     # sha256 of (source key, content sha256): one row per input, however often re-run.
     fingerprint: Mapped[str] = mapped_column(SHA256, unique=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("source.id"), index=True)
-    source_key: Mapped[str] = mapped_column(String(1024))
+    # Text: input paths may be longer than any VARCHAR (PATH_MAX is 4096 bytes).
+    source_key: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(SHA256, index=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(String(500))

@@ -36,9 +36,11 @@ def query(
     body_part: Annotated[str | None, typer.Option(help="Body part examined, e.g. HEAD.")] = None,
     view: Annotated[str | None, typer.Option(help="View position, e.g. PA, AP.")] = None,
     source: Annotated[str | None, typer.Option(help="Source name.")] = None,
-    min_rows: Annotated[int | None, typer.Option(min=0, help="At least this many rows.")] = None,
+    min_rows: Annotated[
+        int | None, typer.Option(min=0, max=2**31 - 1, help="At least this many rows.")
+    ] = None,
     min_columns: Annotated[
-        int | None, typer.Option(min=0, help="At least this many columns.")
+        int | None, typer.Option(min=0, max=2**31 - 1, help="At least this many columns.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many rows.")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many rows.")] = 0,
@@ -103,7 +105,9 @@ def show(
 
 
 def quarantine(
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many rows.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, max=10**9, help="At most this many rows.")
+    ] = None,
     include_resolved: Annotated[
         bool, typer.Option("--all", help="Also inputs catalogued by a later run.")
     ] = False,
@@ -125,7 +129,7 @@ def quarantine(
 
 
 def jobs(
-    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=10**6, help="At most this many jobs.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """Recent jobs with their status, counts and timings."""

@@ -84,7 +84,7 @@ def ingest_with_progress(
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest.")],
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes (default: one per CPU).")
+        int | None, typer.Option(min=1, max=256, help="Worker processes (default: one per CPU).")
     ] = None,
     source: Annotated[str, typer.Option(help="Name of the source these inputs come from.")] = (
         "folder"

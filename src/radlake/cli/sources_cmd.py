@@ -20,7 +20,7 @@ from radlake.sources.vinbigdata import read_vinbigdata
 app = typer.Typer(help="Load public chest X-ray datasets (images, metadata and labels).")
 RootArgument = Annotated[Path, typer.Argument(help="The dataset's folder as downloaded.")]
 NameOption = Annotated[str | None, typer.Option(help="Source name in the catalog.")]
-WorkersOption = Annotated[int | None, typer.Option(min=1, help="Worker processes.")]
+WorkersOption = Annotated[int | None, typer.Option(min=1, max=256, help="Worker processes.")]
 
 
 def _run(

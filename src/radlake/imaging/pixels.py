@@ -23,11 +23,16 @@ FloatArray = NDArray[np.float32] | NDArray[np.float64]
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
+
+
 def safe_message(exc: BaseException) -> str:
     """An exception's text fit for a quarantine reason, a log line or an HTTP answer."""
     # Decoder messages may quote element values; drop quoted text so no patient
     # data can reach a quarantine reason or a log line.
-    text = _QUOTED.sub("'…'", str(exc)).strip() or type(exc).__name__
+    text = _QUOTED.sub("'…'", str(exc))
+    # Reprs such as <_io.BytesIO object at 0x7f...> say nothing to a person.
+    text = _OBJECT_REPR.sub("the content", text).strip() or type(exc).__name__
     return text[:200]
 
 

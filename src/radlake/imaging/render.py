@@ -172,13 +172,24 @@ def _output_size(shape: tuple[int, int], aspect: float, size: int | None) -> tup
     return max(1, round(width_units * scale)), max(1, round(height_units * scale))
 
 
+MAX_ASPECT = 100.0  # beyond this a header's spacing is a typo, not a real pixel shape
+
+
 def _aspect(source: PixelSource, plane: Plane) -> float:
+    """Row mm / column mm of the picture; 1 when the spacing is unknown or absurd
+    (NaN, infinite, zero, negative or 1e300 in a header must not break a render)."""
     if source.spacing is None:
         return 1.0
     between, row_mm, col_mm = source.spacing
-    if plane is Plane.AXIAL:
-        return row_mm / col_mm
-    return between / (col_mm if plane is Plane.CORONAL else row_mm)
+    with np.errstate(all="ignore"):
+        if plane is Plane.AXIAL:
+            aspect = row_mm / col_mm if col_mm else math.nan
+        else:
+            across = col_mm if plane is Plane.CORONAL else row_mm
+            aspect = between / across if across else math.nan
+    if not (math.isfinite(aspect) and 1 / MAX_ASPECT <= aspect <= MAX_ASPECT):
+        return 1.0
+    return float(aspect)
 
 
 def render(

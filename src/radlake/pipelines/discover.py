@@ -74,6 +74,12 @@ def path_of_key(key: str) -> str:
     return os.fsdecode(bytes(raw))
 
 
+def input_key(path: str | Path) -> str:
+    """The key an input path is catalogued under: absolute (a re-run or `verify
+    --repair` from another folder finds it) and lossless (key_of_path)."""
+    return key_of_path(os.path.abspath(path))
+
+
 @dataclass(frozen=True, slots=True)
 class InputFile:
     """A file to ingest: where to read it, and the key it is known by (key_of_path)."""
@@ -83,7 +89,7 @@ class InputFile:
 
     @classmethod
     def at(cls, path: str) -> InputFile:
-        return cls(path, key_of_path(path))
+        return cls(path, input_key(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +123,13 @@ def discover(paths: Sequence[str | Path]) -> Discovery:
     rejected: list[RejectedInput] = []
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
-        raise InputPathError(f"no such file or folder: {missing[0]}")
+        raise InputPathError(f"no such file or folder: {key_of_path(missing[0])}")
     for given in paths:
         top = str(given)
         if not os.path.isdir(top):
             problem = _file_problem(top)
             if problem:
-                rejected.append(RejectedInput(source_key=key_of_path(top), reason=problem))
+                rejected.append(RejectedInput(source_key=input_key(top), reason=problem))
             else:
                 files.append(InputFile.at(top))
             continue
@@ -137,7 +143,7 @@ def _walk(top: str, files: list[InputFile], rejected: list[RejectedInput]) -> No
     def on_error(exc: OSError) -> None:
         rejected.append(
             RejectedInput(
-                source_key=key_of_path(str(exc.filename)),
+                source_key=input_key(str(exc.filename)),
                 reason=f"unreadable folder: {exc.strerror}",
             )
         )
@@ -150,7 +156,7 @@ def _walk(top: str, files: list[InputFile], rejected: list[RejectedInput]) -> No
             # following it again would repeat work or never end.
             rejected.append(
                 RejectedInput(
-                    source_key=key_of_path(dirpath),
+                    source_key=input_key(dirpath),
                     reason="symlink loop: this folder link leads to a folder already walked",
                 )
             )
@@ -162,6 +168,6 @@ def _walk(top: str, files: list[InputFile], rejected: list[RejectedInput]) -> No
             path = os.path.join(dirpath, name)
             problem = _file_problem(path)
             if problem:
-                rejected.append(RejectedInput(source_key=key_of_path(path), reason=problem))
+                rejected.append(RejectedInput(source_key=input_key(path), reason=problem))
             else:
                 files.append(InputFile.at(path))

@@ -39,7 +39,7 @@ from radlake.domain import CataloguedInput, RejectedInput
 from radlake.errors import CatalogError, RadlakeError, StorageError
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.deid import Pseudonymizer
-from radlake.pipelines.discover import discover, key_of_path
+from radlake.pipelines.discover import discover, input_key
 from radlake.pipelines.executor import Executor, default_executor
 from radlake.pipelines.worker import (
     DEFAULT_MAX_INPUT_BYTES,
@@ -333,7 +333,7 @@ def ingest(
         max_input_bytes=limits.max_input_bytes,
     )
     parameters: dict[str, object] = {
-        "paths": [key_of_path(str(p)) for p in paths],
+        "paths": [input_key(p) for p in paths],
         "source": source,
         "workers": pool.workers,
     }

@@ -33,18 +33,17 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from fsspec.implementations.local import LocalFileSystem
 from PIL import Image as PILImage
 from sqlalchemy import Engine, func, null, select
 
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Image, Job, Quarantine, Rendition, utcnow
-from radlake.errors import ImageError, ObjectNotFound, RenderError, StorageError
+from radlake.errors import ImageError, ObjectNotFound, RenderError
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.render import PREVIEW_SIZE, render
@@ -168,85 +167,6 @@ def _size_text(count: int) -> str:
     if count >= 1e9:
         return f"{count / 1e9:.2f} GB"
     return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} KB"
-
-
-# --- store helpers: streaming reads and listings ------------------------------------
-
-
-def _object_path(store: ObjectStore, key: str) -> str:
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise StorageError(f"expected a relative key without '..', got {key[:120]!r}")
-    return f"{store.root}/{key}"
-
-
-def hash_object(store: ObjectStore, key: str) -> tuple[str, int]:
-    """sha256 (hex) and size of the object under key, read in HASH_CHUNK pieces.
-
-    Raises:
-        ObjectNotFound: nothing is stored under key.
-        StorageError: the store failed.
-    """
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with store.fs.open(_object_path(store, key), "rb", block_size=HASH_CHUNK) as handle:
-            while chunk := handle.read(HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-    except FileNotFoundError as exc:
-        raise ObjectNotFound(f"no object under key {key}") from exc
-    except OSError as exc:
-        raise StorageError(f"store error reading {key}: {exc}") from exc
-    return digest.hexdigest(), size
-
-
-def stream_keys(store: ObjectStore, prefix: str) -> Iterator[str]:
-    """Keys under prefix, one at a time in no particular order: local folders are
-    walked with os.scandir and S3 is read a page (1,000 keys) at a time, so a listing
-    is never held whole; other backends fall back to ObjectStore.list.
-
-    Raises:
-        StorageError: the store failed.
-    """
-    base = _object_path(store, prefix)
-    protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
-    try:
-        if isinstance(store.fs, LocalFileSystem):
-            yield from _walk_local(base, prefix)
-        elif "s3" in protocols:
-            yield from _page_s3(store, base)
-        else:
-            yield from store.list(prefix)
-    except OSError as exc:
-        raise StorageError(f"store error listing {prefix}/: {exc}") from exc
-
-
-def _walk_local(folder: str, prefix: str) -> Iterator[str]:
-    try:
-        entries = os.scandir(folder)
-    except FileNotFoundError:
-        return
-    with entries:
-        for entry in entries:
-            key = f"{prefix}/{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk_local(entry.path, key)
-            else:
-                yield key
-
-
-def _page_s3(store: ObjectStore, base: str) -> Iterator[str]:
-    bucket, path, _ = store.fs.split_path(base)
-    request = {"Bucket": bucket, "Prefix": f"{path}/"}
-    while True:
-        page = store.fs.call_s3("list_objects_v2", **request)
-        for item in page.get("Contents", ()):
-            if not item["Key"].endswith("/"):
-                yield f"{bucket}/{item['Key']}"[len(store.root) + 1 :]
-        if not page.get("IsTruncated"):
-            return
-        request["ContinuationToken"] = page["NextContinuationToken"]
 
 
 # --- the keys the catalog points at --------------------------------------------------
@@ -444,7 +364,7 @@ class _Verifier:
             return False
         started = time.perf_counter()
         try:
-            digest, size = hash_object(self.store, image.original_key)
+            digest, size = self.store.digest(image.original_key, HASH_CHUNK)
         except ObjectNotFound:  # deleted since the look above
             return self._bad_original(image, "missing", "no object under its key")
         self.tally.hash_seconds += time.perf_counter() - started
@@ -575,7 +495,7 @@ class _Verifier:
 
     def find_orphans(self, progress: Progress | None) -> None:
         for prefix in ORPHAN_PREFIXES:
-            for key in stream_keys(self.store, prefix):
+            for key in self.store.iter_keys(prefix):
                 self.tally.objects_listed += 1
                 if key not in self.references:
                     self._orphan(key)

@@ -38,6 +38,7 @@ from radlake.catalog.persist import (
 from radlake.catalog.upsert import insert_missing
 from radlake.domain import Box, CataloguedInput, LabelOrigin, RejectedInput
 from radlake.imaging.deid import Pseudonymizer
+from radlake.pipelines.discover import input_key, path_of_key
 from radlake.pipelines.executor import Executor
 from radlake.pipelines.ingest import IngestLimits, IngestSummary, Progress, ingest
 from radlake.storage.store import ObjectStore
@@ -143,14 +144,16 @@ def load_source(
         StorageError, CatalogError: the store or the catalog failed.
     """
     present = [r for r in load.records if r.path is not None]
-    sha_by_path = _already_catalogued(engine, [str(r.path) for r in present])
+    # Images are known by the key ingest gives their path (absolute, lossless).
+    key_of = {str(r.path): input_key(str(r.path)) for r in present}
+    sha_by_key = _already_catalogued(engine, list(key_of.values()))
 
     def remember(result: CataloguedInput | RejectedInput) -> None:
         if isinstance(result, CataloguedInput):
-            sha_by_path[result.source_key] = result.sha256
+            sha_by_key[result.source_key] = result.sha256
 
     summary = None
-    to_read = [str(r.path) for r in present if str(r.path) not in sha_by_path]
+    to_read = [path for path, key in key_of.items() if key not in sha_by_key]
     if to_read:
         summary = ingest(
             to_read,
@@ -183,9 +186,11 @@ def load_source(
                     for r in missing
                 ],
             )
-        images = _images_by_sha(session, list(sha_by_path.values()))
+        images = _images_by_sha(session, list(sha_by_key.values()))
         linked = {
-            r.key: images[sha_by_path[str(r.path)]] for r in present if str(r.path) in sha_by_path
+            r.key: images[sha_by_key[key_of[str(r.path)]]]
+            for r in present
+            if key_of[str(r.path)] in sha_by_key
         }
         _place_images(session, load, source_id, linked, pseudonymizer)
         return (len(linked), *_write_labels(session, source_id, load.records, linked))
@@ -203,19 +208,19 @@ def load_source(
     )
 
 
-def _already_catalogued(engine: Engine, paths: Sequence[str]) -> dict[str, str]:
+def _already_catalogued(engine: Engine, keys: Sequence[str]) -> dict[str, str]:
     """sha256 of files catalogued before under the same path and size (rsync's quick
     check): a dataset re-described by its CSV does not re-read every image."""
     found: dict[str, str] = {}
     with session_factory(engine)() as session:
-        for chunk in batches(paths):
+        for chunk in batches(keys):
             for key, sha, size in session.execute(
                 select(Image.source_key, Image.sha256, Image.size_bytes).where(
                     Image.source_key.in_(chunk)
                 )
             ):
                 with contextlib.suppress(OSError):
-                    if os.stat(key).st_size == size:
+                    if os.stat(path_of_key(key)).st_size == size:
                         found[key] = sha
     return found
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -290,6 +291,62 @@ class ObjectStore:
         keys = sorted(path[len(self.root) + 1 :] for path in found)
         return iter(key for key in keys if not key.startswith(TMP_PREFIX + "/"))
 
+    def digest(self, key: str, chunk_size: int = 4 << 20) -> tuple[str, int]:
+        """sha256 (hex) and size of the object under key, read in chunk_size pieces
+        (bounded memory whatever the object's size); the whole read is retried.
+
+        Raises:
+            ObjectNotFound: nothing is stored under key.
+            StoreUnavailable, StorageError: the store failed.
+        """
+        path = self._path(key)
+
+        def read() -> tuple[str, int]:
+            digest, size = hashlib.sha256(), 0
+            with self.fs.open(path, "rb", block_size=chunk_size) as handle:
+                while chunk := handle.read(chunk_size):
+                    digest.update(chunk)
+                    size += len(chunk)
+            return digest.hexdigest(), size
+
+        try:
+            return self._run("reading", key, read)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object under key {key}") from exc
+
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        """Keys under prefix, one at a time in no particular order, never the whole
+        listing at once: local folders are walked with os.scandir, S3 is read a page
+        (1,000 keys) at a time, each page retried; other stores use list().
+
+        Raises:
+            StoreUnavailable, StorageError: the store failed.
+        """
+        base = self._path(prefix)
+        if self._local:
+            try:
+                yield from _walk_local(base, prefix)
+            except OSError as exc:
+                raise StorageError(f"store error listing {prefix}/: {_describe(exc)}") from exc
+        elif self._s3:
+            yield from self._page_s3(base, prefix)
+        else:
+            yield from self.list(prefix)
+
+    def _page_s3(self, base: str, prefix: str) -> Iterator[str]:
+        bucket, path, _ = self.fs.split_path(base)
+        request = {"Bucket": bucket, "Prefix": f"{path}/"}
+        while True:
+            page = self._run(
+                "listing", prefix, lambda: self.fs.call_s3("list_objects_v2", **request)
+            )
+            for item in page.get("Contents", ()):
+                if not item["Key"].endswith("/"):
+                    yield f"{bucket}/{item['Key']}"[len(self.root) + 1 :]
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
     # --- writes ----------------------------------------------------------------------
 
     def put_bytes(self, key: str, data: bytes, *, sync: bool = True) -> None:
@@ -521,3 +578,17 @@ def open_store(url: str, **options: Any) -> ObjectStore:
         StorageError: the URL's protocol is unknown, or an option is invalid.
     """
     return ObjectStore(url, **options)
+
+
+def _walk_local(folder: str, prefix: str) -> Iterator[str]:
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            key = f"{prefix}/{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk_local(entry.path, key)
+            else:
+                yield key

@@ -20,6 +20,7 @@ from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 
 from radlake.api import audit
+from radlake.api.decoding import decode_slot
 from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import batches, session_factory, transaction
@@ -78,11 +79,12 @@ def _reader(
             return lake.store.get_bytes(row.original_key)
         if content == "preview":
             return lake.store.get_bytes(derived_key(row.sha256, "preview", "png"))
-        source = reader_for(ImageFormat(row.format)).open_pixels(
-            lake.store.get_bytes(row.original_key),
-            max_decoded_bytes=lake.limits.max_decoded_bytes,
-        )
-        return render(source, size=size).encode(fmt)
+        with decode_slot():
+            source = reader_for(ImageFormat(row.format)).open_pixels(
+                lake.store.get_bytes(row.original_key),
+                max_decoded_bytes=lake.limits.max_decoded_bytes,
+            )
+            return render(source, size=size).encode(fmt)
 
     return read
 

@@ -10,13 +10,14 @@ from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Respon
 from sqlalchemy import Row, select
 
 from radlake.api import audit
+from radlake.api.decoding import decode_slot
 from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.serialize import image_full, image_item, label_item
 from radlake.catalog.models import Image, Label
 from radlake.catalog.queries import count_images, find_images, get_image
 from radlake.domain import ImageFormat, Plane, RejectedInput
-from radlake.errors import ImageError, ImageNotFound, ObjectNotFound
-from radlake.imaging.formats import detect_format, reader_for
+from radlake.errors import ImageNotFound, ObjectNotFound
+from radlake.imaging.formats import reader_for
 from radlake.imaging.pixels import Window
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.pipelines.ingest import ingest_bytes
@@ -122,13 +123,13 @@ def rendering(
     try:
         data = lake.store.get_bytes(key)
     except ObjectNotFound:
-        source = reader_for(ImageFormat(image.format)).open_pixels(
-            lake.store.get_bytes(image.original_key),
-            max_decoded_bytes=lake.limits.max_decoded_bytes,
-        )
-        data = render(source, size=size, index=slice_index, plane=plane, window=chosen).encode(
-            format
-        )
+        with decode_slot():
+            source = reader_for(ImageFormat(image.format)).open_pixels(
+                lake.store.get_bytes(image.original_key),
+                max_decoded_bytes=lake.limits.max_decoded_bytes,
+            )
+            rendered = render(source, size=size, index=slice_index, plane=plane, window=chosen)
+            data = rendered.encode(format)
         lake.store.put_bytes(key, data)
     return Response(data, media_type=MEDIA[format], headers=headers)
 
@@ -159,7 +160,7 @@ def upload(
     caller: Curator,
     session: DbSession,
     lake: LakeDep,
-    file: Annotated[UploadFile, File(description="A DICOM, PNG or JPEG file")],
+    file: Annotated[UploadFile, File(description="A DICOM, NIfTI, PNG or JPEG file")],
 ) -> dict[str, Any]:
     """Ingest one image through the ingest pipeline, once; 422 with the reason if it is
     not one (nothing is kept of a rejected upload: its sender has it and the reason)."""
@@ -168,22 +169,18 @@ def upload(
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise HTTPException(413, detail=f"upload larger than the {limit}-byte limit")
     data = _read_upload(file, limit)
-    try:
-        if detect_format(data) is ImageFormat.NIFTI:
-            raise HTTPException(422, detail="expected a DICOM, PNG or JPEG upload, got NIfTI")
-    except ImageError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
-    result = ingest_bytes(
-        data,
-        engine=lake.engine,
-        store=lake.store,
-        pseudonymizer=lake.pseudonymizer,
-        source="upload",
-        source_kind="upload",
-        source_key=f"upload/{hashlib.sha256(data).hexdigest()}",
-        limits=lake.limits,
-        keep_rejected=False,
-    )
+    with decode_slot():
+        result = ingest_bytes(
+            data,
+            engine=lake.engine,
+            store=lake.store,
+            pseudonymizer=lake.pseudonymizer,
+            source="upload",
+            source_kind="upload",
+            source_key=f"upload/{hashlib.sha256(data).hexdigest()}",
+            limits=lake.limits,
+            keep_rejected=False,
+        )
     outcome, image_id = result.outcome, result.image_id
     if isinstance(outcome, RejectedInput):
         raise HTTPException(422, detail=outcome.reason)

@@ -1,4 +1,4 @@
-"""quarantine rows resolved by a later catalogue
+"""quarantine rows resolved by a later catalogue; input keys as text
 
 Revision ID: 0004
 Revises: 0003
@@ -22,9 +22,23 @@ def upgrade() -> None:
     with op.batch_alter_table("quarantine", schema=None) as batch_op:
         batch_op.add_column(sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_quarantine_sha256"), ["sha256"], unique=False)
+        batch_op.alter_column(
+            "source_key", existing_type=sa.String(length=1024), type_=sa.Text(), nullable=False
+        )
+    with op.batch_alter_table("image", schema=None) as batch_op:
+        batch_op.alter_column(
+            "source_key", existing_type=sa.String(length=1024), type_=sa.Text(), nullable=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("image", schema=None) as batch_op:
+        batch_op.alter_column(
+            "source_key", existing_type=sa.Text(), type_=sa.String(length=1024), nullable=False
+        )
     with op.batch_alter_table("quarantine", schema=None) as batch_op:
+        batch_op.alter_column(
+            "source_key", existing_type=sa.Text(), type_=sa.String(length=1024), nullable=False
+        )
         batch_op.drop_index(batch_op.f("ix_quarantine_sha256"))
         batch_op.drop_column("resolved_at")
