@@ -83,7 +83,7 @@ def open_lake(settings: Settings) -> Lake:
     database = sqlite_file(settings.resolved_catalog_url())
     if database is not None and not database.is_file():
         # Connecting would create an empty file: a read must leave nothing behind.
-        raise NotInitialized(f"no lake in {settings.home}: run `radlake init` first")
+        raise NotInitialized(f"no catalog at {database}: run `radlake init` first")
     engine = make_engine(settings.resolved_catalog_url())
     check_current(engine)
     store = open_store(

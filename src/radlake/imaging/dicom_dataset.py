@@ -31,6 +31,8 @@ from radlake.errors import CorruptImage, NoPixelData, TooLargeToDecode
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES, describe_bytes, inflated_size
 from radlake.imaging.pixels import safe_message
 
+# (7FE0,0010) Pixel Data, little endian: present in the bytes but not in the parse.
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 # PS3.5 8.2.16 (2023): every frame deflated on its own; pydicom 3.0 does not know it.
@@ -189,6 +191,8 @@ def read_dataset(data: bytes, *, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BY
     except Exception as exc:  # pydicom raises many kinds on garbage; all mean "corrupt"
         raise CorruptImage(f"unreadable DICOM header: {safe_message(exc)}") from exc
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS) and "SOPClassUID" not in ds:
+        if _PIXEL_DATA_TAG in data:  # the parse stopped early: the file is cut short
+            raise CorruptImage("truncated DICOM: the data set ends before its pixel data")
         raise CorruptImage("unreadable DICOM header: no SOP Class UID and no pixel data")
     return ds
 

@@ -85,6 +85,11 @@ def _load(data: bytes, max_decoded_bytes: int) -> tuple[NiftiHeader, bytes | byt
         except (zlib.error, EOFError) as exc:
             raise CorruptImage(f"truncated or corrupt gzip stream: {exc}") from exc
     if len(raw) < expected:
+        if bytes(head[344:347]) == b"ni1":  # NIfTI-1 magic of a .hdr/.img pair
+            raise CorruptImage(
+                "NIfTI header of a .hdr/.img pair: its voxels are in the .img file; "
+                "convert the pair to a single .nii or .nii.gz to ingest it"
+            )
         raise CorruptImage(f"truncated NIfTI: {len(raw)} bytes of the {expected} its header needs")
     return header, raw
 
