@@ -3,16 +3,12 @@ gets its stated outcome and the rest of the folder is catalogued (issue 7)."""
 
 from __future__ import annotations
 
-import io
 import os
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import pydicom
 import pytest
-from PIL import Image as PILImage
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, func, select
 
@@ -26,6 +22,7 @@ from radlake.pipelines.ingest import IngestLimits, IngestSummary, ingest
 from radlake.storage.keys import raw_key
 from radlake.storage.store import ObjectStore, open_store
 from tests.conftest import SECRET, pydicom_file
+from tests.test_imaging_limits import _jpeg_claiming, _png_claiming
 
 LONG_MANUFACTURER = "M" * 150
 
@@ -42,34 +39,6 @@ def _dicom(path: Path, **values: object) -> Path:
         for keyword, value in values.items():
             setattr(ds, keyword, value)
         ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def _png_claiming(path: Path, side: int) -> Path:
-    """A small 16-bit PNG whose header claims side x side pixels (zeros, compressed)."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" + b"\x00" * (side * 2)
-    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-    )
-    return path
-
-
-def _jpeg_claiming(path: Path, width: int, height: int) -> Path:
-    """A real tiny JPEG whose SOF0 is patched to claim width x height."""
-    buffer = io.BytesIO()
-    PILImage.new("L", (8, 8), 128).save(buffer, format="JPEG")
-    data = bytearray(buffer.getvalue())
-    sof = data.index(b"\xff\xc0")
-    struct.pack_into(">HH", data, sof + 5, height, width)
-    path.write_bytes(bytes(data))
     return path
 
 
@@ -159,8 +128,8 @@ def test_size_bombs_and_oversized_inputs_are_quarantined_with_figures(
 ) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    _jpeg_claiming(folder / "bomb.jpg", 16000, 16000)
-    _png_claiming(folder / "bomb.png", 16384)
+    (folder / "bomb.jpg").write_bytes(_jpeg_claiming(16000, 16000))
+    (folder / "bomb.png").write_bytes(_png_claiming(16384))
     big = _dicom(folder / "big.dcm")
     for index in range(4):
         _dicom(folder / f"plain{index}.dcm")

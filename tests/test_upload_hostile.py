@@ -4,25 +4,12 @@ a rejected upload leaves nothing behind (issue 7)."""
 
 from __future__ import annotations
 
-import io
-import struct
-
 import pytest
-from PIL import Image as PILImage
 from pydicom.dataset import Dataset
 
 from tests.conftest import pydicom_file
 from tests.test_api import Api, api, state  # noqa: F401 (the api fixture)
-from tests.test_imaging_limits import _bytes, _mr_small
-
-
-def _jpeg_claiming(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    PILImage.new("L", (8, 8), 128).save(buffer, format="JPEG")
-    data = bytearray(buffer.getvalue())
-    sof = data.index(b"\xff\xc0")
-    struct.pack_into(">HH", data, sof + 5, height, width)
-    return bytes(data)
+from tests.test_imaging_limits import _bytes, _jpeg_claiming, _mr_small
 
 
 def test_a_deflated_dicom_upload_is_catalogued(api: Api) -> None:  # noqa: F811
