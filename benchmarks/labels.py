@@ -42,7 +42,7 @@ from radlake.formats.sink import FolderSink
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.export import export_version
 from radlake.pipelines.ingest import ingest
-from radlake.sources.base import load_source
+from radlake.pipelines.source_load import load_source
 from radlake.sources.vinbigdata import read_vinbigdata
 from radlake.storage.store import open_store
 

@@ -147,7 +147,7 @@ def test_sources_selection_and_versions_on_every_backend(catalog: Engine, tmp_pa
     from radlake.catalog.db import transaction
     from radlake.curation.splits import SplitSpec
     from radlake.curation.versions import VersionRequest, create_version
-    from radlake.sources.base import load_source
+    from radlake.pipelines.source_load import load_source
     from radlake.sources.vinbigdata import read_vinbigdata
     from tests.test_datasets import write_vinbigdata
 

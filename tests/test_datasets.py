@@ -28,7 +28,7 @@ from radlake.formats.sink import FolderSink, StoreSink
 from radlake.lake import Lake
 from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.export import export_version
-from radlake.sources.base import load_source
+from radlake.pipelines.source_load import load_source
 from radlake.sources.vinbigdata import read_vinbigdata
 
 CLASSES = ["No finding", "Cardiomegaly", "Nodule/Mass"]  # by n % 3

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select
 
 from radlake.catalog.db import session_factory
-from radlake.catalog.models import Image, Label, LabelClass, Patient, Quarantine, Series, Study
+from radlake.catalog.models import (
+    Image,
+    Label,
+    LabelClass,
+    Patient,
+    Quarantine,
+    Series,
+    Source,
+    Study,
+)
 from radlake.lake import Lake
 from radlake.pipelines.executor import SerialExecutor
-from radlake.sources.base import SourceLoad, SourceSummary, load_source
+from radlake.pipelines.ingest import ingest
+from radlake.pipelines.source_load import SourceSummary, load_source
+from radlake.sources.base import SourceLoad
 from radlake.sources.covid_cxr import finding_levels, normalise_view, read_covid_cxr
 from radlake.sources.csvfile import SourceFormatError
 from radlake.sources.nih_cxr14 import read_nih_cxr14
@@ -39,6 +52,22 @@ def labels_of(lake: Lake, key: str) -> list[Label]:
         return list(
             session.scalars(select(Label).where(Label.source_image_key == key).order_by(Label.id))
         )
+
+
+@contextmanager
+def image_updates(engine: Engine) -> Iterator[list[str]]:
+    """The UPDATE statements on the image table run while the block runs."""
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE IMAGE "):
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def write_png(path: Path, width: int, height: int) -> None:
@@ -200,6 +229,49 @@ class TestCovid:
                 for image in images.values()
             }
         assert len(owners) == 1
+
+    def test_new_images_are_written_once(self, lake: Lake, tmp_path: Path) -> None:
+        """A first load writes each new image's row with the source's metadata, and a
+        re-run of an unchanged source writes no image at all (issue 8)."""
+        root = tmp_path / "covid"
+        self.write(root, "utf-8")
+        with image_updates(lake.engine) as updates:
+            first = load(lake, read_covid_cxr(root))
+            again = load(lake, read_covid_cxr(root))
+        assert updates == []
+        assert first.ingest is not None and first.ingest.catalogued == 2
+        assert again.ingest is None  # both pass the path + size check
+        assert len(labels_of(lake, "p1a.png")) == 3  # replaced, not duplicated
+        with session_factory(lake.engine)() as session:
+            rows = session.execute(
+                select(Image.view_position, Image.series_id, Source.name).join(Source)
+            ).all()
+        assert sorted(view for view, _, _ in rows) == ["AP Erect", "AP Supine"]
+        assert all(series is not None and name == "covid-chestxray" for _, series, name in rows)
+
+    def test_dataset_claims_images_first_ingested_as_a_folder(
+        self, lake: Lake, tmp_path: Path
+    ) -> None:
+        root = tmp_path / "covid"
+        self.write(root, "utf-8")
+        ingest(
+            [root / "images"],
+            engine=lake.engine,
+            store=lake.store,
+            pseudonymizer=lake.pseudonymizer,
+            executor=SerialExecutor(),
+        )
+        with image_updates(lake.engine) as updates:
+            summary = load(lake, read_covid_cxr(root))
+        assert summary.ingest is None and summary.linked == 2  # not read again
+        assert len(updates) == 1  # one bulk update of the two known rows
+        with session_factory(lake.engine)() as session:
+            rows = session.execute(
+                select(Image.attributes, Image.modality, Image.series_id, Source.name).join(Source)
+            ).all()
+        assert {attributes["source_key"] for attributes, *_ in rows} == {"p1a.png", "p1b.png"}
+        assert {(modality, name) for _, modality, _, name in rows} == {("DX", "covid-chestxray")}
+        assert all(series is not None for _, _, series, _ in rows)
 
     def test_helpers(self) -> None:
         assert finding_levels("Pneumonia/Viral/COVID-19")[-1] == "Pneumonia/Viral/COVID-19"

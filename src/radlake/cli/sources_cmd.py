@@ -11,7 +11,8 @@ import typer
 from radlake.cli.ingest_cmd import JsonOption, progress_bar
 from radlake.cli.output import console, print_json
 from radlake.lake import load_settings, open_lake
-from radlake.sources.base import SourceLoad, SourceSummary, load_source
+from radlake.pipelines.source_load import SourceSummary, load_source
+from radlake.sources.base import SourceLoad
 from radlake.sources.covid_cxr import read_covid_cxr
 from radlake.sources.csvfile import SourceFormatError
 from radlake.sources.nih_cxr14 import read_nih_cxr14

@@ -307,11 +307,14 @@ def ingest(
     limits: IngestLimits | None = None,
     progress: Progress | None = None,
     on_result: Callable[[Outcome], None] | None = None,
+    amend: Callable[[CataloguedInput], CataloguedInput] | None = None,
 ) -> IngestSummary:
     """Ingest files and folders into the lake; safe to re-run, alone or concurrently.
 
-    on_result receives every input's outcome (source adapters map their keys to
-    sha256 with it).
+    on_result receives every input's outcome (a source load maps its records' keys
+    to sha256 with it). amend, in this process, may complete a decoded input's
+    metadata before its row is written (a dataset's attributes, view, hierarchy),
+    so a new image is written once; images catalogued before are left as they are.
 
     Raises:
         InputPathError: a given path does not exist (nothing is ingested).
@@ -349,7 +352,8 @@ def ingest(
         outcomes = pool.map_unordered(
             functools.partial(process_input, context), found.files, on_crash=crashed_input
         )
-        for done, result in enumerate(itertools.chain(found.rejected, outcomes), start=1):
+        for done, outcome in enumerate(itertools.chain(found.rejected, outcomes), start=1):
+            result = amend(outcome) if amend and isinstance(outcome, CataloguedInput) else outcome
             session.add(result)
             if on_result:
                 on_result(result)

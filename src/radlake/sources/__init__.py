@@ -1,1 +1,2 @@
-"""Source adapters: one module per dataset layout, all ingesting through one pipeline."""
+"""Source adapters: one module per dataset layout, each reading it into records
+(`radlake.pipelines.source_load` loads them)."""
