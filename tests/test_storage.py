@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from radlake.errors import ObjectNotFound, StorageError
-from radlake.storage.keys import derived_key, quarantine_key, raw_key
+from radlake.storage.keys import derived_key, preview_key, quarantine_key, raw_key
 from radlake.storage.store import ObjectStore, open_store
 from tests.conftest import pydicom_file
 
@@ -263,6 +263,84 @@ def test_a_write_that_fails_midway_keeps_the_previous_object(
     assert _temporary_files(local_store) == []
 
 
+# --- streaming reads and writes: open() and put_file() -------------------------------
+
+BIG = os.urandom(5 << 20) + CT_BYTES  # more than one 4 MB chunk, not a multiple of it
+
+
+def test_put_file_then_open_streams_the_same_bytes(store: ObjectStore, tmp_path: Path) -> None:
+    local = tmp_path / "big.bin"
+    local.write_bytes(BIG)
+    key = raw_key(CT_SHA, "dcm")
+    store.put_file(key, local)
+    assert store.size(key) == len(BIG)
+    with store.open(key) as handle:
+        head = handle.read(1000)
+        rest = handle.read()
+    assert head + rest == BIG
+    assert store.digest(key) == (hashlib.sha256(BIG).hexdigest(), len(BIG))
+
+
+def test_put_file_replaces_an_object_and_handles_empty_files(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    store.put_bytes("a/b", CT_BYTES)
+    store.put_file("a/b", tmp_path / "empty")
+    with store.open("a/b") as handle:
+        assert handle.read() == b""
+    assert list(store.list()) == ["a/b"]
+
+
+def test_open_of_a_missing_key_or_a_folder_is_object_not_found(store: ObjectStore) -> None:
+    with pytest.raises(ObjectNotFound, match="no object under key"):
+        store.open("raw/missing")
+    store.put_bytes("folder/inside", b"x")
+    with pytest.raises(ObjectNotFound):
+        store.open("folder")
+
+
+def test_put_file_of_a_missing_local_file_is_the_callers_error(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        store.put_file("a/b", tmp_path / "absent")
+    assert not store.exists("a/b")
+
+
+def test_streaming_refuses_unsafe_keys(store: ObjectStore, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(StorageError, match="relative key"):
+        store.open("../escape")
+    with pytest.raises(StorageError, match="relative key"):
+        store.put_file("raw/../../escape", tmp_path / "f")
+
+
+def test_a_local_put_file_leaves_no_temporary_file(
+    local_store: ObjectStore, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_bytes(BIG)
+    local_store.put_file("raw/x", tmp_path / "f")
+    assert _temporary_files(local_store) == []
+    assert (Path(local_store.root) / "raw" / "x").read_bytes() == BIG
+
+
+def test_a_put_file_that_fails_midway_keeps_the_previous_object(
+    local_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").write_bytes(BIG)
+    local_store.put_bytes("raw/x", CT_BYTES)
+
+    def broken_copy(source: object, target: object, length: int = 0) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("radlake.storage.store.shutil.copyfileobj", broken_copy)
+    with pytest.raises(StorageError, match="No space left"):
+        local_store.put_file("raw/x", tmp_path / "f")
+    assert local_store.get_bytes("raw/x") == CT_BYTES
+    assert _temporary_files(local_store) == []
+
+
 # --- key layout ----------------------------------------------------------------------
 
 
@@ -274,6 +352,10 @@ def test_key_layout() -> None:
         f"derived/{CT_SHA}/slice_0.axial-3.jpg"
     )
     assert quarantine_key(CT_SHA) == f"quarantine/{CT_SHA[:2]}/{CT_SHA}"
+    assert preview_key(CT_SHA) == f"derived/{CT_SHA}/preview.png"
+    assert preview_key(CT_SHA, "jpeg") == f"derived/{CT_SHA}/preview.jpg"
+    with pytest.raises(ValueError, match="png or jpeg"):
+        preview_key(CT_SHA, "gif")
 
 
 def test_keys_refuse_anything_but_a_lowercase_hex_sha256() -> None:

@@ -10,14 +10,12 @@ import typer
 from radlake.catalog.db import session_factory
 from radlake.catalog.queries import get_image
 from radlake.cli.output import console
-from radlake.domain import ImageFormat, Plane
+from radlake.domain import Plane
 from radlake.errors import RenderError
-from radlake.imaging.formats import reader_for
-from radlake.imaging.pixels import Window
-from radlake.imaging.render import render as render_image
 from radlake.lake import load_settings, open_lake
+from radlake.pipelines.stored_images import RenderFormat, RenderOptions, StoredImage, StoredImages
 
-_OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+_OUTPUT_FORMATS: dict[str, RenderFormat] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
 def render(
@@ -38,15 +36,14 @@ def render(
     fmt = _OUTPUT_FORMATS.get(output.suffix.lower())
     if fmt is None:
         raise RenderError(f"expected an output file ending in .png or .jpg, got {output.name!r}")
-    chosen_window = Window.parse(window) if window else None
+    options = RenderOptions.parse(
+        format=fmt, size=size, slice_index=slice_index, plane=plane, window=window
+    )
     lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
-        image = get_image(session, image_id=image_id)
-        key, image_format = image.original_key, ImageFormat(image.format)
-    source = reader_for(image_format).open_pixels(
-        lake.store.get_bytes(key), max_decoded_bytes=lake.limits.max_decoded_bytes
-    )
-    rendered = render_image(source, size=size, index=slice_index, plane=plane, window=chosen_window)
+        image = StoredImage.of(get_image(session, image_id=image_id))
+    images = StoredImages(lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes)
+    rendered = images.render(image, options)
     try:
         output.write_bytes(rendered.encode(fmt))
     except OSError as exc:

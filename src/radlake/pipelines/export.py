@@ -17,13 +17,12 @@ from sqlalchemy import Engine, Row, select
 from radlake.catalog.db import batches, session_factory, transaction
 from radlake.catalog.models import Export, Image
 from radlake.curation.versions import DatasetError, get_version, members, version_findings
-from radlake.domain import ImageFormat
 from radlake.formats.coco import export_coco
 from radlake.formats.model import ExportImage, ExportSummary
 from radlake.formats.sink import Sink
 from radlake.formats.yolo import export_yolo
-from radlake.imaging.formats import reader_for
-from radlake.imaging.render import render
+from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
+from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
 from radlake.storage.store import ObjectStore
 
 ExportFormat = Literal["yolo", "coco"]
@@ -67,8 +66,11 @@ def export_version(
     mode: Literal["pad", "stretch"] = "pad",
     split: str | None = None,
     labels_only: bool = False,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> ExportSummary:
     """Write one version (or one split of it) in a trainer's format; recorded in the catalog.
+
+    max_decoded_bytes: the decode budget of each original (the lake's limit).
 
     Raises:
         DatasetError: no such dataset, version or split.
@@ -113,11 +115,12 @@ def export_version(
         for image in sorted(images, key=lambda i: i.id)
     ]
 
+    stored = StoredImages(store, max_decoded_bytes=max_decoded_bytes)
+    # The stored rows x columns, the frame the boxes are in; writers resize exactly.
+    options = RenderOptions(size=None, true_aspect=False)
+
     def load(item: ExportImage) -> PILImage.Image:
-        image = by_id[item.image_id]
-        data = store.get_bytes(image.original_key)
-        source = reader_for(ImageFormat(image.format)).open_pixels(data)
-        return render(source, size=None, true_aspect=False).image
+        return stored.render(StoredImage.of(by_id[item.image_id]), options).image
 
     metadata = {"dataset": dataset, "version": number, "format": fmt, "size": size, "mode": mode}
     writer = export_yolo if fmt == "yolo" else export_coco

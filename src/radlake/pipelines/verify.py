@@ -48,7 +48,13 @@ from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.pipelines.discover import path_of_key
-from radlake.pipelines.worker import PREVIEW, encode_preview
+from radlake.pipelines.worker import encode_preview
+from radlake.storage.keys import (
+    DERIVED_KEY_PATTERN,
+    PREVIEW,
+    QUARANTINE_KEY_PATTERN,
+    RAW_KEY_PATTERN,
+)
 from radlake.storage.store import ObjectStore
 
 ORPHAN_MIN_AGE = 3600.0
@@ -171,9 +177,9 @@ def _size_text(count: int) -> str:
 
 # --- the keys the catalog points at --------------------------------------------------
 
-_RAW_KEY = re.compile(r"raw/([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9.]+)")
-_DERIVED_KEY = re.compile(r"derived/([0-9a-f]{64})/.+")
-_QUARANTINE_KEY = re.compile(r"quarantine/[0-9a-f]{2}/([0-9a-f]{64})")
+_RAW_KEY = RAW_KEY_PATTERN
+_DERIVED_KEY = DERIVED_KEY_PATTERN
+_QUARANTINE_KEY = QUARANTINE_KEY_PATTERN
 
 
 class _References:
@@ -195,7 +201,8 @@ class _References:
             self._other_images.add(bytes.fromhex(sha256))
 
     def add_rendition(self, sha256: str, key: str) -> None:
-        if not key.startswith(f"derived/{sha256}/"):
+        derived = DERIVED_KEY_PATTERN.fullmatch(key)
+        if derived is None or derived[1] != sha256:
             self._keys.add(key)
 
     def add_key(self, key: str) -> None:

@@ -23,10 +23,9 @@ from radlake.imaging.formats import detect_format, reader_for
 from radlake.imaging.pixels import PixelSource
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.pipelines.discover import InputFile
-from radlake.storage.keys import derived_key, quarantine_key, raw_key
+from radlake.storage.keys import PREVIEW, preview_key, quarantine_key, raw_key
 from radlake.storage.store import ObjectStore
 
-PREVIEW = "preview"
 _WINDOW_TEXT_KEY = "radlake:window"
 DEFAULT_MAX_INPUT_BYTES = 2048 * MIB
 
@@ -73,7 +72,7 @@ def _rendition_from_png(key: str, png: bytes) -> RenditionInfo:
 def _make_preview(
     context: WorkerContext, sha256: str, open_pixels: Callable[[], PixelSource]
 ) -> RenditionInfo:
-    key = derived_key(sha256, PREVIEW, "png")
+    key = preview_key(sha256)
     try:
         return _rendition_from_png(key, context.store.get_bytes(key))
     except ObjectNotFound:

@@ -1,4 +1,4 @@
-"""Key layout of the store (DESIGN.md "Store layout")."""
+"""Key layout of the store (DESIGN.md "Store layout"): every key is built here."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import re
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+PREVIEW = "preview"
+PREVIEW_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+
+# Patterns of the keys built below, for readers of a listing (verify).
+RAW_KEY_PATTERN = re.compile(r"raw/([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9.]+)")
+DERIVED_KEY_PATTERN = re.compile(r"derived/([0-9a-f]{64})/.+")
+QUARANTINE_KEY_PATTERN = re.compile(r"quarantine/[0-9a-f]{2}/([0-9a-f]{64})")
 
 
 def _check_sha(sha256: str) -> str:
@@ -20,12 +28,29 @@ def raw_key(sha256: str, extension: str) -> str:
     return f"raw/{sha256[:2]}/{sha256}.{extension}"
 
 
+def derived_prefix(sha256: str) -> str:
+    """derived/<sha256>/: the folder of one original's renditions."""
+    return f"derived/{_check_sha(sha256)}/"
+
+
 def derived_key(sha256: str, rendition: str, extension: str) -> str:
     """derived/<sha256>/<rendition>.<ext>: previews, slices, normalised images."""
-    _check_sha(sha256)
     if not _NAME.match(rendition):
         raise ValueError(f"expected a rendition name like 'preview', got {rendition[:80]!r}")
-    return f"derived/{sha256}/{rendition}.{extension}"
+    return f"{derived_prefix(sha256)}{rendition}.{extension}"
+
+
+def preview_key(sha256: str, fmt: str = "png") -> str:
+    """derived/<sha256>/preview.png|jpg: the preview-size picture of the default
+    slice and window (the PNG is written at ingest, the JPEG on first request).
+
+    Raises:
+        ValueError: fmt is not png or jpeg, or sha256 is not a lowercase hex sha256.
+    """
+    extension = PREVIEW_EXTENSIONS.get(fmt)
+    if extension is None:
+        raise ValueError(f"expected a preview format png or jpeg, got {fmt[:20]!r}")
+    return derived_key(sha256, PREVIEW, extension)
 
 
 def quarantine_key(sha256: str) -> str:

@@ -22,13 +22,14 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -44,6 +45,7 @@ from tenacity import (
 from radlake.errors import ObjectNotFound, StorageError, StoreUnavailable
 
 TMP_PREFIX = "tmp"
+STREAM_CHUNK = 4 << 20  # bytes read or copied at a time by open() and put_file()
 DEFAULT_RETRY_SECONDS = 30.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.2)
 
@@ -277,6 +279,34 @@ class ObjectStore:
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"no object under key {key}") from exc
 
+    def open(self, key: str, *, block_size: int = STREAM_CHUNK) -> IO[bytes]:
+        """A readable binary file over the object under key, for objects too big to
+        hold in memory twice; close it (use `with`). Opening is retried like every
+        operation; reads after that are not (a fault mid-read raises from read()).
+
+        Raises:
+            ObjectNotFound: nothing is stored under key.
+            StoreUnavailable: the store kept failing for retry_seconds.
+            StorageError: the store refused the request.
+        """
+        path = self._path(key)
+
+        def open_object() -> IO[bytes]:
+            if self._local:
+                try:
+                    return open(path, "rb", buffering=block_size)
+                except IsADirectoryError:
+                    raise FileNotFoundError(errno.ENOENT, "not an object", path) from None
+            # One HEAD (or stat) decides "is an object": s3fs would open a folder.
+            size = self._stat(path).size
+            extra = {"size": size} if self._s3 else {}
+            return cast(IO[bytes], self.fs.open(path, "rb", block_size=block_size, **extra))
+
+        try:
+            return self._run("reading", key, open_object)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object under key {key}") from exc
+
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under prefix, sorted; temporary objects are not listed.
 
@@ -374,6 +404,38 @@ class ObjectStore:
         except FileNotFoundError as exc:  # S3: no such bucket
             raise StorageError(f"store error writing {key}: {_describe(exc)}") from exc
 
+    def put_file(self, key: str, local_path: str | os.PathLike[str], *, sync: bool = True) -> None:
+        """Store the local file's bytes under key, streamed (never whole in memory),
+        atomic and durable as put_bytes(): a local folder copies into tmp/, fsyncs and
+        renames; S3 uploads through s3fs, in 50 MB multipart parts beyond one part (a
+        multipart object appears only when its upload completes); memory:// stores
+        the whole value on close. The whole upload is retried.
+
+        Raises:
+            FileNotFoundError, OSError: local_path cannot be read (the caller's file).
+            StoreUnavailable, StorageError: as put_bytes().
+        """
+        source = os.fspath(local_path)
+        size = os.stat(source).st_size  # the caller's own fault, before the store's policy
+        target = self._path(key)
+
+        def copy(handle: IO[bytes]) -> None:
+            with open(source, "rb") as reader:
+                shutil.copyfileobj(reader, handle, STREAM_CHUNK)
+
+        def write() -> None:
+            if self._local:
+                self._put_local_with(target, copy, sync)
+            elif self._s3:
+                self.fs.put_file(source, target, timeout=self._s3_attempt_seconds(size))
+            else:
+                self.fs.put_file(source, target)
+
+        try:
+            self._run("writing", key, write)
+        except FileNotFoundError as exc:  # S3: no such bucket; local: the file went away
+            raise StorageError(f"store error writing {key}: {_describe(exc)}") from exc
+
     def _s3_attempt_seconds(self, size: int) -> float:
         # fsspec's sync(timeout=...) cancels the attempt (see MIN_UPLOAD_BYTES_PER_SECOND).
         config = self._options["config_kwargs"]
@@ -410,6 +472,11 @@ class ObjectStore:
         self._run("syncing", "/", lambda: _sync_file_system(self.root))
 
     def _put_local(self, target: str, data: bytes, sync: bool = True) -> None:
+        self._put_local_with(target, lambda handle: handle.write(data), sync)
+
+    def _put_local_with(
+        self, target: str, write: Callable[[IO[bytes]], object], sync: bool
+    ) -> None:
         # Plain os calls: on the ingest hot path fsspec's wrappers cost ~0.2 ms a write.
         temporary = f"{self.root}/{TMP_PREFIX}/{uuid.uuid4().hex}"
         created = _make_folders(os.path.dirname(target))
@@ -420,7 +487,7 @@ class ObjectStore:
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
+                write(handle)
                 if sync:
                     handle.flush()
                     os.fsync(handle.fileno())  # the bytes are on disk before the name

@@ -28,10 +28,9 @@ from radlake.catalog.models import Cohort, Image, Label
 from radlake.catalog.queries import ImageFilter, apply_filter
 from radlake.curation.versions import get_version
 from radlake.domain import ImageFormat
-from radlake.imaging.formats import reader_for
-from radlake.imaging.render import render
 from radlake.lake import Lake
-from radlake.storage.keys import derived_key
+from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
+from radlake.storage.keys import preview_key
 
 router = APIRouter(tags=["downloads"])
 Content = Literal["preview", "rendered", "original"]
@@ -74,17 +73,18 @@ def _rows(session: DbSession, selection: ImageFilter) -> list[Row[Any]]:
 def _reader(
     lake: Lake, row: Row[Any], content: Content, fmt: str, size: int
 ) -> Callable[[], bytes]:
+    images = StoredImages(
+        lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes, decode_guard=decode_slot
+    )
+
     def read() -> bytes:
         if content == "original":
             return lake.store.get_bytes(row.original_key)
         if content == "preview":
-            return lake.store.get_bytes(derived_key(row.sha256, "preview", "png"))
-        with decode_slot():
-            source = reader_for(ImageFormat(row.format)).open_pixels(
-                lake.store.get_bytes(row.original_key),
-                max_decoded_bytes=lake.limits.max_decoded_bytes,
-            )
-            return render(source, size=size).encode(fmt)
+            return lake.store.get_bytes(preview_key(row.sha256))
+        # Rendered on the fly, not kept: a zip of 10,000 images writes nothing.
+        options = RenderOptions(format="jpeg" if fmt == "jpeg" else "png", size=size)
+        return images.encoded(StoredImage.of(row), options)
 
     return read
 

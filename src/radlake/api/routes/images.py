@@ -16,12 +16,10 @@ from radlake.api.serialize import image_full, image_item, label_item
 from radlake.catalog.models import Image, Label
 from radlake.catalog.queries import count_images, find_images, get_image
 from radlake.domain import ImageFormat, Plane, RejectedInput
-from radlake.errors import ImageNotFound, ObjectNotFound
-from radlake.imaging.formats import reader_for
-from radlake.imaging.pixels import Window
-from radlake.imaging.render import PREVIEW_SIZE, render
+from radlake.errors import ImageNotFound
+from radlake.imaging.render import PREVIEW_SIZE
 from radlake.pipelines.ingest import ingest_bytes
-from radlake.storage.keys import derived_key
+from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages, check_size
 
 router = APIRouter(tags=["images"])
 ImageId = Annotated[int, Path(ge=1, le=2**62, description="Image id")]
@@ -99,39 +97,27 @@ def rendering(
     session: DbSession,
     lake: LakeDep,
     format: Literal["png", "jpeg"] = "png",
-    size: Annotated[int, Query(ge=16, le=4096)] = PREVIEW_SIZE,
+    size: Annotated[
+        int, Query(ge=16, le=4096, description="Longest side: 64, 128, 256, 512, 1024 or 2048")
+    ] = PREVIEW_SIZE,
     slice_index: Annotated[int | None, Query(alias="slice", ge=0, le=100_000)] = None,
     plane: Plane = Plane.AXIAL,
     window: Annotated[str | None, Query(max_length=40, description="CENTER,WIDTH")] = None,
 ) -> Response:
-    """A rendering, served from the store when it exists (the preview, or an earlier
-    request with the same parameters), else made and kept; ETag revalidation is free."""
-    image = _pixels_row(session, image_id)
-    chosen = Window.parse(window) if window else None
-    params = f"{format}|{size}|{slice_index}|{plane.value}|{window}"
-    digest = hashlib.sha256(params.encode()).hexdigest()[:16]
-    etag = f'"{image.sha256[:16]}-{digest}"'
+    """A rendering: the stored preview (PNG or JPEG) for the default options, else made
+    on the fly and not kept (pipelines/stored_images.py); ETag revalidation is free."""
+    image = StoredImage.of(_pixels_row(session, image_id))
+    options = RenderOptions.parse(
+        format=format, size=check_size(size), slice_index=slice_index, plane=plane, window=window
+    )
+    etag = options.etag(image.sha256)
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    is_preview = params == f"png|{PREVIEW_SIZE}|None|axial|None"
-    key = (
-        derived_key(image.sha256, "preview", "png")
-        if is_preview
-        else derived_key(image.sha256, f"render-{digest}", "jpg" if format == "jpeg" else "png")
+    images = StoredImages(
+        lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes, decode_guard=decode_slot
     )
-    try:
-        data = lake.store.get_bytes(key)
-    except ObjectNotFound:
-        with decode_slot():
-            source = reader_for(ImageFormat(image.format)).open_pixels(
-                lake.store.get_bytes(image.original_key),
-                max_decoded_bytes=lake.limits.max_decoded_bytes,
-            )
-            rendered = render(source, size=size, index=slice_index, plane=plane, window=chosen)
-            data = rendered.encode(format)
-        lake.store.put_bytes(key, data)
-    return Response(data, media_type=MEDIA[format], headers=headers)
+    return Response(images.rendering(image, options), media_type=MEDIA[format], headers=headers)
 
 
 @router.get("/images/{image_id}/labels")
