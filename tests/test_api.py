@@ -277,6 +277,7 @@ ROUTES = {
     ("GET", "/datasets/{name}/versions/{version}/export"): "viewer",
     ("GET", "/datasets/{name}/versions/{version}/splits/{split}.zip"): "viewer",
     ("GET", "/cohorts/{name}.zip"): "viewer",
+    ("DELETE", "/cohorts/{name}"): "curator",
     ("POST", "/datasets/{name}/versions"): "curator",
 }
 

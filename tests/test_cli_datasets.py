@@ -73,6 +73,6 @@ def test_source_agreement_dataset_diff_export(tmp_path: Path) -> None:
 
     bad = radlake(home, "dataset", "create", "vin", "--select", "colour=blue")
     assert bad.returncode == 1
-    assert bad.stderr.strip() == "error: unknown selection key 'colour'"
+    assert bad.stderr.strip() == "error: unknown filter key 'colour'"
     missing = radlake(home, "dataset", "show", "nope")
     assert missing.returncode == 1 and "no dataset 'nope'" in missing.stderr

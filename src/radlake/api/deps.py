@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from radlake.auth import Role, verify_token
 from radlake.catalog.db import session_factory
-from radlake.catalog.queries import ImageFilter
+from radlake.curation.filters import ImageFilter, describe
 from radlake.lake import Lake
 
 COOKIE_NAME = "radlake_token"
@@ -77,57 +81,70 @@ DbSession = Annotated[Session, Depends(get_session)]
 LakeDep = Annotated[Lake, Depends(get_lake)]
 
 
-def selection(
-    modality: str | None = None,
-    manufacturer: str | None = None,
-    series_uid: str | None = None,
-    study_uid: str | None = None,
-    patient: str | None = None,
-    format: str | None = None,
-    body_part: str | None = None,
-    view: str | None = None,
-    source: str | None = None,
-    min_rows: Annotated[int | None, Query(ge=0, le=100_000)] = None,
-    min_columns: Annotated[int | None, Query(ge=0, le=100_000)] = None,
-    min_size: Annotated[int | None, Query(ge=0, le=100_000)] = None,
-    max_size: Annotated[int | None, Query(ge=0, le=100_000)] = None,
-    finding: str | None = None,
-    reader: str | None = None,
-    dataset: str | None = None,
-    version: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
-    split: str | None = None,
-    attr: Annotated[
-        list[str] | None, Query(description="NAME=VALUE source attributes, repeatable")
-    ] = None,
-) -> ImageFilter:
-    """The shared filter model, from query parameters."""
+def _accepted_query_keys(route: APIRoute) -> frozenset[str]:
+    """Every query parameter a route declares, its dependencies' included."""
+    found = _ACCEPTED.get(route.unique_id)
+    if found is None:
+        found = frozenset(_query_keys(route.dependant))
+        _ACCEPTED[route.unique_id] = found
+    return found
+
+
+_ACCEPTED: dict[str, frozenset[str]] = {}
+
+
+def _query_keys(dependant: Dependant) -> Iterator[str]:
+    yield from (param.alias for param in dependant.query_params)
+    for sub in dependant.dependencies:
+        yield from _query_keys(sub)
+
+
+def _selection(request: Request, **values: Any) -> ImageFilter:
+    """The shared filter model, from query parameters; unknown keys are a 422."""
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        unknown = sorted(set(request.query_params) - _accepted_query_keys(route))
+        if unknown:
+            names = ", ".join(repr(key[:40]) for key in unknown[:5])
+            raise HTTPException(422, detail=f"unknown query parameter {names}")
     attributes: list[tuple[str, str]] = []
-    for pair in attr or []:
+    for pair in values.pop("attr", None) or []:
+        if not pair:  # an empty form input
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise HTTPException(422, detail=f"expected attr=NAME=VALUE, got {pair[:80]!r}")
         attributes.append((key, value))
-    return ImageFilter(
-        modality=modality,
-        manufacturer=manufacturer,
-        series_uid=series_uid,
-        study_uid=study_uid,
-        patient=patient,
-        format=format,
-        body_part=body_part,
-        view=view,
-        source=source,
-        min_rows=min_rows,
-        min_columns=min_columns,
-        min_size=min_size,
-        max_size=max_size,
-        finding=finding,
-        reader=reader,
-        dataset=dataset,
-        version=version,
-        split=split,
-        attributes=tuple(attributes),
-    )
+    try:
+        return ImageFilter.model_validate(values | {"attributes": attributes})
+    except ValidationError as exc:
+        raise HTTPException(422, detail=describe(exc)) from None
 
 
-Selection = Annotated[ImageFilter, Depends(selection)]
+def _query_parameters() -> list[inspect.Parameter]:
+    """One query parameter per field of ImageFilter (declared once, there)."""
+    params = [inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request)]
+    for name, field in ImageFilter.model_fields.items():
+        if name == "attributes":
+            annotation: Any = Annotated[
+                list[str] | None,
+                Query(alias="attr", description="NAME=VALUE: " + (field.description or "")),
+            ]
+            name = "attr"
+        else:
+            query = Query(description=field.description)
+            annotation = Annotated[(field.annotation, *field.metadata, query)]
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+            )
+        )
+    return params
+
+
+_selection.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    _query_parameters(), return_annotation=ImageFilter
+)
+
+
+Selection = Annotated[ImageFilter, Depends(_selection)]

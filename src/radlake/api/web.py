@@ -10,7 +10,6 @@ cookie radlake_token alone; without a valid one they redirect to the sign-in for
 from __future__ import annotations
 
 import json
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -27,7 +26,7 @@ from radlake.api.routes.catalog import stats
 from radlake.api.routes.datasets import datasets
 from radlake.api.routes.images import ImageId, labels, list_images, one_image
 from radlake.auth import Role, verify_token
-from radlake.catalog.queries import ImageFilter
+from radlake.curation.filters import FILTER_FIELDS, ImageFilter
 from radlake.errors import ImageNotFound
 from radlake.imaging.pixels import Window
 
@@ -61,7 +60,15 @@ WINDOW_PRESETS = (
     ("bone", "300,1500"),
     ("brain", "40,80"),
 )
-FILTER_KEYS = ("modality", "view", "finding", "dataset", "split", "source")
+# Every field of the filter model is a control of the page (a field added there
+# appears here); these have drop-downs of the catalog's values, the rest are inputs.
+FILTER_KEYS = tuple("attr" if name == "attributes" else name for name in FILTER_FIELDS)
+DROPDOWNS = ("modality", "view", "finding", "dataset", "split", "source")
+NUMBER_KEYS = frozenset(
+    name
+    for name, schema in ImageFilter.model_json_schema()["properties"].items()
+    if "integer" in str(schema)
+)
 PageSize = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[int, Query(ge=0, le=2**62)]
 
@@ -93,6 +100,10 @@ def _page(
     return templates.TemplateResponse(
         request, name, context, status_code=status_code, headers=PAGE_HEADERS
     )
+
+
+def _title(key: str) -> str:
+    return "Attribute NAME=VALUE" if key == "attr" else key.replace("_", " ").capitalize()
 
 
 def _query_pairs(selection: ImageFilter) -> list[tuple[str, str]]:
@@ -206,22 +217,25 @@ def browse(
     caller = _cookie_caller(request, session)
     if caller is None:
         return _to_signin(request)
-    # An empty dropdown ("any") arrives as key= and means no condition.
-    blank: dict[str, Any] = {
-        f.name: None for f in fields(selection) if getattr(selection, f.name) == ""
-    }
-    selection = replace(selection, **blank)
     page = list_images(caller, session, selection, limit=limit, cursor=cursor)
     counts = stats(caller, session)
     names = [d["name"] for d in datasets(caller, session)]
-    chosen = {key: getattr(selection, key) for key in FILTER_KEYS}
-    filters = [
-        ("modality", "Modality", _options(counts["modality"], chosen["modality"], True)),
-        ("view", "View", _options(counts["view"], chosen["view"], True)),
-        ("finding", "Finding", _options(counts["class"], chosen["finding"])),
-        ("dataset", "Dataset", _options(dict.fromkeys(names), chosen["dataset"])),
-        ("split", "Split", _options(counts["split"], chosen["split"])),
-        ("source", "Source", _options(counts["source"], chosen["source"])),
+    values = selection.as_dict()
+    chosen = {key: values.get(key) for key in FILTER_KEYS}
+    chosen["attr"] = next((f"{k}={v}" for k, v in selection.attributes), None)
+    choices = {
+        "modality": _options(counts["modality"], chosen["modality"], True),
+        "view": _options(counts["view"], chosen["view"], True),
+        "finding": _options(counts["class"], chosen["finding"]),
+        "dataset": _options(dict.fromkeys(names), chosen["dataset"]),
+        "split": _options(counts["split"], chosen["split"]),
+        "source": _options(counts["source"], chosen["source"]),
+    }
+    filters = [(key, _title(key), choices[key]) for key in DROPDOWNS]
+    inputs = [
+        (key, _title(key), "number" if key in NUMBER_KEYS else "text")
+        for key in FILTER_KEYS
+        if key not in choices
     ]
     pairs = _query_pairs(selection)
     return _page(
@@ -230,7 +244,9 @@ def browse(
         caller,
         page=page,
         filters=filters,
-        chosen=chosen,
+        inputs=inputs,
+        more_open=any(chosen[key] for key, _, _ in inputs),
+        chosen={key: "" if value is None else str(value) for key, value in chosen.items()},
         query=urlencode(pairs),
         next_query=urlencode([*pairs, ("limit", str(limit)), ("cursor", str(page["next_cursor"]))])
         if page["next_cursor"]

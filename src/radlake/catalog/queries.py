@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import ScalarSelect, Select, String, cast, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from radlake.catalog.db import batches
 from radlake.catalog.models import (
     Dataset,
     DatasetMember,
@@ -22,91 +22,11 @@ from radlake.catalog.models import (
     Source,
     Study,
 )
+from radlake.curation.filters import ImageFilter as ImageFilter  # re-exported for callers
 from radlake.domain import LabelOrigin
 from radlake.errors import ImageNotFound
 
 SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
-
-
-@dataclass(frozen=True, slots=True)
-class ImageFilter:
-    """A selection of images; every field left None matches everything.
-
-    The one filter model of the CLI, the Python API and the REST API. It only
-    selects: nothing is moved or deleted.
-    """
-
-    modality: str | None = None
-    manufacturer: str | None = None  # case-insensitive prefix: "GE" matches "GE MEDICAL"
-    series_uid: str | None = None
-    study_uid: str | None = None
-    patient: str | None = None  # a pseudonym
-    format: str | None = None
-    body_part: str | None = None
-    view: str | None = None
-    source: str | None = None
-    min_rows: int | None = None
-    min_columns: int | None = None
-    min_size: int | None = None  # both sides at least this many pixels
-    max_size: int | None = None  # both sides at most this many pixels
-    finding: str | None = None  # a label class (ground truth, any reader)
-    reader: str | None = None  # images read by this radiologist
-    dataset: str | None = None
-    version: int | None = None  # with dataset; default its newest version
-    split: str | None = None  # with dataset
-    attributes: tuple[tuple[str, str], ...] = ()  # source attributes, compared as text
-
-    def as_dict(self) -> dict[str, Any]:
-        """The non-empty fields, JSON-ready (stored with dataset versions)."""
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if value is not None and value != ():
-                out[name] = [list(pair) for pair in value] if name == "attributes" else value
-        return out
-
-    @classmethod
-    def parse(cls, pairs: Sequence[str]) -> ImageFilter:
-        """Build a filter from `key=value` texts; `attr.NAME=VALUE` selects on attributes.
-
-        Raises:
-            ValueError: not key=value, an unknown key, or a number that is not one.
-        """
-        values: dict[str, Any] = {}
-        attributes: list[tuple[str, str]] = []
-        numbers = {"min_rows", "min_columns", "min_size", "max_size", "version"}
-        for pair in pairs:
-            key, sep, value = (part.strip() for part in pair.partition("="))
-            key = key.replace("-", "_")
-            if not sep or not key:
-                raise ValueError(f"expected a selection as key=value, got {pair!r}")
-            if key.startswith("attr."):
-                attributes.append((key[5:], value))
-            elif key not in cls.__dataclass_fields__ or key == "attributes":
-                raise ValueError(f"unknown selection key {key!r}")
-            elif key in numbers:
-                try:
-                    values[key] = int(value)
-                except ValueError:
-                    raise ValueError(f"expected a whole number for {key}, got {value!r}") from None
-            else:
-                values[key] = value
-        return cls(**values, attributes=tuple(attributes))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ImageFilter:
-        """Inverse of as_dict.
-
-        Raises:
-            ValueError: an unknown field.
-        """
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown selection fields: {', '.join(sorted(unknown))}")
-        values = dict(data)
-        if "attributes" in values:
-            values["attributes"] = tuple((str(k), str(v)) for k, v in values["attributes"])
-        return cls(**values)
 
 
 def apply_filter(statement: SelectT, selection: ImageFilter) -> SelectT:
@@ -216,6 +136,22 @@ def count_images(session: Session, *, selection: ImageFilter, cap: int | None = 
         return int(session.scalar(apply_filter(select(func.count(Image.id)), selection)) or 0)
     capped = apply_filter(select(Image.id), selection).limit(cap).subquery()
     return int(session.scalar(select(func.count()).select_from(capped)) or 0)
+
+
+def finding_classes(session: Session, *, image_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Each image's ground-truth label classes, sorted and distinct (one query a batch)."""
+    found: dict[int, list[str]] = {}
+    for chunk in batches(image_ids):
+        rows = session.execute(
+            select(Label.image_id, Label.class_name)
+            .where(Label.image_id.in_(chunk), Label.origin == LabelOrigin.GROUND_TRUTH.value)
+            .distinct()
+            .order_by(Label.image_id, Label.class_name)
+        )
+        for image_id, class_name in rows:
+            assert image_id is not None  # selected by image id
+            found.setdefault(image_id, []).append(class_name)
+    return found
 
 
 def get_image(session: Session, *, image_id: int) -> Image:

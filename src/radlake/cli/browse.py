@@ -2,71 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from radlake.catalog.db import session_factory
+from radlake.catalog.models import Image
 from radlake.catalog.queries import (
-    ImageFilter,
     count_images,
     find_images,
+    finding_classes,
     get_image,
     list_quarantine,
     recent_jobs,
 )
 from radlake.catalog.serialize import image_detail, image_summary, job_row, quarantine_row
+from radlake.cli.filter_options import with_filter_options
 from radlake.cli.ingest_cmd import JsonOption
 from radlake.cli.output import console, print_json
+from radlake.curation.filters import ImageFilter
 from radlake.lake import load_settings, open_lake
 
 
+@with_filter_options
 def query(
-    modality: Annotated[str | None, typer.Option(help="DICOM modality, e.g. MR, CT, CR.")] = None,
-    manufacturer: Annotated[
-        str | None, typer.Option(help="Manufacturer prefix, any case: GE, Siemens.")
-    ] = None,
-    series: Annotated[str | None, typer.Option(help="Series Instance UID.")] = None,
-    study: Annotated[str | None, typer.Option(help="Study Instance UID.")] = None,
-    patient: Annotated[str | None, typer.Option(help="Patient pseudonym.")] = None,
-    image_format: Annotated[
-        str | None, typer.Option("--format", help="dicom, nifti, png or jpeg.")
-    ] = None,
-    body_part: Annotated[str | None, typer.Option(help="Body part examined, e.g. HEAD.")] = None,
-    view: Annotated[str | None, typer.Option(help="View position, e.g. PA, AP.")] = None,
-    source: Annotated[str | None, typer.Option(help="Source name.")] = None,
-    min_rows: Annotated[
-        int | None, typer.Option(min=0, max=2**31 - 1, help="At least this many rows.")
-    ] = None,
-    min_columns: Annotated[
-        int | None, typer.Option(min=0, max=2**31 - 1, help="At least this many columns.")
-    ] = None,
+    selection: ImageFilter,
     limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many rows.")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many rows.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """List catalogued images matching filters (a series in slice order)."""
     lake = open_lake(load_settings())
-    selection = ImageFilter(
-        modality=modality,
-        manufacturer=manufacturer,
-        series_uid=series,
-        study_uid=study,
-        patient=patient,
-        format=image_format,
-        body_part=body_part,
-        view=view,
-        source=source,
-        min_rows=min_rows,
-        min_columns=min_columns,
-    )
     with session_factory(lake.engine)() as session:
         total = count_images(session, selection=selection)
-        rows = [
-            image_summary(image)
-            for image in find_images(session, selection=selection, limit=limit, offset=offset)
-        ]
+        images = find_images(session, selection=selection, limit=limit, offset=offset)
+        findings = finding_classes(session, image_ids=[image.id for image in images])
+        rows = [image_summary(image) | _listing_extra(image, findings) for image in images]
     if as_json:
         print_json({"total": total, "offset": offset, "images": rows})
         return
@@ -85,6 +57,16 @@ def query(
         )
     console.print(table)
     console.print(f"{len(rows)} of {total} images (offset {offset})")
+
+
+def _listing_extra(image: Image, findings: dict[int, list[str]]) -> dict[str, Any]:
+    """What `query --json` adds to a summary: identity, view, findings and licence."""
+    return {
+        "sop_instance_uid": image.sop_instance_uid,
+        "view": image.view_position,
+        "findings": findings.get(image.id, []),
+        "license": (image.attributes or {}).get("license"),
+    }
 
 
 def show(

@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Dataset, DatasetVersion
-from radlake.catalog.queries import ImageFilter
 from radlake.catalog.serialize import version_row
 from radlake.cli.ingest_cmd import JsonOption
 from radlake.cli.output import console, print_json
+from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import (
     DatasetError,

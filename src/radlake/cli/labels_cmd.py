@@ -8,10 +8,10 @@ import typer
 from rich.table import Table
 
 from radlake.catalog.db import session_factory
-from radlake.catalog.queries import ImageFilter
 from radlake.cli.ingest_cmd import JsonOption
 from radlake.cli.output import console, print_json
 from radlake.curation.agreement import COLUMNS, MATCH_IOU, reader_agreement
+from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import DatasetError, ground_truth, selected_images
 from radlake.lake import load_settings, open_lake
 

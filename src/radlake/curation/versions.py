@@ -30,9 +30,10 @@ from radlake.catalog.models import (
     Series,
     Study,
 )
-from radlake.catalog.queries import ImageFilter, apply_filter
+from radlake.catalog.queries import apply_filter
 from radlake.curation.agreement import MATCH_IOU
 from radlake.curation.consensus import FUSION_NAME, consensus_findings
+from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitItem, SplitSpec, assign_splits, check_leakage
 from radlake.domain import Box, Finding, LabelOrigin
 from radlake.errors import CatalogError, RadlakeError

@@ -18,8 +18,9 @@ from radlake.catalog.models import (
     Source,
     Study,
 )
-from radlake.catalog.queries import ImageFilter, find_images, list_quarantine, recent_jobs
+from radlake.catalog.queries import find_images, list_quarantine, recent_jobs
 from radlake.catalog.serialize import job_row, quarantine_row
+from radlake.curation.filters import ImageFilter
 from radlake.domain import LabelOrigin
 
 router = APIRouter(tags=["catalog"])

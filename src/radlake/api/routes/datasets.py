@@ -18,8 +18,8 @@ from radlake.api.deps import Curator, DbSession, LakeDep, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import transaction
 from radlake.catalog.models import Dataset, DatasetVersion
-from radlake.catalog.queries import ImageFilter
 from radlake.catalog.serialize import version_row
+from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import DatasetError, VersionRequest, create_version, get_version
 from radlake.formats.sink import FolderSink
@@ -43,7 +43,7 @@ def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
 
 
 class VersionIn(BaseModel):
-    selection: dict[str, Any] = Field(default_factory=dict)
+    selection: ImageFilter = Field(default_factory=ImageFilter)
     splits: str | None = Field(default=None, max_length=500, examples=["training=0.8,test=0.2"])
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     labels: Literal["readers", "consensus"] = "readers"
@@ -55,7 +55,7 @@ def create(name: Name, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[
     try:
         request = VersionRequest(
             dataset=name,
-            selection=ImageFilter.from_dict(body.selection),
+            selection=body.selection,
             spec=SplitSpec.parse(body.splits) if body.splits else SplitSpec.default(),
             seed=body.seed,
             label_set=body.labels,

@@ -25,7 +25,8 @@ from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Vie
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import batches, session_factory, transaction
 from radlake.catalog.models import Cohort, Image, Label
-from radlake.catalog.queries import ImageFilter, apply_filter
+from radlake.catalog.queries import apply_filter
+from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import get_version
 from radlake.domain import ImageFormat
 from radlake.lake import Lake
@@ -63,7 +64,7 @@ CSV_FIELDS = (
 
 class CohortIn(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
-    filter: dict[str, Any] = Field(default_factory=dict)
+    filter: ImageFilter = Field(default_factory=ImageFilter)
 
 
 def _rows(session: DbSession, selection: ImageFilter) -> list[Row[Any]]:
@@ -228,10 +229,7 @@ def split_zip(
 @router.post("/cohorts", status_code=201)
 def save_cohort(body: CohortIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
     """Save a named query (curators)."""
-    try:
-        selection = ImageFilter.from_dict(body.filter)
-    except (TypeError, ValueError) as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+    selection = body.filter
     try:
         with transaction(lake.engine) as session:
             session.add(
@@ -239,6 +237,7 @@ def save_cohort(body: CohortIn, caller: Curator, lake: LakeDep) -> dict[str, Any
             )
     except IntegrityError:
         raise HTTPException(409, detail=f"a cohort named {body.name!r} exists") from None
+    audit.record(lake, caller, "cohort.save", f"cohort/{body.name}")
     return {"name": body.name, "filter": selection.as_dict()}
 
 
@@ -254,6 +253,21 @@ def cohorts(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
         }
         for c in session.scalars(select(Cohort).order_by(Cohort.name))
     ]
+
+
+@router.delete("/cohorts/{name}", status_code=204)
+def delete_cohort(
+    name: Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
+    caller: Curator,
+    lake: LakeDep,
+) -> None:
+    """Delete a saved cohort (curators); its images stay in the lake."""
+    with transaction(lake.engine) as session:
+        cohort = session.scalar(select(Cohort).where(Cohort.name == name))
+        if cohort is None:
+            raise HTTPException(404, detail=f"no cohort named {name!r}")
+        session.delete(cohort)
+    audit.record(lake, caller, "cohort.delete", f"cohort/{name}")
 
 
 @router.get("/cohorts/{name}.zip")

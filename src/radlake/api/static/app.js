@@ -6,10 +6,10 @@
 function setupFilters() {
   const form = document.getElementById("filters");
   if (!form) return;
-  // Leave "any" out of the URL: /ui?modality=MR rather than /ui?modality=MR&view=...
+  // Leave "any" and empty inputs out of the URL: /ui?modality=MR, not /ui?modality=MR&view=...
   form.addEventListener("submit", () => {
-    for (const select of form.querySelectorAll("select")) {
-      select.disabled = select.value === "";
+    for (const control of form.querySelectorAll("select, input")) {
+      control.disabled = control.value === "";
     }
   });
   for (const select of form.querySelectorAll("select[data-autosubmit]")) {
