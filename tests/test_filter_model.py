@@ -156,7 +156,9 @@ def test_api_query_rejects_unknown_keys_types_loose_split_and_many_attrs(site: S
                 assert reason in str(answer.json()["detail"]), answer.text[:300]
     ok = client.get("/images", params={"modality": "CT", "limit": 5}, headers=headers)
     assert ok.status_code == 200 and ok.json()["total"] == 1
-    assert site.client("viewer").get("/ui?modalty=CT").status_code == 422
+    for query, reason in (("modalty=CT", "unknown query parameter"), ("split=a", "needs dataset")):
+        page = site.client("viewer").get(f"/ui?{query}")
+        assert page.status_code == 422 and reason in page.text, page.text[:300]
 
 
 def test_filter_bodies_reject_unknown_keys_and_wrong_types(site: Site) -> None:
@@ -238,6 +240,8 @@ def test_web_controls_are_the_model_fields(site: Site) -> None:
     page = site.client("viewer").get("/ui")
     names = set(form_controls(page.text))
     assert names == {"attr" if f == "attributes" else f for f in FILTER_FIELDS}
+    kept = site.client("viewer").get("/ui", params=[("attr", "a=1"), ("attr", "b=2")]).text
+    assert re.findall(r'name="attr" type="text" value="([^"]*)"', kept) == ["a=1", "b=2", ""]
 
 
 @pytest.mark.parametrize("selection", FILTERS, ids=lambda s: ",".join(sorted(s)))

@@ -147,4 +147,15 @@ _selection.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 )
 
 
+def _selection_or_reason(request: Request, **values: Any) -> ImageFilter | str:
+    """For pages: the filter, or why it is not one (shown on the page, not as JSON)."""
+    try:
+        return _selection(request, **values)
+    except HTTPException as exc:
+        return str(exc.detail)
+
+
+_selection_or_reason.__signature__ = _selection.__signature__  # type: ignore[attr-defined]
+
 Selection = Annotated[ImageFilter, Depends(_selection)]
+PageSelection = Annotated[ImageFilter | str, Depends(_selection_or_reason)]

@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from radlake.api import audit
-from radlake.api.deps import COOKIE_NAME, Caller, DbSession, LakeDep, Selection
+from radlake.api.deps import COOKIE_NAME, Caller, DbSession, LakeDep, PageSelection
 from radlake.api.routes.catalog import stats
 from radlake.api.routes.datasets import datasets
 from radlake.api.routes.images import ImageId, labels, list_images, one_image
@@ -209,7 +209,7 @@ def signout(request: Request) -> Response:
 def browse(
     request: Request,
     session: DbSession,
-    selection: Selection,
+    selection: PageSelection,
     limit: PageSize = 48,
     cursor: Cursor = 0,
 ) -> Response:
@@ -217,12 +217,14 @@ def browse(
     caller = _cookie_caller(request, session)
     if caller is None:
         return _to_signin(request)
+    if isinstance(selection, str):
+        message = f"This filter is not valid: {selection}."
+        return _page(request, "error.html", caller, 422, message=message)
     page = list_images(caller, session, selection, limit=limit, cursor=cursor)
     counts = stats(caller, session)
     names = [d["name"] for d in datasets(caller, session)]
     values = selection.as_dict()
     chosen = {key: values.get(key) for key in FILTER_KEYS}
-    chosen["attr"] = next((f"{k}={v}" for k, v in selection.attributes), None)
     choices = {
         "modality": _options(counts["modality"], chosen["modality"], True),
         "view": _options(counts["view"], chosen["view"], True),
@@ -233,10 +235,13 @@ def browse(
     }
     filters = [(key, _title(key), choices[key]) for key in DROPDOWNS]
     inputs = [
-        (key, _title(key), "number" if key in NUMBER_KEYS else "text")
+        (key, _title(key), "number" if key in NUMBER_KEYS else "text", chosen[key])
         for key in FILTER_KEYS
-        if key not in choices
+        if key not in choices and key != "attr"
     ]
+    # One input per attribute condition, and an empty one to add another.
+    attributes = [f"{name}={text}" for name, text in selection.attributes]
+    inputs += [("attr", _title("attr"), "text", pair) for pair in [*attributes, None]]
     pairs = _query_pairs(selection)
     return _page(
         request,
@@ -245,7 +250,7 @@ def browse(
         page=page,
         filters=filters,
         inputs=inputs,
-        more_open=any(chosen[key] for key, _, _ in inputs),
+        more_open=any(value is not None for *_, value in inputs),
         chosen={key: "" if value is None else str(value) for key, value in chosen.items()},
         query=urlencode(pairs),
         next_query=urlencode([*pairs, ("limit", str(limit)), ("cursor", str(page["next_cursor"]))])
