@@ -40,8 +40,14 @@ def _parameters() -> list[inspect.Parameter]:
             name = "attr"
         else:
             flag = "--" + name.replace("_", "-")
-            help_text = (field.description or "") + _bounds(name)
-            option = typer.Option(flag, *_OLD_NAMES.get(name, ()), help=help_text)
+            bounds = _bounds(name)
+            # Validated by the model, not by click: one error line, exit 1, for any value.
+            option = typer.Option(
+                flag,
+                *_OLD_NAMES.get(name, ()),
+                metavar="INTEGER" if bounds else "TEXT",
+                help=(field.description or "") + bounds,
+            )
             annotation = Annotated[str | None, option]
         params.append(
             inspect.Parameter(
