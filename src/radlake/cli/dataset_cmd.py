@@ -188,6 +188,7 @@ def export(
         sink=sink,
         location=location,
         size=size or None,
+        max_decoded_bytes=lake.limits.max_decoded_bytes,
         mode=mode,
         split=split,
         labels_only=labels_only,
