@@ -88,3 +88,8 @@ def verify_token(session: Session, token: str) -> ApiToken | None:
             ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
         )
     )
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    """Every token row by name (hashes only; the secrets were never kept)."""
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.name)))

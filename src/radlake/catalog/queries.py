@@ -206,3 +206,14 @@ def summary_by_modality_format(session: Session) -> list[tuple[str | None, str, 
 def recent_jobs(session: Session, *, limit: int = 20) -> list[Job]:
     """The newest jobs first."""
     return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+def list_dataset_versions(session: Session) -> list[DatasetVersion]:
+    """Every dataset version, by dataset name then version, with its dataset loaded."""
+    statement = (
+        select(DatasetVersion)
+        .join(Dataset)
+        .options(selectinload(DatasetVersion.dataset))
+        .order_by(Dataset.name, DatasetVersion.version)
+    )
+    return list(session.scalars(statement))

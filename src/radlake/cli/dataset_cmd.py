@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
 
 from radlake.catalog.db import session_factory, transaction
-from radlake.catalog.models import Dataset, DatasetVersion
+from radlake.catalog.models import DatasetVersion
+from radlake.catalog.queries import list_dataset_versions
 from radlake.catalog.serialize import version_row
 from radlake.cli.ingest_cmd import JsonOption
 from radlake.cli.output import console, print_json
@@ -95,12 +95,7 @@ def list_datasets(as_json: JsonOption = False) -> None:
     """Datasets and their newest versions."""
     lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
-        rows = [
-            _version_dict(v)
-            for v in session.scalars(
-                select(DatasetVersion).join(Dataset).order_by(Dataset.name, DatasetVersion.version)
-            )
-        ]
+        rows = [_version_dict(v) for v in list_dataset_versions(session)]
     if as_json:
         print_json(rows)
         return

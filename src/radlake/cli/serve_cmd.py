@@ -6,11 +6,10 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
 
+from radlake import auth
 from radlake.auth import Role, create_token, revoke_token
 from radlake.catalog.db import session_factory, transaction
-from radlake.catalog.models import ApiToken
 from radlake.cli.output import console
 from radlake.lake import load_settings, open_lake
 
@@ -63,7 +62,7 @@ def list_tokens() -> None:
     lake = open_lake(load_settings())
     table = Table("name", "role", "created", "revoked")
     with session_factory(lake.engine)() as session:
-        for token in session.scalars(select(ApiToken).order_by(ApiToken.name)):
+        for token in auth.list_tokens(session):
             table.add_row(
                 token.name, token.role, str(token.created_at), str(token.revoked_at or "")
             )

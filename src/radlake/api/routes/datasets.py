@@ -11,13 +11,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from radlake.api import audit
 from radlake.api.deps import Curator, DbSession, LakeDep, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import transaction
-from radlake.catalog.models import Dataset, DatasetVersion
+from radlake.catalog.queries import list_dataset_versions
 from radlake.catalog.serialize import version_row
 from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
@@ -33,11 +32,8 @@ Version = Annotated[int, Path(ge=1, le=1_000_000)]
 @router.get("/datasets")
 def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
     """Every dataset with its versions' split counts."""
-    rows = session.scalars(
-        select(DatasetVersion).join(Dataset).order_by(Dataset.name, DatasetVersion.version)
-    )
     found: dict[str, list[dict[str, Any]]] = {}
-    for version in rows:
+    for version in list_dataset_versions(session):
         found.setdefault(version.dataset.name, []).append(version_row(version))
     return [{"name": name, "versions": versions} for name, versions in found.items()]
 
