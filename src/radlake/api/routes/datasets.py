@@ -89,17 +89,21 @@ def export(
     """The version's labels in COCO or YOLO form (no images), as a zip with its manifest."""
     get_version(session, name, version)
     folder = FilePath(tempfile.mkdtemp(prefix="radlake-export-"))
-    export_version(
-        engine=lake.engine,
-        store=lake.store,
-        dataset=name,
-        version=version,
-        fmt=format,
-        sink=FolderSink(folder),
-        location=f"api:{caller.name}",
-        split=split,
-        labels_only=True,
-    )
+    try:
+        export_version(
+            engine=lake.engine,
+            store=lake.store,
+            dataset=name,
+            version=version,
+            fmt=format,
+            sink=FolderSink(folder),
+            location=f"api:{caller.name}",
+            split=split,
+            labels_only=True,
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # a failed request leaves nothing behind
+        raise
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     audit.record(lake, caller, "download.export", f"dataset/{name}/{version}", format=format)
     entries = [ZipEntry(str(p.relative_to(folder)), p.read_bytes) for p in files]

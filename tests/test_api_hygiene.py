@@ -1,0 +1,31 @@
+"""No request leaves a temporary file behind, answered or failed (issue 8, hygiene)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.test_api import Api, api  # noqa: F401 (the api fixture)
+
+
+def test_export_requests_leave_no_temporary_folder(
+    api: Api,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    body = {"selection": {"format": "dicom"}, "splits": "training=0.5,test=0.5", "seed": 3}
+    made = api.client.post("/datasets/ds/versions", json=body, headers=api.auth("curator"))
+    assert made.status_code == 201, made.text
+    base = "/datasets/ds/versions/1/export"
+
+    ok = api.client.get(base, params={"format": "coco"}, headers=api.auth("viewer"))
+    failed = api.client.get(base, params={"split": "nope"}, headers=api.auth("viewer"))
+
+    assert ok.status_code == 200 and ok.content[:2] == b"PK"
+    assert failed.status_code == 404, failed.text
+    assert list(scratch.iterdir()) == []
