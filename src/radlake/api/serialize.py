@@ -4,22 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
+from radlake.api.privacy import BURNED_IN_REASON, DEIDENTIFIED, pixels_withheld, shown_key
+from radlake.auth import Role
 from radlake.catalog.models import Image, Label
 from radlake.catalog.serialize import image_detail, image_summary
 
 
-def image_item(image: Image) -> dict[str, Any]:
-    """An image in a listing, with links to its pixels."""
+def withheld_reason(image: Image, role: Role) -> str | None:
+    """Why role may not see this image's pixels, or None (a de-identified rendition
+    stands in for a flagged image's own)."""
+    if pixels_withheld(role, image.attributes) and not any(
+        r.name == DEIDENTIFIED for r in image.renditions
+    ):
+        return BURNED_IN_REASON
+    return None
+
+
+def image_item(image: Image, role: Role) -> dict[str, Any]:
+    """An image in a listing, with links to its pixels (none where they are withheld)."""
+    reason = withheld_reason(image, role)
     return image_summary(image) | {
+        "source_key": shown_key(image.source_key, role),
         "view_position": image.view_position,
-        "preview": f"/images/{image.id}/render",
+        "preview": None if reason else f"/images/{image.id}/render",
+        "withheld": reason,
     }
 
 
-def image_full(image: Image) -> dict[str, Any]:
-    """Every catalogued field (store keys are internal and left out)."""
+def image_full(image: Image, role: Role) -> dict[str, Any]:
+    """Every catalogued field (store keys are internal and left out; the source key
+    as role may see it)."""
     detail = image_detail(image)
     detail.pop("original_key", None)
+    detail["source_key"] = shown_key(image.source_key, role)
+    detail["withheld"] = withheld_reason(image, role)
     for rendition in detail.get("renditions", []):
         rendition.pop("key", None)
     return detail

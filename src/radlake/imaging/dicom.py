@@ -68,6 +68,13 @@ _ATTRIBUTE_KEYWORDS = (
 # PS3.15 "Retain Patient Characteristics": sex and age are kept, never birth dates.
 _PATIENT_CHARACTERISTICS = {"PatientSex": "patient_sex", "PatientAge": "patient_age"}
 
+# Issue 8: pixels that may carry burned-in patient data (name, MRN, birth date) are
+# flagged at ingest. PS3.3 C.7.6.1.1.7 BurnedInAnnotation YES, and by default every
+# ultrasound and Secondary Capture (PS3.4 B.5: 1.2.840.10008.5.1.4.1.1.7 and .7.x),
+# whose headers rarely say so reliably.
+BURNED_IN_MODALITIES = frozenset({"US"})
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
 # PS3.5 9.1: a UID is at most 64 characters; the catalog keys studies and series on them.
 _MAX_UID_CHARACTERS = 64
 
@@ -84,6 +91,18 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return None
     return str(value)
+
+
+def may_show_burned_in(ds: Dataset, modality: str | None, sop_class: str | None) -> bool:
+    """Whether the pixels may show patient data: the header says so, or the kind of
+    image (ultrasound, Secondary Capture) usually does."""
+    if (get_text(ds, "BurnedInAnnotation") or "").strip().upper() == "YES":
+        return True
+    if (modality or "").upper() in BURNED_IN_MODALITIES:
+        return True
+    return bool(sop_class) and (
+        sop_class == SECONDARY_CAPTURE or str(sop_class).startswith(SECONDARY_CAPTURE + ".")
+    )
 
 
 def _slice_position(ds: Dataset) -> float | None:
@@ -174,13 +193,16 @@ class DicomReader(ImageReader):
             text = get_text(ds, keyword)
             if text:
                 attributes[name] = text
+        modality = get_text(ds, "Modality")
+        burned_in = may_show_burned_in(ds, modality, sop_class)
+        attributes["burned_in_annotation"] = "YES" if burned_in else "NO"
         row_mm, col_mm = pixel_spacing(ds)
         return ImageMetadata(
             format=ImageFormat.DICOM,
             rows=rows,
             columns=columns,
             frames=frame_count(ds),
-            modality=get_text(ds, "Modality"),
+            modality=modality,
             patient_pseudonym=pseudonymizer(patient_id) if patient_id else None,
             study_uid=_uid(ds, "StudyInstanceUID"),
             series_uid=_uid(ds, "SeriesInstanceUID"),

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from sqlalchemy import func, select
 
 from radlake.api.deps import Admin, DbSession, Viewer
+from radlake.api.privacy import shown_key, shown_parameters
 from radlake.api.serialize import image_item
 from radlake.catalog.models import (
     AuditEvent,
@@ -39,7 +40,7 @@ def series(uid: Uid, caller: Viewer, session: DbSession) -> dict[str, Any]:
         "modality": found.modality,
         "description": found.description,
         "series_number": found.series_number,
-        "images": [image_item(image) for image in images],
+        "images": [image_item(image, caller.role) for image in images],
     }
 
 
@@ -57,7 +58,7 @@ def study(uid: Uid, caller: Viewer, session: DbSession) -> dict[str, Any]:
                 "series_uid": s.series_uid,
                 "modality": s.modality,
                 "images": [
-                    image_item(image)
+                    image_item(image, caller.role)
                     for image in find_images(
                         session, selection=ImageFilter(series_uid=s.series_uid), limit=None
                     )
@@ -73,7 +74,10 @@ def jobs(
     caller: Viewer, session: DbSession, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> list[dict[str, Any]]:
     """Recent jobs with status, counts and timings."""
-    return [job_row(job) for job in recent_jobs(session, limit=limit)]
+    return [
+        job_row(job) | {"parameters": shown_parameters(job.parameters, caller.role)}
+        for job in recent_jobs(session, limit=limit)
+    ]
 
 
 @router.get("/quarantine")
@@ -81,7 +85,10 @@ def quarantine(
     caller: Viewer, session: DbSession, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
 ) -> list[dict[str, Any]]:
     """Rejected inputs with their reasons."""
-    return [quarantine_row(row) for row in list_quarantine(session, limit=limit)]
+    return [
+        quarantine_row(row) | {"source_key": shown_key(row.source_key, caller.role)}
+        for row in list_quarantine(session, limit=limit)
+    ]
 
 
 def _counts(session: DbSession, column: Any, *joins: Any) -> dict[str, int]:

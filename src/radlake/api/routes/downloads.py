@@ -22,9 +22,17 @@ from sqlalchemy.exc import IntegrityError
 from radlake.api import audit
 from radlake.api.decoding import decode_slot
 from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.privacy import (
+    BURNED_IN_REASON,
+    DEIDENTIFIED,
+    pixels_withheld,
+    require_original_access,
+    shown_key,
+)
 from radlake.api.zipstream import ZipEntry, stream_zip
+from radlake.auth import Role
 from radlake.catalog.db import batches, session_factory, transaction
-from radlake.catalog.models import Cohort, Image, Label
+from radlake.catalog.models import Cohort, Image, Label, Rendition
 from radlake.catalog.queries import apply_filter
 from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import get_version
@@ -46,10 +54,12 @@ _COLUMNS = (
     Image.rows,
     Image.columns,
     Image.source_key,
+    Image.attributes,
 )
 CSV_FIELDS = (
     "id",
     "file",
+    "source_key",
     "sha256",
     "format",
     "modality",
@@ -72,13 +82,15 @@ def _rows(session: DbSession, selection: ImageFilter) -> list[Row[Any]]:
 
 
 def _reader(
-    lake: Lake, row: Row[Any], content: Content, fmt: str, size: int
+    lake: Lake, row: Row[Any], content: Content, fmt: str, size: int, stand_in: str | None
 ) -> Callable[[], bytes]:
     images = StoredImages(
         lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes, decode_guard=decode_slot
     )
 
     def read() -> bytes:
+        if stand_in is not None:  # a de-identified rendition in place of withheld pixels
+            return lake.store.get_bytes(stand_in)
         if content == "original":
             return lake.store.get_bytes(row.original_key)
         if content == "preview":
@@ -90,14 +102,16 @@ def _reader(
     return read
 
 
-def _file_name(row: Row[Any], content: Content, fmt: str) -> str:
+def _file_name(row: Row[Any], content: Content, fmt: str, stand_in: str | None) -> str:
+    if stand_in is not None:
+        return f"images/{row.id}.{'jpg' if stand_in.endswith(('.jpg', '.jpeg')) else 'png'}"
     if content == "original":
         return f"images/{row.id}.{ImageFormat(row.format).extension}"
     return f"images/{row.id}.{'png' if content == 'preview' else 'jpg' if fmt == 'jpeg' else 'png'}"
 
 
 def _metadata_csv(
-    lake: Lake, rows: Sequence[Row[Any]], names: Sequence[str]
+    lake: Lake, rows: Sequence[Row[Any]], names: Sequence[str], role: Role
 ) -> Callable[[], bytes]:
     def read() -> bytes:
         findings: dict[int, set[str]] = {}
@@ -121,6 +135,7 @@ def _metadata_csv(
                 (
                     row.id,
                     name,
+                    shown_key(row.source_key, role),
                     row.sha256,
                     row.format,
                     row.modality or "",
@@ -157,8 +172,32 @@ def zip_options(
 ZipQuery = Annotated[ZipOptions, Depends(zip_options)]
 
 
+def _stand_ins(session: DbSession, caller: Caller, rows: Sequence[Row[Any]]) -> dict[int, str]:
+    """For a viewer: the de-identified rendition of every image whose pixels are withheld
+    (403 with the reason when one has none)."""
+    flagged = [row.id for row in rows if pixels_withheld(caller.role, row.attributes)]
+    found: dict[int, str] = {}
+    for chunk in batches(flagged):
+        found |= dict(
+            session.execute(
+                select(Rendition.image_id, Rendition.key).where(
+                    Rendition.image_id.in_(chunk), Rendition.name == DEIDENTIFIED
+                )
+            ).tuples()
+        )
+    missing = [image_id for image_id in flagged if image_id not in found]
+    if missing:
+        shown = ", ".join(str(image_id) for image_id in missing[:10])
+        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
+        raise HTTPException(
+            403, detail=f"images {shown}{more} {BURNED_IN_REASON} (leave them out of the filter)"
+        )
+    return found
+
+
 def _zip(
     lake: Lake,
+    session: DbSession,
     caller: Caller,
     rows: list[Row[Any]],
     target: str,
@@ -166,13 +205,18 @@ def _zip(
     options: ZipOptions,
 ) -> StreamingResponse:
     content, fmt, size = options.content, options.image_format, options.size
-    names = [_file_name(row, content, fmt) for row in rows]
+    if content == "original":
+        require_original_access(caller.role)
+    stand_ins = _stand_ins(session, caller, rows)
+    names = [_file_name(row, content, fmt, stand_ins.get(row.id)) for row in rows]
     # Rendered images are already compressed: stored, not deflated again.
     entries = [
-        ZipEntry(name, _reader(lake, row, content, fmt, size), compress=False)
+        ZipEntry(
+            name, _reader(lake, row, content, fmt, size, stand_ins.get(row.id)), compress=False
+        )
         for row, name in zip(rows, names, strict=True)
     ]
-    entries.append(ZipEntry("metadata.csv", _metadata_csv(lake, rows, names)))
+    entries.append(ZipEntry("metadata.csv", _metadata_csv(lake, rows, names, caller.role)))
     audit.record(lake, caller, "download.zip", target, images=len(rows), content=content)
     return StreamingResponse(
         stream_zip(entries),
@@ -193,6 +237,7 @@ def images_zip(
     rows = _rows(session, selection)
     return _zip(
         lake,
+        session,
         caller,
         rows,
         f"images?{selection.as_dict()}",
@@ -218,6 +263,7 @@ def split_zip(
         raise HTTPException(404, detail=f"version {version} of {name!r} has no split {split!r}")
     return _zip(
         lake,
+        session,
         caller,
         rows,
         f"dataset/{name}/{version}/{split}",
@@ -283,4 +329,4 @@ def cohort_zip(
     if cohort is None:
         raise HTTPException(404, detail=f"no cohort named {name!r}")
     rows = _rows(session, ImageFilter.from_dict(cohort.selection))
-    return _zip(lake, caller, rows, f"cohort/{name}", f"{name}.zip", options)
+    return _zip(lake, session, caller, rows, f"cohort/{name}", f"{name}.zip", options)

@@ -12,8 +12,14 @@ from sqlalchemy import Row, select
 from radlake.api import audit
 from radlake.api.decoding import decode_slot
 from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.privacy import (
+    DEIDENTIFIED,
+    pixels_withheld,
+    require_original_access,
+    withheld,
+)
 from radlake.api.serialize import image_full, image_item, label_item
-from radlake.catalog.models import Image, Label
+from radlake.catalog.models import Image, Label, Rendition
 from radlake.catalog.queries import count_images, find_images, get_image
 from radlake.domain import ImageFormat, Plane, RejectedInput
 from radlake.errors import ImageNotFound
@@ -50,7 +56,7 @@ def list_images(
     return {
         "total": total if exact else TOTAL_CAP,
         "total_exact": exact,
-        "images": [image_item(image) for image in page],
+        "images": [image_item(image, caller.role) for image in page],
         "next_cursor": page[-1].id if more and page else None,
     }
 
@@ -58,12 +64,13 @@ def list_images(
 @router.get("/images/{image_id}")
 def one_image(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str, Any]:
     """Every catalogued field of one image."""
-    return image_full(get_image(session, image_id=image_id))
+    return image_full(get_image(session, image_id=image_id), caller.role)
 
 
 @router.get("/images/{image_id}/original")
 def original(image_id: ImageId, caller: Viewer, session: DbSession, lake: LakeDep) -> Response:
-    """The bytes as received."""
+    """The bytes as received, full headers included (curators and admins; 403 for viewers)."""
+    require_original_access(caller.role)
     image = _pixels_row(session, image_id)
     data = lake.store.get_bytes(image.original_key)
     audit.record(lake, caller, "download.original", f"image/{image_id}", bytes=len(data))
@@ -79,10 +86,12 @@ def original(image_id: ImageId, caller: Viewer, session: DbSession, lake: LakeDe
     )
 
 
-def _pixels_row(session: DbSession, image_id: int) -> Row[str, str, str]:
-    """The three columns pixel routes need (no hierarchy loading on the hot path)."""
+def _pixels_row(session: DbSession, image_id: int) -> Row[str, str, str, dict[str, Any]]:
+    """The columns pixel routes need (no hierarchy loading on the hot path)."""
     row = session.execute(
-        select(Image.sha256, Image.format, Image.original_key).where(Image.id == image_id)
+        select(Image.sha256, Image.format, Image.original_key, Image.attributes).where(
+            Image.id == image_id
+        )
     ).first()
     if row is None:
         raise ImageNotFound(f"no image with id {image_id}")
@@ -106,7 +115,10 @@ def rendering(
 ) -> Response:
     """A rendering: the stored preview (PNG or JPEG) for the default options, else made
     on the fly and not kept (pipelines/stored_images.py); ETag revalidation is free."""
-    image = StoredImage.of(_pixels_row(session, image_id))
+    row = _pixels_row(session, image_id)
+    if pixels_withheld(caller.role, row.attributes):
+        return _deidentified(session, lake, image_id)
+    image = StoredImage.of(row)
     options = RenderOptions.parse(
         format=format, size=check_size(size), slice_index=slice_index, plane=plane, window=window
     )
@@ -118,6 +130,19 @@ def rendering(
         lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes, decode_guard=decode_slot
     )
     return Response(images.rendering(image, options), media_type=MEDIA[format], headers=headers)
+
+
+def _deidentified(session: DbSession, lake: LakeDep, image_id: int) -> Response:
+    """A flagged image's de-identified rendition, the only picture of it viewers get."""
+    key = session.scalar(
+        select(Rendition.key).where(Rendition.image_id == image_id, Rendition.name == DEIDENTIFIED)
+    )
+    if key is None:
+        raise withheld(image_id)
+    media = MEDIA["jpeg"] if key.endswith((".jpg", ".jpeg")) else MEDIA["png"]
+    return Response(
+        lake.store.get_bytes(key), media_type=media, headers={"Cache-Control": CACHE_CONTROL}
+    )
 
 
 @router.get("/images/{image_id}/labels")
