@@ -29,3 +29,14 @@ def test_export_requests_leave_no_temporary_folder(
     assert ok.status_code == 200 and ok.content[:2] == b"PK"
     assert failed.status_code == 404, failed.text
     assert list(scratch.iterdir()) == []
+
+
+def test_errors_quote_hostile_input_only_in_short(api: Api) -> None:  # noqa: F811
+    digits = "9" * 4096
+    answer = api.client.get(f"/images/{digits}", headers=api.auth("viewer"))
+    assert answer.status_code == 422
+    assert digits not in answer.text and len(answer.text) < 1000
+    long_window = api.client.get(
+        "/images/1/render", params={"window": "4" * 5000}, headers=api.auth("viewer")
+    )
+    assert long_window.status_code == 422 and len(long_window.text) < 1000

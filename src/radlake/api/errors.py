@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from radlake.auth import TokenError
@@ -40,8 +41,37 @@ def status_for(exc: Exception) -> int:
     return 422 if isinstance(exc, ValueError) else 500
 
 
+ECHO_LIMIT = 80  # characters of a client's own input quoted back in an error
+
+
+def short(value: object) -> object:
+    """A client's input as an error may quote it: cut to ECHO_LIMIT characters."""
+    if isinstance(value, str | bytes) and len(value) > ECHO_LIMIT:
+        return f"{value[:ECHO_LIMIT]!s}… ({len(value)} characters)"
+    if isinstance(value, int) and abs(value) >= 10**ECHO_LIMIT:
+        return f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, dict | list | tuple):
+        text = str(value)
+        return text if len(text) <= ECHO_LIMIT else f"{text[:ECHO_LIMIT]}… ({len(text)} characters)"
+    return value
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on app."""
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's 422 quotes each bad input whole: a 4,096-digit id came back in full.
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        detail = [
+            {
+                "loc": list(error.get("loc", ())),
+                "msg": str(short(str(error.get("msg", "")))),
+                "type": error.get("type"),
+                **({"input": short(error["input"])} if "input" in error else {}),
+            }
+            for error in errors[:20]
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     async def domain(request: Request, exc: Exception) -> JSONResponse:
         code = status_for(exc)
@@ -49,3 +79,4 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=code)
 
     app.add_exception_handler(RadlakeError, domain)
+    app.add_exception_handler(RequestValidationError, invalid)
