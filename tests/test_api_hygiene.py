@@ -40,3 +40,20 @@ def test_errors_quote_hostile_input_only_in_short(api: Api) -> None:  # noqa: F8
         "/images/1/render", params={"window": "4" * 5000}, headers=api.auth("viewer")
     )
     assert long_window.status_code == 422 and len(long_window.text) < 1000
+
+
+def test_a_bug_answers_500_and_logs_no_data(
+    api: Api,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "DOE^JOHN_ZZPID00042"
+
+    @api.app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError(f"duplicate key (name)=({secret})")
+
+    with caplog.at_level("DEBUG"):
+        answer = api.client.get("/boom", headers=api.auth("viewer"))
+    assert answer.status_code == 500 and answer.json() == {"detail": "internal error"}
+    assert "RuntimeError" in caplog.text and secret not in caplog.text
+    assert secret not in answer.text

@@ -188,3 +188,20 @@ def test_migrations_match_the_models(catalog: Engine) -> None:
     with catalog.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_database_errors_never_carry_bound_parameters(catalog: Engine) -> None:
+    """SQLAlchemy's part of a failed statement's message hides its bound parameters
+    (the server's own text may still quote a key: the API never logs messages)."""
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from radlake.catalog.models import Source
+
+    secret = "DOE^JOHN_ZZPID00042"
+    with catalog.begin() as connection:
+        connection.execute(insert(Source), [{"name": secret, "kind": "folder"}])
+    with pytest.raises(IntegrityError) as raised, catalog.begin() as connection:
+        connection.execute(insert(Source), [{"name": secret, "kind": "folder"}])
+    assert "[SQL parameters hidden" in str(raised.value)
+    assert "[parameters:" not in str(raised.value)

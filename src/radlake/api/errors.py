@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -41,6 +44,7 @@ def status_for(exc: Exception) -> int:
     return 422 if isinstance(exc, ValueError) else 500
 
 
+LOG = logging.getLogger("radlake.api")
 ECHO_LIMIT = 80  # characters of a client's own input quoted back in an error
 
 
@@ -80,3 +84,15 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(RadlakeError, domain)
     app.add_exception_handler(RequestValidationError, invalid)
+
+    @app.middleware("http")
+    async def unexpected(request: Request, call_next: Any) -> Any:
+        # A bug's message may quote data (a database error quotes the key it clashed
+        # on); the server log gets its type only, the client "internal error".
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            LOG.error(
+                "internal error (%s) on %s %s", type(exc).__name__, request.method, request.url.path
+            )
+            return JSONResponse({"detail": "internal error"}, status_code=500)

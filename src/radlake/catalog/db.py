@@ -78,14 +78,16 @@ def make_engine(url: str) -> Engine:
     """
     normalized = normalize_url(url)
     try:
+        # Bound values never reach an error message or a log line: they may be
+        # patient data (a header value) or a token hash.
         if normalized.startswith("sqlite"):
-            engine = create_engine(normalized)
+            engine = create_engine(normalized, hide_parameters=True)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             # READ COMMITTED on MySQL/MariaDB as on PostgreSQL: REPEATABLE READ's
             # snapshot would hide a row another writer committed after our first read,
             # so "insert unless present, then read its id" could find nothing.
-            options: dict[str, Any] = {"pool_pre_ping": True}
+            options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
             if normalized.startswith("mysql"):
                 options["isolation_level"] = "READ COMMITTED"
             engine = create_engine(normalized, **options)
