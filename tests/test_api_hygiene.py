@@ -57,3 +57,13 @@ def test_a_bug_answers_500_and_logs_no_data(
     assert answer.status_code == 500 and answer.json() == {"detail": "internal error"}
     assert "RuntimeError" in caplog.text and secret not in caplog.text
     assert secret not in answer.text
+
+
+def test_the_api_document_needs_a_token_and_no_page_loads_from_outside(
+    api: Api,  # noqa: F811
+) -> None:
+    assert api.client.get("/openapi.json").status_code == 401
+    document = api.client.get("/openapi.json", headers=api.auth("viewer"))
+    assert document.status_code == 200 and document.json()["info"]["title"] == "radlake"
+    for page in ("/docs", "/redoc"):  # FastAPI's pages fetch scripts from a CDN: off
+        assert api.client.get(page, headers=api.auth("viewer")).status_code == 404

@@ -9,6 +9,7 @@ from fastapi.staticfiles import StaticFiles
 
 from radlake import __version__
 from radlake.api import errors, web
+from radlake.api.deps import Viewer
 from radlake.api.routes import catalog, datasets, downloads, images
 from radlake.lake import Lake, load_settings, open_lake
 
@@ -17,10 +18,15 @@ DEFAULT_UPLOAD_LIMIT = 512 * 1024 * 1024
 
 def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> FastAPI:
     """The API over lake (default: the lake RADLAKE_* settings describe)."""
+    # The schema needs a token like every route; /docs and /redoc are off because
+    # FastAPI's pages load their scripts from a CDN (nothing is fetched from outside).
     app = FastAPI(
         title="radlake",
         version=__version__,
         description="Medical imaging data lake. Every route but /health needs a token.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.lake = lake if lake is not None else open_lake(load_settings())
     app.state.upload_limit = upload_limit
@@ -30,6 +36,11 @@ def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_L
     def health() -> dict[str, Any]:
         """Liveness: no token needed, no data returned."""
         return {"status": "ok", "version": __version__}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_document(caller: Viewer) -> dict[str, Any]:
+        """The OpenAPI document of this API (any signed-in role)."""
+        return app.openapi()
 
     for module in (images, catalog, datasets, downloads):
         app.include_router(module.router)

@@ -21,7 +21,7 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
 ) -> None:
-    """Serve the REST API (OpenAPI at /docs)."""
+    """Serve the REST API (its OpenAPI document at /openapi.json, with a token)."""
     import uvicorn
 
     open_lake(load_settings())  # fail here, in one line, if there is no lake
