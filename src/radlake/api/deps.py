@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.dependencies.models import Dependant
@@ -40,17 +41,35 @@ class Caller:
     role: Role
 
 
-def _token_text(request: Request) -> str | None:
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(COOKIE_NAME)
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def same_origin(request: Request) -> bool:
+    """True when the request's Origin (else Referer) is this server itself, port
+    included: SameSite cookies still ride along from another port of the same host."""
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if not claimed or claimed == "null":
+        return False
+    return urlsplit(claimed).netloc == request.headers.get("host")
 
 
 def get_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> Caller:
-    """The caller's token; 401 when missing or not valid."""
-    text = _token_text(request)
+    """The caller's token; 401 when missing or not valid; 403 for a write signed by
+    the web page's cookie that does not come from this server's own pages (CSRF)."""
+    text = _bearer(request)
+    if text is None:
+        text = request.cookies.get(COOKIE_NAME)
+        if text and request.method not in SAFE_METHODS and not same_origin(request):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail="a write with the sign-in cookie must come from this server's pages",
+            )
     token = verify_token(session, text) if text else None
     if token is None:
         raise HTTPException(
