@@ -38,7 +38,8 @@ def shown_key(key: str | None, role: Role) -> str | None:
         return key
     quoted = len(key) >= 2 and key.startswith(_QUOTE) and key.endswith(_QUOTE)
     inner = key[1:-1] if quoted else key
-    name = re.split(r"[\\/]", inner.rstrip("/\\"))[-1]
+    # Inside quotes a backslash starts an escape (\xff), not a Windows separator.
+    name = re.split(r"/" if quoted else r"[\\/]", inner.rstrip("/" if quoted else "/\\"))[-1]
     return f"{_QUOTE}{name}{_QUOTE}" if quoted else name
 
 

@@ -37,6 +37,10 @@ def image_full(image: Image, role: Role) -> dict[str, Any]:
     detail = image_detail(image)
     detail.pop("original_key", None)
     detail["source_key"] = shown_key(image.source_key, role)
+    attributes = dict(detail.get("attributes") or {})
+    if "client_file_name" in attributes:  # an upload's raw name may carry folders
+        attributes["client_file_name"] = shown_key(str(attributes["client_file_name"]), role)
+        detail["attributes"] = attributes
     detail["withheld"] = withheld_reason(image, role)
     for rendition in detail.get("renditions", []):
         rendition.pop("key", None)

@@ -178,13 +178,14 @@ def _stand_ins(session: DbSession, caller: Caller, rows: Sequence[Row[Any]]) -> 
     flagged = [row.id for row in rows if pixels_withheld(caller.role, row.attributes)]
     found: dict[int, str] = {}
     for chunk in batches(flagged):
-        found |= dict(
-            session.execute(
+        found |= {
+            image_id: key
+            for image_id, key in session.execute(
                 select(Rendition.image_id, Rendition.key).where(
                     Rendition.image_id.in_(chunk), Rendition.name == DEIDENTIFIED
                 )
-            ).tuples()
-        )
+            )
+        }
     missing = [image_id for image_id in flagged if image_id not in found]
     if missing:
         shown = ", ".join(str(image_id) for image_id in missing[:10])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
@@ -11,7 +12,7 @@ from sqlalchemy import Row, select
 
 from radlake.api import audit
 from radlake.api.decoding import decode_slot
-from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.privacy import (
     DEIDENTIFIED,
     pixels_withheld,
@@ -19,6 +20,7 @@ from radlake.api.privacy import (
     withheld,
 )
 from radlake.api.serialize import image_full, image_item, label_item
+from radlake.catalog.db import transaction
 from radlake.catalog.models import Image, Label, Rendition
 from radlake.catalog.queries import count_images, find_images, get_image
 from radlake.domain import ImageFormat, Plane, RejectedInput
@@ -32,6 +34,7 @@ ImageId = Annotated[int, Path(ge=1, le=2**62, description="Image id")]
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 CACHE_CONTROL = "private, max-age=3600"
 UPLOAD_CHUNK = 1 << 20
+MAX_NAME_CHARACTERS = 120
 TOTAL_CAP = 10_000  # beyond this a listing says "10000+" unless count=exact is asked
 
 
@@ -153,6 +156,34 @@ def labels(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str, A
     return {"image_id": image_id, "labels": [label_item(label) for label in rows]}
 
 
+def _safe_part(text: str, fallback: str) -> str:
+    """Text fit for one key component: letters, digits, '.', '_' and '-' only."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:MAX_NAME_CHARACTERS]
+    return cleaned or fallback
+
+
+def upload_key(uploader: str, received: datetime, client_name: str | None) -> str:
+    """upload/<token name>/<UTC time>/<client file name, sanitised>: a meaningful key,
+    kept as data and never used as a path (only the name's last component is kept)."""
+    base = re.split(r"[\\/]", client_name or "")[-1]
+    stamp = received.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"upload/{_safe_part(uploader, 'token')}/{stamp}/{_safe_part(base, 'unnamed')}"
+
+
+def _keep_upload_facts(
+    lake: LakeDep, image_id: int, caller: Caller, received: datetime, client_name: str | None
+) -> None:
+    """Who uploaded a new image, when, and the client's raw file name, as attributes."""
+    with transaction(lake.engine) as session:
+        image = session.get(Image, image_id)
+        if image is not None:
+            image.attributes = dict(image.attributes or {}) | {
+                "uploaded_by": caller.name,
+                "uploaded_at": received.isoformat(),
+                "client_file_name": (client_name or "")[:1000],
+            }
+
+
 def _read_upload(file: UploadFile, limit: int) -> bytes:
     """The upload's bytes, up to limit (413 beyond; the client's file name is never used)."""
     buffer = io.BytesIO()
@@ -180,6 +211,8 @@ def upload(
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise HTTPException(413, detail=f"upload larger than the {limit}-byte limit")
     data = _read_upload(file, limit)
+    received = datetime.now(UTC)
+    key = upload_key(caller.name, received, file.filename)
     with decode_slot():
         result = ingest_bytes(
             data,
@@ -188,7 +221,7 @@ def upload(
             pseudonymizer=lake.pseudonymizer,
             source="upload",
             source_kind="upload",
-            source_key=f"upload/{hashlib.sha256(data).hexdigest()}",
+            source_key=key,
             limits=lake.limits,
             keep_rejected=False,
         )
@@ -197,6 +230,8 @@ def upload(
         raise HTTPException(422, detail=outcome.reason)
     if image_id is None:  # catalogued a moment ago: only a concurrent delete could do this
         raise HTTPException(409, detail="the upload was catalogued and then removed")
+    if result.new:
+        _keep_upload_facts(lake, image_id, caller, received, file.filename)
     fmt = outcome.metadata.format
     audit.record(lake, caller, "upload", f"image/{image_id}", bytes=len(data), format=fmt.value)
     return {
