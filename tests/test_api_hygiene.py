@@ -67,3 +67,51 @@ def test_the_api_document_needs_a_token_and_no_page_loads_from_outside(
     assert document.status_code == 200 and document.json()["info"]["title"] == "radlake"
     for page in ("/docs", "/redoc"):  # FastAPI's pages fetch scripts from a CDN: off
         assert api.client.get(page, headers=api.auth("viewer")).status_code == 404
+
+
+def test_a_study_is_one_query_for_its_images_in_series_order(
+    api: Api,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import pydicom
+    from pydicom.uid import generate_uid
+    from sqlalchemy import event
+
+    from radlake.pipelines.executor import SerialExecutor
+    from radlake.pipelines.ingest import ingest
+    from tests.conftest import pydicom_file
+
+    study_uid = generate_uid()
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for series_index in range(3):
+        series_uid = generate_uid()
+        for instance in (2, 1):
+            ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+            ds.SOPInstanceUID, ds.InstanceNumber = generate_uid(), instance
+            ds.save_as(folder / f"s{series_index}-{instance}.dcm")
+    lake = api.lake
+    ingest(
+        [folder],
+        engine=lake.engine,
+        store=lake.store,
+        pseudonymizer=lake.pseudonymizer,
+        executor=SerialExecutor(),
+    )
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(lake.engine, "before_cursor_execute", count)
+    try:
+        study = api.client.get(f"/studies/{study_uid}", headers=api.auth("viewer")).json()
+    finally:
+        event.remove(lake.engine, "before_cursor_execute", count)
+    assert [len(s["images"]) for s in study["series"]] == [2, 2, 2]
+    for member in study["series"]:
+        alone = api.client.get(f"/series/{member['series_uid']}", headers=api.auth("viewer"))
+        assert [i["id"] for i in member["images"]] == [i["id"] for i in alone.json()["images"]]
+    image_queries = [s for s in statements if s.lstrip().upper().startswith("SELECT IMAGE.")]
+    assert len(image_queries) == 1, image_queries

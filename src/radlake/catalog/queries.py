@@ -109,7 +109,8 @@ def find_images(
     offset: int = 0,
     after_id: int | None = None,
 ) -> list[Image]:
-    """Images matching selection: a series in slice order, everything else by id.
+    """Images matching selection: a series (or a study, series by series) in slice
+    order, everything else by id.
 
     Series order is the scanner's instance order, then position along the slice
     normal: multi-volume series (fMRI, DWI) come volume by volume, each in space order.
@@ -117,8 +118,12 @@ def find_images(
     statement = apply_filter(select(Image), selection).options(
         selectinload(Image.series).selectinload(Series.study), selectinload(Image.renditions)
     )
-    if selection.series_uid and after_id is None:
-        statement = statement.order_by(Image.instance_number, Image.slice_position, Image.id)
+    if (selection.series_uid or selection.study_uid) and after_id is None:
+        # A study comes series by series, each in slice order: one query, not one per
+        # series.
+        statement = statement.order_by(
+            Image.series_id, Image.instance_number, Image.slice_position, Image.id
+        )
     else:
         statement = statement.order_by(Image.id)
     if after_id:  # keyset pagination: stable however the catalog grows

@@ -51,19 +51,13 @@ def study(uid: Uid, caller: Viewer, session: DbSession) -> dict[str, Any]:
     if found is None:
         raise HTTPException(404, detail="no study with this UID")
     members = session.scalars(select(Series).where(Series.study_id == found.id).order_by(Series.id))
+    by_series: dict[int | None, list[dict[str, Any]]] = {}
+    for image in find_images(session, selection=ImageFilter(study_uid=uid), limit=None):
+        by_series.setdefault(image.series_id, []).append(image_item(image, caller.role))
     return {
         "study_uid": uid,
         "series": [
-            {
-                "series_uid": s.series_uid,
-                "modality": s.modality,
-                "images": [
-                    image_item(image, caller.role)
-                    for image in find_images(
-                        session, selection=ImageFilter(series_uid=s.series_uid), limit=None
-                    )
-                ],
-            }
+            {"series_uid": s.series_uid, "modality": s.modality, "images": by_series.get(s.id, [])}
             for s in members
         ],
     }
