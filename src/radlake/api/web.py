@@ -22,10 +22,9 @@ from sqlalchemy.orm import Session
 
 from radlake.api import audit
 from radlake.api.deps import COOKIE_NAME, Caller, DbSession, LakeDep, PageSelection
-from radlake.api.routes.catalog import stats
-from radlake.api.routes.datasets import datasets
 from radlake.api.routes.images import ImageId, labels, list_images, one_image
 from radlake.auth import Role, verify_token
+from radlake.catalog.queries import image_counts, list_dataset_versions
 from radlake.curation.filters import FILTER_FIELDS, ImageFilter
 from radlake.errors import ImageNotFound
 from radlake.imaging.pixels import Window
@@ -221,8 +220,8 @@ def browse(
         message = f"This filter is not valid: {selection}."
         return _page(request, "error.html", caller, 422, message=message)
     page = list_images(caller, session, selection, limit=limit, cursor=cursor)
-    counts = stats(caller, session)
-    names = [d["name"] for d in datasets(caller, session)]
+    counts = image_counts(session)
+    names = list(dict.fromkeys(v.dataset.name for v in list_dataset_versions(session)))
     values = selection.as_dict()
     chosen = {key: values.get(key) for key in FILTER_KEYS}
     choices = {

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from radlake.catalog.db import batches
 from radlake.catalog.models import (
+    AuditEvent,
     Dataset,
     DatasetMember,
     DatasetVersion,
@@ -222,3 +223,33 @@ def list_dataset_versions(session: Session) -> list[DatasetVersion]:
         .order_by(Dataset.name, DatasetVersion.version)
     )
     return list(session.scalars(statement))
+
+
+def _counts(session: Session, column: Any, *joins: Any) -> dict[str, int]:
+    statement = select(column, func.count(func.distinct(Image.id))).select_from(Image)
+    for join in joins:
+        statement = statement.join(*join)
+    rows = session.execute(statement.group_by(column).order_by(column))
+    return {str(key) if key is not None else "unknown": int(n) for key, n in rows}
+
+
+def image_counts(session: Session) -> dict[str, Any]:
+    """Images in all, and by modality, view, format, source, ground-truth class and
+    dataset split (the web page's filter choices and the dashboards)."""
+    ground_truth = (Label.image_id == Image.id) & (Label.origin == LabelOrigin.GROUND_TRUTH.value)
+    return {
+        "images": int(session.scalar(select(func.count(Image.id))) or 0),
+        "modality": _counts(session, Image.modality),
+        "view": _counts(session, Image.view_position),
+        "format": _counts(session, Image.format),
+        "source": _counts(session, Source.name, (Source, Image.source_id == Source.id)),
+        "class": _counts(session, Label.class_name, (Label, ground_truth)),
+        "split": _counts(
+            session, DatasetMember.split, (DatasetMember, DatasetMember.image_id == Image.id)
+        ),
+    }
+
+
+def recent_audit_events(session: Session, *, limit: int = 200) -> list[AuditEvent]:
+    """The newest audit events first."""
+    return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))

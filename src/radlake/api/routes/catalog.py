@@ -5,24 +5,24 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from radlake.api.deps import Admin, DbSession, Viewer
 from radlake.api.privacy import shown_key, shown_parameters
 from radlake.api.serialize import image_item
 from radlake.catalog.models import (
-    AuditEvent,
-    DatasetMember,
-    Image,
-    Label,
     Series,
-    Source,
     Study,
 )
-from radlake.catalog.queries import find_images, list_quarantine, recent_jobs
+from radlake.catalog.queries import (
+    find_images,
+    image_counts,
+    list_quarantine,
+    recent_audit_events,
+    recent_jobs,
+)
 from radlake.catalog.serialize import job_row, quarantine_row
 from radlake.curation.filters import ImageFilter
-from radlake.domain import LabelOrigin
 
 router = APIRouter(tags=["catalog"])
 Uid = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$", description="A DICOM UID")]
@@ -85,35 +85,10 @@ def quarantine(
     ]
 
 
-def _counts(session: DbSession, column: Any, *joins: Any) -> dict[str, int]:
-    statement = select(column, func.count(func.distinct(Image.id))).select_from(Image)
-    for join in joins:
-        statement = statement.join(*join)
-    rows = session.execute(statement.group_by(column).order_by(column))
-    return {str(key) if key is not None else "unknown": int(n) for key, n in rows}
-
-
 @router.get("/stats")
 def stats(caller: Viewer, session: DbSession) -> dict[str, Any]:
     """Counts by modality, view, class, split and source (for filters and dashboards)."""
-    return {
-        "images": int(session.scalar(select(func.count(Image.id))) or 0),
-        "modality": _counts(session, Image.modality),
-        "view": _counts(session, Image.view_position),
-        "format": _counts(session, Image.format),
-        "source": _counts(session, Source.name, (Source, Image.source_id == Source.id)),
-        "class": _counts(
-            session,
-            Label.class_name,
-            (
-                Label,
-                (Label.image_id == Image.id) & (Label.origin == LabelOrigin.GROUND_TRUTH.value),
-            ),
-        ),
-        "split": _counts(
-            session, DatasetMember.split, (DatasetMember, DatasetMember.image_id == Image.id)
-        ),
-    }
+    return image_counts(session)
 
 
 @router.get("/audit")
@@ -121,7 +96,7 @@ def audit_log(
     caller: Admin, session: DbSession, limit: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> list[dict[str, Any]]:
     """Who downloaded or uploaded what, newest first (admins only)."""
-    rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
+    rows = recent_audit_events(session, limit=limit)
     return [
         {
             "id": e.id,
