@@ -115,3 +115,37 @@ def test_a_study_is_one_query_for_its_images_in_series_order(
         assert [i["id"] for i in member["images"]] == [i["id"] for i in alone.json()["images"]]
     image_queries = [s for s in statements if s.lstrip().upper().startswith("SELECT IMAGE.")]
     assert len(image_queries) == 1, image_queries
+
+
+def test_revalidation_follows_rfc_9110_and_originals_serve_ranges(
+    api: Api,  # noqa: F811
+) -> None:
+    from tests.test_api import first_id
+
+    curator = api.auth("curator")
+    image_id = first_id(api, modality="CT")
+    path = f"/images/{image_id}/original"
+    whole = api.client.get(path, headers=curator)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    etag, data = whole.headers["etag"], whole.content
+    for tags in (etag, f'"other", {etag}', f"W/{etag}", "*"):
+        again = api.client.get(path, headers=curator | {"If-None-Match": tags})
+        assert again.status_code == 304 and again.content == b"", tags
+    assert api.client.get(path, headers=curator | {"If-None-Match": '"x"'}).status_code == 200
+
+    part = api.client.get(path, headers=curator | {"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == data[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(data)}"
+    tail = api.client.get(path, headers=curator | {"Range": "bytes=-5"})
+    assert tail.status_code == 206 and tail.content == data[-5:]
+    beyond = api.client.get(path, headers=curator | {"Range": f"bytes={len(data)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(data)}"
+    stale = api.client.get(path, headers=curator | {"Range": "bytes=0-9", "If-Range": '"old"'})
+    assert stale.status_code == 200 and stale.content == data
+
+    render = f"/images/{image_id}/render"
+    first = api.client.get(render, headers=curator)
+    listed = api.client.get(
+        render, headers=curator | {"If-None-Match": f'"a", {first.headers["etag"]}'}
+    )
+    assert listed.status_code == 304

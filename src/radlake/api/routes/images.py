@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Respon
 from sqlalchemy import Row, select
 
 from radlake.api import audit
+from radlake.api.conditional import byte_range, none_match
 from radlake.api.decoding import decode_slot
 from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.privacy import (
@@ -71,22 +72,40 @@ def one_image(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str
 
 
 @router.get("/images/{image_id}/original")
-def original(image_id: ImageId, caller: Viewer, session: DbSession, lake: LakeDep) -> Response:
-    """The bytes as received, full headers included (curators and admins; 403 for viewers)."""
+def original(
+    image_id: ImageId, request: Request, caller: Viewer, session: DbSession, lake: LakeDep
+) -> Response:
+    """The bytes as received, full headers included (curators and admins; 403 for
+    viewers); revalidation by ETag (304) and single byte ranges (206)."""
     require_original_access(caller.role)
     image = _pixels_row(session, image_id)
-    data = lake.store.get_bytes(image.original_key)
-    audit.record(lake, caller, "download.original", f"image/{image_id}", bytes=len(data))
     extension = ImageFormat(image.format).extension
-    return Response(
-        data,
-        media_type="application/dicom" if image.format == "dicom" else "application/octet-stream",
-        headers={
-            "Content-Disposition": f'attachment; filename="{image.sha256[:16]}.{extension}"',
-            "ETag": f'"{image.sha256}"',
-            "Cache-Control": CACHE_CONTROL,
-        },
-    )
+    headers = {
+        "Content-Disposition": f'attachment; filename="{image.sha256[:16]}.{extension}"',
+        "ETag": f'"{image.sha256}"',
+        "Cache-Control": CACHE_CONTROL,
+        "Accept-Ranges": "bytes",
+    }
+    if none_match(request.headers.get("if-none-match"), headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    media = "application/dicom" if image.format == "dicom" else "application/octet-stream"
+    data = lake.store.get_bytes(image.original_key)
+    wanted = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() != headers["ETag"]:
+        wanted = None  # the client's copy changed: send it whole (RFC 9110 13.1.5)
+    try:
+        span = byte_range(wanted, len(data))
+    except ValueError:
+        return Response(
+            status_code=416, headers=headers | {"Content-Range": f"bytes */{len(data)}"}
+        )
+    audit.record(lake, caller, "download.original", f"image/{image_id}", bytes=len(data))
+    if span is None:
+        return Response(data, media_type=media, headers=headers)
+    first, last = span
+    headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+    return Response(data[first : last + 1], status_code=206, media_type=media, headers=headers)
 
 
 def _pixels_row(session: DbSession, image_id: int) -> Row[str, str, str, dict[str, Any]]:
@@ -127,7 +146,7 @@ def rendering(
     )
     etag = options.etag(image.sha256)
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-    if request.headers.get("if-none-match") == etag:
+    if none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     images = StoredImages(
         lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes, decode_guard=decode_slot
