@@ -13,11 +13,10 @@ from sqlalchemy import Engine
 from radlake.catalog.db import check_current, make_engine, sqlite_file, upgrade
 from radlake.config import Settings
 from radlake.errors import ConfigError, NotInitialized
+from radlake.imaging.budget import MIB
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.ingest import IngestLimits
 from radlake.storage.store import ObjectStore, open_store
-
-MIB = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,6 +203,13 @@ class ObjectStore:
         except Exception as exc:
             raise StorageError(f"store error {action} {key}: {_describe(exc)}") from exc
 
+    def _read(self, key: str, operation: Callable[[], T]) -> T:
+        """A read of key, retried like every operation; a miss is ObjectNotFound."""
+        try:
+            return self._run("reading", key, operation)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object under key {key}") from exc
+
     def _wait(self, state: RetryCallState) -> float:
         # Backoff, but never sleep past the deadline: the last try starts at
         # retry_seconds at the latest, so an outage shorter than that is ridden out.
@@ -220,10 +227,7 @@ class ObjectStore:
             StorageError: the store refused the request.
         """
         path = self._path(key)
-        try:
-            return self._run("reading", key, lambda: self._stat(path))
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"no object under key {key}") from exc
+        return self._read(key, lambda: self._stat(path))
 
     def _stat(self, path: str) -> ObjectInfo:
         if self._local:
@@ -274,10 +278,7 @@ class ObjectStore:
             StorageError: the store refused the request.
         """
         path = self._path(key)
-        try:
-            return self._run("reading", key, lambda: bytes(self.fs.cat_file(path)))
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"no object under key {key}") from exc
+        return self._read(key, lambda: bytes(self.fs.cat_file(path)))
 
     def open(self, key: str, *, block_size: int = STREAM_CHUNK) -> IO[bytes]:
         """A readable binary file over the object under key, for objects too big to
@@ -302,10 +303,7 @@ class ObjectStore:
             extra = {"size": size} if self._s3 else {}
             return cast(IO[bytes], self.fs.open(path, "rb", block_size=block_size, **extra))
 
-        try:
-            return self._run("reading", key, open_object)
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"no object under key {key}") from exc
+        return self._read(key, open_object)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under prefix, sorted; temporary objects are not listed.
@@ -339,10 +337,7 @@ class ObjectStore:
                     size += len(chunk)
             return digest.hexdigest(), size
 
-        try:
-            return self._run("reading", key, read)
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(f"no object under key {key}") from exc
+        return self._read(key, read)
 
     def iter_keys(self, prefix: str) -> Iterator[str]:
         """Keys under prefix, one at a time in no particular order, never the whole
