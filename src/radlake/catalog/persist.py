@@ -212,8 +212,11 @@ def _image_row(
     item: CataloguedInput, source_id: int, job_id: int | None, series_id: int | None
 ) -> dict[str, object]:
     row, lost = fit_row(Image, _raw_image_row(item, source_id, job_id, series_id))
+    # The series row is fitted on its own (upsert_hierarchy); its image keeps the
+    # description whole when the series column had to cut it.
     description = item.metadata.series_description or ""
-    if len(description) > (column_length(Series, "description") or len(description)):
+    limit = column_length(Series, "description")
+    if limit is not None and len(description) > limit:
         lost["series_description"] = clean_json(description)
     if lost:
         # What did not fit a column stays whole and queryable in the attributes.
