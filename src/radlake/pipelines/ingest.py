@@ -146,10 +146,12 @@ class IngestSession:
             )
             session.add(job)
             session.flush()
+            # Active before its row is visible: another thread of this process (the
+            # API runs uploads side by side) must never take it for an abandoned job.
+            _ACTIVE_JOBS.add(job.id)
             return source_id, job.id
 
         self.source_id, self.job_id = self._transaction(open_job)
-        _ACTIVE_JOBS.add(self.job_id)
 
     def _transaction(self, work: Callable[[Session], T]) -> T:
         return run_transaction(self.engine, work, retry_seconds=self.retry_seconds)
@@ -205,11 +207,12 @@ class IngestSession:
             job.counts = self.counts | {"inputs": inputs}
             job.finished_at, job.seconds = utcnow(), round(seconds, 3)
 
-        _ACTIVE_JOBS.discard(self.job_id)
         # Best effort: every row of the work is committed already; if the catalog fails
-        # now, only the job's own row stays "running" and the next run marks it.
+        # now, only the job's own row stays "running" and the next run marks it. It
+        # leaves the active set only once closed, so no thread marks it meanwhile.
         with contextlib.suppress(CatalogError):
             self._transaction(close)
+        _ACTIVE_JOBS.discard(self.job_id)
         self.summary = IngestSummary(
             job_id=self.job_id,
             inputs=inputs,
