@@ -130,10 +130,9 @@ def test_size_bombs_and_oversized_inputs_are_quarantined_with_figures(
     folder.mkdir()
     (folder / "bomb.jpg").write_bytes(_jpeg_claiming(16000, 16000))
     (folder / "bomb.png").write_bytes(_png_claiming(16384))
-    big = _dicom(folder / "big.dcm")
+    _dicom(folder / "big.dcm")
     for index in range(4):
         _dicom(folder / f"plain{index}.dcm")
-    limit = big.stat().st_size - 1  # just under the size of every CT_small copy
 
     # Both bombs claim less than the default budget (1 GiB decoded, sized for real
     # tomosynthesis and CT stacks) and catalogue under it; a lake set lower refuses them.
@@ -145,8 +144,8 @@ def test_size_bombs_and_oversized_inputs_are_quarantined_with_figures(
     assert "> budget" in reasons["bomb.png"]
 
     other = tmp_path / "other"
-    _dicom(other / "x.dcm")
-    summary = _ingest(other, catalog, local_store, max_input_bytes=limit)
+    oversized = _dicom(other / "x.dcm")  # fresh UIDs: its size is its own, not big.dcm's
+    summary = _ingest(other, catalog, local_store, max_input_bytes=oversized.stat().st_size - 1)
     assert summary.quarantined == 1
     reason = _reasons(catalog)[str(other / "x.dcm")]
     assert reason.startswith("too large to ingest") and "RADLAKE_MAX_INPUT_MB" in reason
