@@ -4,9 +4,18 @@
 patients) by iterative stratification (Sechidis, Tsoumakas and Vlahavas, ECML PKDD
 2011): rarest label first, each split taking that label's groups in proportion to
 how many of the label it still lacks; the groups left fill each split to its size.
-A label's groups are placed as arrays (a seeded random order cut into one run per
-split), so the cost is a sort of the input plus O(images x labels), not a loop.
-Earlier assignments are kept: only groups never seen before are placed.
+A label's groups are placed as arrays (an order cut into one run per split), so the
+cost is a sort of the input plus O(images x labels), not a loop. Earlier assignments
+are kept: only groups never seen before are placed.
+
+Reproducible anywhere (issue 9): a group is known by its content, the smallest
+content key (sha256) of its images, and groups are ordered by a hash of (seed, that
+identity). Group names (keyed patient pseudonyms, which differ from lake to lake) and
+image ids (ingestion order) only say which images belong together, never where they
+go, so the same files, spec and seed give the same splits in any lake. When there
+are at least as many groups as splits, every split gets one; with fewer, the
+trainer's splits (training, validation, test) are served first and
+`empty_split_warnings` says which stay empty.
 
 Errors: `SplitSpecError` (a malformed spec) and `SplitInputError` (items, seed or
 previous assignment that cannot be split), both `RadlakeError` and `ValueError`.
@@ -14,6 +23,7 @@ previous assignment that cannot be split), both `RadlakeError` and `ValueError`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -144,13 +154,28 @@ class SplitSpec:
         return dict(zip(self.names, quotas, strict=True))
 
 
+# Splits a trainer reads (Ultralytics train/val/test) are the first to get a group
+# when there are fewer groups than splits, so a tiny set still has a validation set.
+_TRAINER_SPLITS = ("training", "train", "validation", "val", "valid", "test")
+
+
 @dataclass(frozen=True, slots=True)
 class SplitItem:
-    """One image to split: its group (patient pseudonym, else the image id as text)."""
+    """One image to split: its group (patient pseudonym, else anything unique to the
+    image) and its content key (the sha256 of the original).
+
+    The key decides where the group goes; without one the image id stands in, which
+    ties the result to the lake's ids (fine for tests, not across lakes).
+    """
 
     image_id: int
     group: str
     labels: frozenset[str] = frozenset()
+    key: str = ""
+
+    @property
+    def content_key(self) -> str:
+        return self.key or f"id:{self.image_id:020d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +183,8 @@ class _Table:
     """Items as arrays in image-id order, so the input order never matters."""
 
     image_ids: IntArray
-    group_of: IntArray  # per image: index into group_names (sorted)
-    group_names: NDArray[np.str_]
+    group_of: IntArray  # per image: index into group_ids (groups in identity order)
+    group_ids: list[str]  # per group: its smallest content key, its identity
     label_image: IntArray  # per (image, label) pair: the image's row
     label_code: IntArray  # per pair: index into labels (sorted)
     labels: tuple[str, ...]
@@ -168,7 +193,14 @@ class _Table:
 def _table(items: Iterable[SplitItem]) -> _Table:
     items = list(items)
     ids = [item.image_id for item in items]
-    groups = [item.group for item in items]
+    identity: dict[str, str] = {}
+    for item in items:
+        key = item.content_key
+        if item.group not in identity or key < identity[item.group]:
+            identity[item.group] = key
+    # Groups are numbered by identity (content), not by name (a lake's pseudonym).
+    ranked = sorted(identity, key=lambda g: (identity[g], g))
+    number = {group: i for i, group in enumerate(ranked)}
     pair_row: list[int] = []
     pair_label: list[str] = []
     for row, item in enumerate(items):
@@ -178,25 +210,46 @@ def _table(items: Iterable[SplitItem]) -> _Table:
     order = np.argsort(image_ids, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    group_names, group_of = np.unique(np.asarray(groups, dtype=np.str_), return_inverse=True)
+    group_of = np.asarray([number[item.group] for item in items], dtype=np.int64)
     labels = tuple(sorted(set(pair_label)))
     code = {label: i for i, label in enumerate(labels)}
     return _Table(
         image_ids[order],
-        group_of.astype(np.int64)[order],
-        group_names,
+        group_of[order],
+        [identity[g] for g in ranked],
         rank[np.asarray(pair_row, dtype=np.int64)],
         np.asarray([code[label] for label in pair_label], dtype=np.int64),
         labels,
     )
 
 
-def _cut(weights: IntArray, need: NDArray[np.float64], rng: np.random.Generator) -> IntArray:
-    """Give each split a run of a seeded random order whose weight matches its need."""
+def _priorities(identities: Sequence[str], seed: int) -> NDArray[np.uint64]:
+    """Each group's place in the seeded order: a hash of (seed, group identity).
+
+    A group's place depends on itself alone, never on the other groups, the lake's
+    secret or its ids.
+    """
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.sha256(f"{seed}\0{g}".encode()).digest()[:8], "big")
+            for g in identities
+        ),
+        dtype=np.uint64,
+        count=len(identities),
+    )
+
+
+def _cut(
+    weights: IntArray,
+    need: NDArray[np.float64],
+    priority: NDArray[np.uint64],
+    rng: np.random.Generator,
+) -> IntArray:
+    """Give each split a run of the seeded group order whose weight matches its need."""
     need = np.clip(need, 0.0, None)
     if need.sum() <= 0:  # every split already has its share: spread evenly
         need = np.ones_like(need)
-    order = rng.permutation(len(weights))
+    order = np.argsort(priority, kind="stable")
     # Splits in a random order too: the midpoint rule below favours no split.
     splits = rng.permutation(len(need))
     w = weights[order].astype(np.float64)
@@ -212,7 +265,7 @@ def _cut(weights: IntArray, need: NDArray[np.float64], rng: np.random.Generator)
 def _stratify(
     sizes: IntArray, group_labels: IntArray, excess: IntArray, fractions: NDArray[np.float64],
     size_need: NDArray[np.float64], label_need: NDArray[np.float64],
-    excess_need: NDArray[np.float64], rng: np.random.Generator,
+    excess_need: NDArray[np.float64], priority: NDArray[np.uint64], rng: np.random.Generator,
 ) -> IntArray:  # fmt: skip
     """Iterative stratification of groups (their split codes); updates the needs in place."""
     out = np.full(len(sizes), -1, dtype=np.int64)
@@ -239,7 +292,7 @@ def _stratify(
             if density > 0 and share.sum() > 0:
                 off = excess_need - fractions * excess_left  # > 0: short of excess
                 share = np.clip(share * (weights.sum() / share.sum()) + off / density, 0.0, None)
-            split = _cut(weights, share if share.sum() > 0 else size_need, rng)
+            split = _cut(weights, share if share.sum() > 0 else size_need, priority[stratum], rng)
             for j in range(len(size_need)):
                 mine = stratum[split == j]
                 size_need[j] -= sizes[mine].sum()
@@ -251,7 +304,7 @@ def _stratify(
             excess_left -= float(excess[stratum].sum())
         left -= group_labels[rows].sum(axis=0)
     rows = np.flatnonzero(remaining)
-    out[rows] = _cut(sizes[rows], size_need, rng)
+    out[rows] = _cut(sizes[rows], size_need, priority[rows], rng)
     return out
 
 
@@ -265,8 +318,10 @@ def assign_splits(
     """Assign every item's image to a split of `spec`; returns image id -> split name.
 
     All images of a group land in one split; per-label image counts follow the split
-    fractions as closely as whole groups allow; the result depends only on the set
-    of items, the spec and the seed. With `previous` (an earlier result), its images
+    fractions as closely as whole groups allow; every split gets a group when there
+    are enough (see `_fill_empty_splits`). The result depends only on which images
+    share a group, their labels and content keys, the spec and the seed: not on
+    group names, image ids or input order. With `previous` (an earlier result), its images
     keep their split, new images of a group seen before follow that group (its most
     common previous split, should `previous` itself be leaked), and only new groups
     are distributed, towards the targets for the whole new set. Entries of `previous`
@@ -293,7 +348,7 @@ def assign_splits(
         pos = np.minimum(np.searchsorted(table.image_ids, prev_ids), max(n - 1, 0))
         kept = (table.image_ids[pos] == prev_ids) if n else np.zeros(0, dtype=bool)
         split[pos[kept]] = prev_split[kept]
-    n_groups = len(table.group_names)
+    n_groups = len(table.group_ids)
     seen = split >= 0
     votes = np.bincount(table.group_of[seen] * k + split[seen], minlength=n_groups * k)
     votes = votes.reshape(n_groups, k)
@@ -333,11 +388,85 @@ def assign_splits(
             split[placed], image_excess[placed], minlength=k
         )
         group_split[new_groups] = _stratify(
-            sizes, group_labels, excess, fractions, size_need, label_need, excess_need, rng
+            sizes, group_labels, excess, fractions, size_need, label_need, excess_need,
+            _priorities([table.group_ids[g] for g in new_groups], seed), rng,
+        )  # fmt: skip
+        group_sizes = np.bincount(table.group_of, minlength=n_groups)
+        movable = np.zeros(n_groups, dtype=bool)
+        movable[new_groups] = True
+        _fill_empty_splits(
+            group_split, group_sizes, movable, _priorities(table.group_ids, seed), spec
         )
         split = np.where(placed, split, group_split[table.group_of])
     names = np.asarray(spec.names, dtype=object)[split]
     return dict(zip(table.image_ids.tolist(), names.tolist(), strict=True))
+
+
+def _split_priority(spec: SplitSpec) -> list[int]:
+    """Split indices in the order they are served when groups are scarce: the
+    trainer's splits, then the others by size (ties in spec order)."""
+    trainer = {name: rank for rank, name in enumerate(_TRAINER_SPLITS)}
+    return sorted(
+        range(len(spec.names)),
+        key=lambda j: (trainer.get(spec.names[j], len(trainer)), -spec.weights[j], j),
+    )
+
+
+def _fill_empty_splits(
+    group_split: IntArray,
+    group_sizes: IntArray,
+    movable: NDArray[np.bool_],
+    priority: NDArray[np.uint64],
+    spec: SplitSpec,
+) -> None:
+    """Give every split a group when there are enough (issue 9), in place.
+
+    Proportional targets give a split of 6 images no validation or test image. Each
+    empty split that should have one (all of them with at least as many groups as
+    splits, else the first in `_split_priority`) takes the smallest newly placed
+    group (then the first in the seeded order) of the split furthest over its
+    target that can spare one. Groups of an earlier version never move.
+    """
+    k = len(spec.names)
+    n_groups = len(group_split)
+    served = _split_priority(spec)[: min(n_groups, k)]
+    target = np.asarray(list(spec.sizes(int(group_sizes.sum())).values()), dtype=np.int64)
+    for j in served:
+        groups_in = np.bincount(group_split, minlength=k)
+        if groups_in[j]:
+            continue
+        images_in = np.bincount(group_split, group_sizes, minlength=k)
+        # A donor keeps a group of its own unless nothing asks it to have one.
+        spare = np.asarray([groups_in[d] >= (2 if d in served else 1) for d in range(k)])
+        candidates = movable & spare[group_split]
+        if not candidates.any():
+            continue
+        over = images_in - target
+        donor = max(
+            (int(d) for d in np.unique(group_split[candidates])),
+            key=lambda d: (d not in served, over[d], -d),
+        )
+        rows = np.flatnonzero(candidates & (group_split == donor))
+        chosen = rows[np.lexsort((priority[rows], group_sizes[rows]))[0]]
+        group_split[chosen] = j
+
+
+def empty_split_warnings(
+    assignment: Mapping[int, str], items: Iterable[SplitItem], spec: SplitSpec
+) -> list[str]:
+    """One line per reason some splits of `spec` got no image (too few groups, or
+    every group kept by an earlier version); empty when every split has images."""
+    used = set(assignment.values())
+    empty = [name for name in spec.names if name not in used]
+    if not empty:
+        return []
+    groups = len({item.group for item in items})
+    why = (
+        f"only {groups} group(s) (patients, or images without one) for {len(spec.names)} splits"
+        if groups < len(spec.names)
+        else "the groups kept by the earlier version leave none to spare"
+    )
+    return [f"split(s) {', '.join(empty)} have no image: {why}"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,11 @@ A version is immutable: its selection, split spec, seed, label set, classes, mem
 images with their split, a leakage report and a manifest hash. Creating a version
 again with nothing changed returns the existing one; a new version keeps the splits
 of the previous version's images (stability when data are added).
+
+Splits depend on content only (issue 9): each image is split by its sha256 and
+grouped by its patient's pseudonym, so the same files, spec and seed give the same
+members in any lake, whatever its secret or ingestion order. Splits that stay empty
+(too few patients) are recorded as warnings in the version's `split_spec`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from radlake.catalog.db import WRITE_BATCH, batches
@@ -28,13 +33,20 @@ from radlake.catalog.models import (
     LabelClass,
     Patient,
     Series,
+    Source,
     Study,
 )
 from radlake.catalog.queries import apply_filter
 from radlake.curation.agreement import MATCH_IOU
 from radlake.curation.consensus import FUSION_NAME, consensus_findings
 from radlake.curation.filters import ImageFilter
-from radlake.curation.splits import SplitItem, SplitSpec, assign_splits, check_leakage
+from radlake.curation.splits import (
+    SplitItem,
+    SplitSpec,
+    assign_splits,
+    check_leakage,
+    empty_split_warnings,
+)
 from radlake.domain import Box, Finding, LabelOrigin
 from radlake.errors import CatalogError, RadlakeError
 
@@ -203,20 +215,24 @@ def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVe
         raise DatasetError(f"expected a label set in {LABEL_SETS}, got {request.label_set!r}")
     selected = selected_images(session, request.selection)
     if not selected:
-        raise DatasetError(f"the selection matches no image: {request.selection.as_dict()}")
+        raise DatasetError(_no_image_reason(session, request.selection))
     previous = latest_version(session, request.dataset)
     earlier = members(session, previous.id) if previous else None
     image_ids = [image_id for image_id, _, _ in selected]
     readers = ground_truth(session, image_ids)
+    # The pseudonym only says which images share a patient; where they go follows
+    # their sha256 (see curation/splits.py), so no lake secret or id decides it.
     items = [
         SplitItem(
             image_id,
-            pseudonym or f"image:{image_id}",
+            f"patient:{pseudonym}" if pseudonym else f"image:{sha}",
             frozenset(f.class_name for f in readers.get(image_id, ())),
+            key=sha,
         )
-        for image_id, _, pseudonym in selected
+        for image_id, sha, pseudonym in selected
     ]
     assignment = assign_splits(items, request.spec, seed=request.seed, previous=earlier)
+    warnings = empty_split_warnings(assignment, items, request.spec)
     leakage = check_leakage(assignment, items).as_dict()
     fusion = (
         {
@@ -260,7 +276,11 @@ def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVe
         dataset_id=dataset.id,
         version=(previous.version + 1) if previous else 1,
         selection=request.selection.as_dict(),
-        split_spec={"spec": str(request.spec), "names": list(request.spec.names)},
+        split_spec={
+            "spec": str(request.spec),
+            "names": list(request.spec.names),
+            "warnings": warnings,
+        },
         seed=request.seed,
         label_set=request.label_set,
         fusion=fusion,
@@ -277,6 +297,36 @@ def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVe
     if not leakage["ok"]:
         raise CatalogError(f"leakage check failed for {request.dataset}: {leakage}")
     return version, True
+
+
+def version_warnings(version: DatasetVersion) -> list[str]:
+    """What a version recorded as worth a look (splits left empty); [] if nothing."""
+    return [str(w) for w in (version.split_spec or {}).get("warnings", [])]
+
+
+def _selected_sources(selection: ImageFilter) -> list[str]:
+    value: object = selection.source  # one name, or several (a tuple) where filters allow
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, tuple | list) else []
+
+
+def _no_image_reason(session: Session, selection: ImageFilter) -> str:
+    """Why a selection is empty, naming labels that wait for their images (issue 9:
+    a labels-only load such as the NIH CSVs catalogues labels without images)."""
+    query = select(func.count(Label.id)).where(Label.image_id.is_(None))
+    sources = _selected_sources(selection)
+    if sources:
+        query = query.join(Source, Label.source_id == Source.id).where(Source.name.in_(sources))
+    waiting = session.scalar(query) or 0
+    if not waiting:
+        return f"the selection matches no image: {selection.as_dict()}"
+    where = f"source {', '.join(sources)}" if sources else "the lake"
+    return (
+        f"the selection matches no image: {where} has {waiting} labels but not their images "
+        "(a labels-only load); a dataset is made of images, so load the images "
+        "(radlake source ... with the image folder) and create it again"
+    )
 
 
 def _box_text(box: Box | None) -> str:
