@@ -1,4 +1,9 @@
-"""`radlake source vinbigdata|covid|nih PATH`: load a public chest X-ray dataset."""
+"""`radlake source vinbigdata|covid|nih PATH`: load a public chest X-ray dataset.
+
+The CSV commands take `--column canonical=actual` (repeatable) for collections whose
+columns are named otherwise; `source covid` recognises the ieee8023 collection's
+siblings (Figure1, Actualmed) from their headers without it.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +14,40 @@ from typing import Annotated
 import typer
 
 from radlake.cli.ingest_cmd import JsonOption, progress_bar
-from radlake.cli.output import console, print_json
+from radlake.cli.output import console, err_console, print_json
 from radlake.lake import load_settings, open_lake
 from radlake.pipelines.source_load import SourceSummary, load_source
 from radlake.sources.base import SourceLoad
-from radlake.sources.covid_cxr import read_covid_cxr
-from radlake.sources.csvfile import SourceFormatError
+from radlake.sources.covid_cxr import KNOWN_COLUMNS, read_covid_cxr
+from radlake.sources.csvfile import SourceFormatError, parse_column_map
 from radlake.sources.nih_cxr14 import read_nih_cxr14
+from radlake.sources.vinbigdata import COLUMNS as VINBIGDATA_COLUMNS
 from radlake.sources.vinbigdata import read_vinbigdata
 
 app = typer.Typer(help="Load public chest X-ray datasets (images, metadata and labels).")
 RootArgument = Annotated[Path, typer.Argument(help="The dataset's folder as downloaded.")]
 NameOption = Annotated[str | None, typer.Option(help="Source name in the catalog.")]
 WorkersOption = Annotated[int | None, typer.Option(min=1, max=256, help="Worker processes.")]
+ColumnOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--column",
+        metavar="CANONICAL=ACTUAL",
+        help="Read a column under another name, e.g. filename=imagename (repeatable).",
+    ),
+]
 
 
 def _run(
-    reader: Callable[..., SourceLoad],
+    reader: Callable[[Path], SourceLoad],
     root: Path,
-    name: str | None,
     workers: int | None,
     as_json: bool,
 ) -> None:
     if not root.is_dir():
         raise SourceFormatError(f"no such folder: {root}")
     lake = open_lake(load_settings())
-    parsed = reader(root, name=name) if name else reader(root)
+    parsed = reader(root)
     with progress_bar("ingesting", not as_json) as progress:
         task = progress.add_task("ingesting", total=None) if progress else None
 
@@ -53,30 +66,45 @@ def _run(
         )
     if as_json:
         print_json(summary.as_dict())
-    else:
-        console.print(summary.line(), highlight=False)
+        return
+    if summary.layout:
+        console.print(f"read as: {summary.layout}", highlight=False)
+    console.print(summary.line(), highlight=False)
+    for warning in summary.warnings():
+        err_console.print(
+            f"warning: {warning} (radlake quarantine lists them)", highlight=False, markup=False
+        )
 
 
 @app.command("vinbigdata")
 def vinbigdata(
     root: RootArgument,
     name: NameOption = None,
+    column: ColumnOption = None,
     workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """VinBigData: train.csv, train/<image_id>.dicom|.png, optional train_meta.csv."""
-    _run(read_vinbigdata, root, name, workers, as_json)
+    columns = parse_column_map(column or [], VINBIGDATA_COLUMNS)
+    _run(
+        lambda root: read_vinbigdata(root, name=name or "vinbigdata", columns=columns),
+        root,
+        workers,
+        as_json,
+    )
 
 
 @app.command("covid")
 def covid(
     root: RootArgument,
     name: NameOption = None,
+    column: ColumnOption = None,
     workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """COVID-19 chest X-ray collection: metadata.csv + images/."""
-    _run(read_covid_cxr, root, name, workers, as_json)
+    """COVID-19 chest X-ray collections (ieee8023, Figure1, Actualmed): metadata.csv + images/."""
+    columns = parse_column_map(column or [], KNOWN_COLUMNS)
+    _run(lambda root: read_covid_cxr(root, name=name, columns=columns), root, workers, as_json)
 
 
 @app.command("nih")
@@ -87,4 +115,5 @@ def nih(
     as_json: JsonOption = False,
 ) -> None:
     """NIH ChestX-ray14: Data_Entry_2017*.csv, BBox_List_2017.csv, images/."""
-    _run(read_nih_cxr14, root, name, workers, as_json)
+    # Its CSVs are read by position (the header names two-valued columns once): no --column.
+    _run(lambda root: read_nih_cxr14(root, name=name or "nih-chestxray14"), root, workers, as_json)

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
@@ -59,14 +59,36 @@ class SourceSummary:
     missing: list[str]
     labels: int
     boxes: int
+    # Rows describing no image of their own (quarantined with their reason): rows naming
+    # no file or a file listed before; `conflicts` are those listing it under another
+    # patient.
+    rejected_rows: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    layout: str | None = None
 
     def line(self) -> str:
         ingest_line = self.ingest.line() if self.ingest else "no image files present"
         return (
             f"{self.source}: {self.records} records, {self.linked} linked to images, "
             f"{len(self.missing)} without an image file, {self.labels} labels "
-            f"({self.boxes} boxes); images: {ingest_line}"
+            f"({self.boxes} boxes), {len(self.rejected_rows)} rows rejected "
+            f"({len(self.conflicts)} conflicts); images: {ingest_line}"
         )
+
+    def warnings(self) -> list[str]:
+        """What a person should look at (`radlake quarantine` lists each row)."""
+        found = []
+        if self.conflicts:
+            found.append(
+                f"{len(self.conflicts)} rows list a file that an earlier row lists under "
+                "another patient; the earlier row is kept"
+            )
+        if len(self.rejected_rows) > len(self.conflicts):
+            found.append(
+                f"{len(self.rejected_rows) - len(self.conflicts)} rows name no file or "
+                "repeat an earlier row"
+            )
+        return found
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +99,11 @@ class SourceSummary:
             "missing_examples": self.missing[:20],
             "labels": self.labels,
             "boxes": self.boxes,
+            "rejected_rows": len(self.rejected_rows),
+            "conflicts": len(self.conflicts),
+            "rejected_examples": self.rejected_rows[:20],
+            "layout": self.layout,
+            "warnings": self.warnings(),
             "ingest": self.ingest.as_dict() if self.ingest else None,
         }
 
@@ -191,16 +218,14 @@ def load_source(
         # committed, then replaces its labels instead of adding a second copy.
         lock_source(session, source_id)
         _write_taxonomy(session, source_id, load.taxonomy)
-        if load.quarantine_missing and missing:
-            add_quarantined(
-                session,
-                source_id=source_id,
-                job_id=job_id,
-                rejects=[
-                    RejectedInput(r.key, r.missing_reason or "file listed in the source is absent")
-                    for r in missing
-                ],
-            )
+        rejects = [RejectedInput(row.key, row.reason) for row in load.rejected_rows]
+        if load.quarantine_missing:
+            rejects += [
+                RejectedInput(r.key, r.missing_reason or "file listed in the source is absent")
+                for r in missing
+            ]
+        if rejects:
+            add_quarantined(session, source_id=source_id, job_id=job_id, rejects=rejects)
         images = _images_by_sha(session, sorted(set(sha_by_input.values())))
         linked = {
             r.key: images[sha_by_input[input_of[r.key]]]
@@ -222,6 +247,9 @@ def load_source(
         missing=sorted(r.key for r in missing),
         labels=labels,
         boxes=boxes,
+        rejected_rows=[row.key for row in load.rejected_rows],
+        conflicts=[row.key for row in load.rejected_rows if row.conflict],
+        layout=load.layout,
     )
 
 

@@ -43,6 +43,18 @@ class SourceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A source row that describes no image of its own: it names no file, or a file an
+    earlier row already named (the first row is kept). Reported, never dropped."""
+
+    key: str  # names the row: "/data/covid/metadata.csv line 7"
+    reason: str
+    # The earlier row puts the same file under another patient: which one is right
+    # decides where the image goes in a patient-wise split.
+    conflict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SourceLoad:
     """A parsed source: its records and its taxonomy (class name -> class id)."""
 
@@ -51,3 +63,6 @@ class SourceLoad:
     records: Sequence[SourceRecord]
     taxonomy: Mapping[str, int | None] = field(default_factory=dict)
     quarantine_missing: bool = False
+    rejected_rows: Sequence[RejectedRow] = ()
+    # How the adapter read the source ("figure1 layout, cp1252"); None: nothing to say.
+    layout: str | None = None

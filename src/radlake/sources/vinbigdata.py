@@ -10,11 +10,19 @@ dim1 = original columns): boxes are then rescaled exactly to the stored size.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 from radlake.domain import Box
 from radlake.sources.base import RawFinding, SourceLoad, SourceRecord
-from radlake.sources.csvfile import SourceFormatError, column, files_by_stem, number, read_rows
+from radlake.sources.csvfile import (
+    SourceFormatError,
+    column,
+    files_by_stem,
+    number,
+    read_rows,
+    read_table,
+)
 
 KIND = "vinbigdata"
 COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
@@ -34,15 +42,19 @@ def _original_sizes(root: Path) -> dict[str, tuple[float, float]]:
     return sizes
 
 
-def read_vinbigdata(root: Path, *, name: str = "vinbigdata") -> SourceLoad:
-    """Parse a VinBigData folder (labels with or without images).
+def read_vinbigdata(
+    root: Path, *, name: str = "vinbigdata", columns: Mapping[str, str] | None = None
+) -> SourceLoad:
+    """Parse a VinBigData folder (labels with or without images); `columns` maps
+    train.csv's canonical column names to the file's own.
 
     Raises:
-        SourceFormatError: train.csv is missing or lacks the expected columns.
+        SourceFormatError: train.csv is missing or lacks the expected (or mapped) columns.
     """
     csv_path = root / "train.csv"
-    header, rows = read_rows(csv_path)
-    at = {c: column(header, c, csv_path) for c in COLUMNS}
+    table = read_table(csv_path, columns=columns)
+    header, rows = table.header, table.rows
+    at = {c: table.require(c) for c in COLUMNS}
     findings: dict[str, list[RawFinding]] = defaultdict(list)
     taxonomy: dict[str, int | None] = {}
     for line, row in enumerate(rows, start=2):
