@@ -13,7 +13,7 @@ from radlake.catalog.models import DatasetVersion
 from radlake.catalog.queries import list_dataset_versions
 from radlake.catalog.serialize import version_row
 from radlake.cli.ingest_cmd import JsonOption
-from radlake.cli.output import console, print_json
+from radlake.cli.output import console, err_console, print_json
 from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import (
@@ -22,10 +22,11 @@ from radlake.curation.versions import (
     create_version,
     diff_versions,
     get_version,
+    version_warnings,
 )
 from radlake.formats.sink import FolderSink, StoreSink, export_prefix
 from radlake.lake import load_settings, open_lake
-from radlake.pipelines.export import export_version
+from radlake.pipelines.export import ExportFormat, export_version
 
 app = typer.Typer(help="Curate versioned, leakage-free datasets and export them.")
 
@@ -38,7 +39,11 @@ def _selection(pairs: list[str]) -> ImageFilter:
 
 
 def _version_dict(version: DatasetVersion) -> dict[str, Any]:
-    return {"dataset": version.dataset.name} | version_row(version)
+    return (
+        {"dataset": version.dataset.name}
+        | version_row(version)
+        | {"warnings": version_warnings(version)}
+    )
 
 
 @app.command("create")
@@ -76,7 +81,9 @@ def create(
     )
     with transaction(lake.engine) as session:
         version, created = create_version(session, request)
-        summary = _version_dict(version) | {"created": created}
+        warnings = version_warnings(version)
+        summary = _version_dict(version) | {"created": created, "warnings": warnings}
+    _warn(warnings)
     if as_json:
         print_json(summary)
         return
@@ -88,6 +95,11 @@ def create(
         f"manifest {version.manifest_hash[:16]}",
         highlight=False,
     )
+
+
+def _warn(lines: list[str] | tuple[str, ...]) -> None:
+    for line in lines:
+        err_console.print(f"warning: {line}", highlight=False, markup=False)
 
 
 @app.command("list")
@@ -153,7 +165,14 @@ def diff(name: str, a: int, b: int, as_json: JsonOption = False) -> None:
 @app.command("export")
 def export(
     name: str,
-    fmt: Annotated[Literal["yolo", "coco"], typer.Option("--format", help="yolo or coco.")],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="yolo or coco (boxes), classification (labels.csv per split) or "
+            "imagefolder (<split>/<class>/<file>, single-label).",
+        ),
+    ],
     out: Annotated[Path | None, typer.Option(help="Folder to write (default: the store).")] = None,
     version: Annotated[int | None, typer.Option(help="Version (default: newest).")] = None,
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
@@ -162,9 +181,19 @@ def export(
         Literal["pad", "stretch"], typer.Option(help="Keep aspect with padding, or stretch.")
     ] = "pad",
     labels_only: Annotated[bool, typer.Option(help="Write labels, not images.")] = False,
+    attribute: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--attribute",
+            help="classification: a source field (or view, modality, ...) as a labels.csv "
+            "column, repeatable: --attribute license --attribute view.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a version as YOLO or COCO, reproducibly, with a manifest."""
+    """Export a version as YOLO, COCO, classification CSV or ImageFolder, with a manifest."""
+    if attribute and fmt != "classification":
+        raise DatasetError("--attribute goes with --format classification")
     lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
         number = get_version(session, name, version).version
@@ -187,13 +216,17 @@ def export(
         mode=mode,
         split=split,
         labels_only=labels_only,
+        attributes=attribute or (),
     )
+    _warn(summary.notes)
     result = {
         "location": location,
         "images": summary.images_written,
         "boxes": summary.boxes_written,
         "files": summary.files_written,
         "per_split": dict(summary.images_per_split),
+        "skipped": summary.images_skipped,
+        "notes": list(summary.notes),
     }
     if as_json:
         print_json(result)

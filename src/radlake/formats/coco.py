@@ -16,6 +16,9 @@ Conventions, so a file says exactly what it means:
   the same in every split's file); an image points at its license's id, and an
   image without a recorded license has `license: 0`, an id no entry uses, rather
   than a made-up license. A license that is a URL is also its entry's `url`.
+- a dataset with no box at all still gets its files (images, categories), and
+  says so: summary notes, manifest metadata `notes`, README.txt and each file's
+  `info.notes`.
 - radlake adds `source_width`/`source_height` (the stored image's size, to map
   boxes back) and `extra` (the caller's per-image fields: doi, url, ...) to each
   image; COCO defines neither key, so COCO readers ignore them.
@@ -31,7 +34,7 @@ from typing import Any
 
 from radlake.domain import Box
 from radlake.formats.coords import PlacedImage, ResizeMode, coco_to_box, place_images
-from radlake.formats.manifest import ManifestSink, canonical_json
+from radlake.formats.manifest import README_NAME, ManifestSink, canonical_json, readme_text
 from radlake.formats.model import (
     ExportImage,
     ExportSummary,
@@ -41,6 +44,7 @@ from radlake.formats.model import (
     check_image_format,
     class_index,
     encode_image,
+    no_box_notes,
 )
 from radlake.formats.sink import Sink
 
@@ -85,9 +89,19 @@ def export_coco(
     # Every JSON text is built before the first write, so extras or metadata that
     # JSON cannot carry fail the export before it leaves anything behind.
     files = _split_files(placement.images, extension, license_ids)
+    notes = no_box_notes(
+        len(placement.images),
+        sum(len(f.annotations) for f in files.values()),
+        placement.image_level_findings,
+        placement.boxes_skipped,
+    )
+    if notes:
+        metadata["notes"] = notes
     documents: dict[str, bytes] = {}
     for split, split_file in files.items():
         info = {"description": "radlake COCO export", "split": split, "metadata": metadata}
+        if notes:
+            info["notes"] = notes
         licenses = [
             {"id": number, "name": text, "url": text if _is_url(text) else ""}
             for text, number in license_ids.items()
@@ -105,6 +119,8 @@ def export_coco(
             )
     for split, document in documents.items():
         out.write(f"annotations/{split}.json", document)
+    if notes:
+        out.write(README_NAME, readme_text("COCO", notes))
     manifest = out.write_manifest(metadata)
     return ExportSummary(
         format="coco",
@@ -115,6 +131,7 @@ def export_coco(
         image_level_findings=placement.image_level_findings,
         boxes_skipped=placement.boxes_skipped,
         manifest_sha256=hashlib.sha256(manifest).hexdigest(),
+        notes=tuple(notes),
     )
 
 

@@ -24,6 +24,14 @@ from radlake.formats.model import FormatError
 from radlake.formats.sink import Sink
 
 MANIFEST_NAME = "manifest.json"
+README_NAME = "README.txt"
+
+
+def readme_text(format_name: str, notes: list[str]) -> bytes:
+    """README.txt of an export that has something to say (no boxes, stand-in splits),
+    next to the files a person opens first."""
+    lines = [f"radlake {format_name} export: please note", ""] + [f"- {n}" for n in notes]
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def canonical_json(value: object) -> str:

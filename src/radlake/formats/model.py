@@ -45,6 +45,8 @@ class ExportImage:
     `width` x `height` is the stored image's size, the frame its findings' boxes
     are in; `stem` names its files (`<stem>.png`, `<stem>.txt`) inside its split's
     folders. `extra` holds source fields (doi, url, ...) that COCO carries along.
+    `patient` (a keyed pseudonym, never a raw id) and `attributes` (source fields a
+    user asked for, as text) go into classification exports' labels.csv.
     """
 
     image_id: int
@@ -55,6 +57,8 @@ class ExportImage:
     findings: tuple[Finding, ...]
     license: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    patient: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 RenderFn = Callable[[ExportImage], Image.Image]
@@ -67,7 +71,10 @@ class ExportSummary:
     `boxes_skipped` counts boxes with no area left once clipped to the image
     (outside it, inverted or not finite); `image_level_findings` counts findings
     without a box, which neither format writes as boxes. `manifest_sha256`
-    identifies the whole export (the manifest hashes every other file).
+    identifies the whole export (the manifest hashes every other file). `notes`
+    are what a user should know about the export (no boxes at all, a split
+    standing in for another in data.yaml, images left out), also written into the
+    manifest; `images_skipped` counts images an ImageFolder export left out.
     """
 
     format: str
@@ -78,6 +85,8 @@ class ExportSummary:
     image_level_findings: int
     boxes_skipped: int
     manifest_sha256: str
+    notes: tuple[str, ...] = ()
+    images_skipped: int = 0
 
     @property
     def boxes_written(self) -> int:
@@ -86,6 +95,23 @@ class ExportSummary:
     @property
     def images_written(self) -> int:
         return sum(self.images_per_split.values())
+
+
+def no_box_notes(images: int, boxes: int, image_level: int, skipped: int) -> list[str]:
+    """The plain statement a detection export owes when it holds no box (issue 9:
+    17 categories, 0 annotations and empty label files, and not a word)."""
+    if boxes or not images:
+        return []
+    if skipped:
+        why = f"all {skipped} boxes fell outside their images once clipped"
+    elif image_level:
+        why = f"the {images} images carry {image_level} image-level findings only"
+    else:
+        why = f"the {images} images carry no finding"
+    return [
+        f"no boxes: {why}, so every image is a background image here; "
+        "for image-level classes export with --format classification"
+    ]
 
 
 def split_sort_key(split: str) -> tuple[int, str]:

@@ -10,7 +10,12 @@ Layout of an export, relative to the sink's root:
 Label values are normalised to the exported image (after resize and padding) and
 written with 6 decimals. Every image gets a label file; one without boxes gets an
 empty file, which Ultralytics reads as a background image (not a missing label).
-Image-level findings (no box) are not boxes and are not written.
+Image-level findings (no box) are not boxes and are not written; an export with no
+box at all says so (summary notes, manifest metadata `notes`, README.txt).
+
+data.yaml always has `train` and `val` (Ultralytics refuses a file without val) and
+`test` when there is one; a missing split is stood in for by another (val by test,
+else by train) and the notes say which.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import yaml
 
 from radlake.domain import Box
 from radlake.formats.coords import ResizeMode, box_to_yolo, place_images, yolo_to_box
-from radlake.formats.manifest import ManifestSink, canonical_json
+from radlake.formats.manifest import README_NAME, ManifestSink, canonical_json, readme_text
 from radlake.formats.model import (
     TRAINER_SPLIT_KEYS,
     ExportImage,
@@ -33,6 +38,8 @@ from radlake.formats.model import (
     check_image_format,
     class_index,
     encode_image,
+    no_box_notes,
+    split_sort_key,
 )
 from radlake.formats.sink import Sink
 
@@ -89,7 +96,18 @@ def export_yolo(
             )
         images_per_split[image.split] = images_per_split.get(image.split, 0) + 1
         boxes_per_split[image.split] = boxes_per_split.get(image.split, 0) + len(lines)
-    out.write("data.yaml", data_yaml(list(images_per_split), class_names, root))
+    splits = list(images_per_split)
+    out.write("data.yaml", data_yaml(splits, class_names, root))
+    notes = no_box_notes(
+        len(placement.images),
+        sum(boxes_per_split.values()),
+        placement.image_level_findings,
+        placement.boxes_skipped,
+    )
+    notes += trainer_paths(splits)[1]
+    if notes:
+        metadata["notes"] = notes
+        out.write(README_NAME, readme_text("YOLO", notes))
     manifest = out.write_manifest(metadata)
     return ExportSummary(
         format="yolo",
@@ -100,20 +118,45 @@ def export_yolo(
         image_level_findings=placement.image_level_findings,
         boxes_skipped=placement.boxes_skipped,
         manifest_sha256=hashlib.sha256(manifest).hexdigest(),
+        notes=tuple(notes),
     )
+
+
+def trainer_paths(splits: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """data.yaml's train/val/test entries for splits, and a note per stand-in.
+
+    Ultralytics needs train and val: without a validation split val reads the test
+    images (else the training images), and a note says so; test only when present.
+    """
+    present = {TRAINER_SPLIT_KEYS.get(split, split): split for split in splits}
+    ordered = sorted(splits, key=split_sort_key)
+    paths: dict[str, str] = {}
+    notes: list[str] = []
+    train = present.get("train") or (ordered[0] if ordered else "training")
+    paths["train"] = f"images/{train}"
+    if "train" not in present and ordered:
+        notes.append(f"no training split: data.yaml's train reads images/{train}")
+    val = present.get("val") or present.get("test") or train
+    paths["val"] = f"images/{val}"
+    if "val" not in present:
+        notes.append(
+            f"no validation split: data.yaml's val reads images/{val} (Ultralytics needs val)"
+        )
+    if "test" in present:
+        paths["test"] = f"images/{present['test']}"
+    return paths, notes
 
 
 def data_yaml(splits: Sequence[str], class_names: Sequence[str], root: str = ".") -> bytes:
     """data.yaml for splits (in order) and class_names.
 
     Ultralytics reads train/val/test; radlake's split names map onto them
-    (training -> train, validation -> val, test -> test). `splits` lists every
-    split, those three included, so no split is hidden from other tools.
+    (training -> train, validation -> val, test -> test; see `trainer_paths` for
+    a missing one). `splits` lists every split, those three included, so no split
+    is hidden from other tools.
     """
     document: dict[str, object] = {"path": root}
-    for split, key in TRAINER_SPLIT_KEYS.items():
-        if split in splits:
-            document[key] = f"images/{split}"
+    document.update(trainer_paths(splits)[0])
     document["splits"] = {split: f"images/{split}" for split in splits}
     document["nc"] = len(class_names)
     document["names"] = list(class_names)

@@ -1,23 +1,29 @@
-"""Export a dataset version as YOLO or COCO, to a folder or to the store.
+"""Export a dataset version as YOLO, COCO, classification CSV or ImageFolder.
 
-The catalog gives members, splits and the version's label set; the store gives the
-originals, rendered at their stored size (the frame the boxes are in) and handed to
-the format writers, which resize and transform boxes exactly.
+The catalog gives members, splits, patients' pseudonyms and the version's label set;
+the store gives the originals, rendered at their stored size (the frame the boxes
+are in) and handed to the format writers, which resize and transform boxes exactly.
+Classification formats take every class of the version's findings (image-level or
+boxed), the version's classes first, and the source attributes a user names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from PIL import Image as PILImage
 from sqlalchemy import Engine, Row, select
+from sqlalchemy.orm import Session
 
 from radlake.catalog.db import batches, session_factory, transaction
-from radlake.catalog.models import Export, Image
+from radlake.catalog.models import Export, Image, Patient, Series, Study
 from radlake.curation.versions import DatasetError, get_version, members, version_findings
+from radlake.domain import Finding
+from radlake.formats.classification import export_classification, export_imagefolder
 from radlake.formats.coco import export_coco
+from radlake.formats.manifest import canonical_json
 from radlake.formats.model import ExportImage, ExportSummary
 from radlake.formats.sink import Sink
 from radlake.formats.yolo import export_yolo
@@ -25,7 +31,8 @@ from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
 from radlake.storage.store import ObjectStore
 
-ExportFormat = Literal["yolo", "coco"]
+ExportFormat = Literal["yolo", "coco", "classification", "imagefolder"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("yolo", "coco", "classification", "imagefolder")
 _EXTRA_KEYS = ("doi", "url", "dataset")
 _IMAGE_COLUMNS = (
     Image.id,
@@ -36,7 +43,27 @@ _IMAGE_COLUMNS = (
     Image.columns,
     Image.rows,
     Image.attributes,
+    Image.view_position,
+    Image.modality,
+    Image.body_part,
+    Image.manufacturer,
+    Image.manufacturer_model,
 )
+# Attributes a user may name that live in catalog columns rather than in the
+# source's own fields; and the spelling of the source field for another spelling.
+_COLUMN_ATTRIBUTES = {
+    "view": "view_position",
+    "view_position": "view_position",
+    "modality": "modality",
+    "body_part": "body_part",
+    "manufacturer": "manufacturer",
+    "manufacturer_model": "manufacturer_model",
+    "format": "format",
+    "rows": "rows",
+    "columns": "columns",
+    "sha256": "sha256",
+}
+_SPELLINGS = {"licence": "license"}
 
 
 def _stems(images: Sequence[Row[Any]]) -> dict[int, str]:
@@ -53,6 +80,69 @@ def _stems(images: Sequence[Row[Any]]) -> dict[int, str]:
     return stems
 
 
+def _patients(session: Session, ids: Sequence[int]) -> dict[int, str]:
+    """Image id -> its patient's keyed pseudonym (images without a patient absent)."""
+    found: dict[int, str] = {}
+    for chunk in batches(ids):
+        found.update(
+            (image_id, pseudonym)
+            for image_id, pseudonym in session.execute(
+                select(Image.id, Patient.pseudonym)
+                .join(Series, Image.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id)
+                .join(Patient, Study.patient_id == Patient.id)
+                .where(Image.id.in_(chunk))
+            )
+        )
+    return found
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else canonical_json(value)
+
+
+def attribute_values(images: Sequence[Row[Any]], names: Sequence[str]) -> dict[int, dict[str, str]]:
+    """Image id -> {asked name: value as text} from source fields or catalog columns.
+
+    Raises:
+        DatasetError: a name that no image has (a typo, most likely); the message
+            lists the names there are.
+    """
+    values: dict[int, dict[str, str]] = {image.id: {} for image in images}
+    for name in names:
+        key = _SPELLINGS.get(name, name)
+        column = _COLUMN_ATTRIBUTES.get(name)
+        found = False
+        for image in images:
+            fields = image.attributes or {}
+            if key in fields or name in fields:
+                value = fields.get(name, fields.get(key))
+            elif column is not None:
+                value = getattr(image, column)
+            else:
+                continue
+            found = found or value is not None
+            values[image.id][name] = _text(value)
+        if not found and images:
+            known = sorted({k for image in images for k in (image.attributes or {})})
+            raise DatasetError(
+                f"attribute {name[:80]!r} is on none of the {len(images)} images; "
+                f"known: {', '.join([*known, *_COLUMN_ATTRIBUTES])}"
+            )
+    return values
+
+
+def classification_classes(
+    class_names: Sequence[str], findings: Mapping[int, Sequence[Finding]]
+) -> list[str]:
+    """The version's classes, then any other class of its findings (by name): a
+    version lists only boxed classes when it has some, a classifier wants all."""
+    present = {f.class_name for fs in findings.values() for f in fs}
+    return [*class_names, *sorted(present - set(class_names))]
+
+
 def export_version(
     *,
     engine: Engine,
@@ -66,16 +156,21 @@ def export_version(
     mode: Literal["pad", "stretch"] = "pad",
     split: str | None = None,
     labels_only: bool = False,
+    attributes: Sequence[str] = (),
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> ExportSummary:
     """Write one version (or one split of it) in a trainer's format; recorded in the catalog.
 
     max_decoded_bytes: the decode budget of each original (the lake's limit).
+    attributes: source fields (or view, modality, ...) for classification's labels.csv.
 
     Raises:
-        DatasetError: no such dataset, version or split.
+        DatasetError: no such dataset, version or split, an unknown format, or an
+            attribute no image has.
         FormatError, StorageError: the writer or the store failed.
     """
+    if fmt not in EXPORT_FORMATS:
+        raise DatasetError(f"expected a format in {EXPORT_FORMATS}, got {fmt!r}")
     with session_factory(engine)() as session:
         chosen = get_version(session, dataset, version)
         assignment = members(session, chosen.id)
@@ -95,6 +190,11 @@ def export_version(
         findings = version_findings(session, chosen, ids)
         class_names = list(chosen.classes.get("names", []))
         number, version_id = chosen.version, chosen.id
+        classify = fmt in ("classification", "imagefolder")
+        patients = _patients(session, ids) if classify else {}
+    if classify:
+        class_names = classification_classes(class_names, findings)
+    asked = attribute_values(images, attributes) if fmt == "classification" else {}
     stems = _stems(sorted(images, key=lambda i: i.id))
     by_id = {image.id: image for image in images}
     exports = [
@@ -111,6 +211,8 @@ def export_version(
             ),
             license=image.attributes.get("license"),
             extra={k: image.attributes[k] for k in _EXTRA_KEYS if k in image.attributes},
+            patient=patients.get(image.id),
+            attributes=asked.get(image.id, {}),
         )
         for image in sorted(images, key=lambda i: i.id)
     ]
@@ -123,23 +225,26 @@ def export_version(
         return stored.render(StoredImage.of(by_id[item.image_id]), options).image
 
     metadata = {"dataset": dataset, "version": number, "format": fmt, "size": size, "mode": mode}
-    writer = export_yolo if fmt == "yolo" else export_coco
-    summary = writer(
-        exports,
-        class_names,
-        sink,
-        render=None if labels_only else load,
-        size=size,
-        mode=mode,
-        metadata=metadata,
-    )
+    render = None if labels_only else load
+    if fmt == "classification":
+        summary = export_classification(
+            exports, class_names, sink, attributes=attributes, render=render,
+            size=size, mode=mode, metadata=metadata | {"attributes": list(attributes)},
+        )  # fmt: skip
+    else:
+        writer = {"yolo": export_yolo, "coco": export_coco, "imagefolder": export_imagefolder}
+        summary = writer[fmt](
+            exports, class_names, sink, render=render, size=size, mode=mode, metadata=metadata
+        )
     with transaction(engine) as session:
         session.add(
             Export(
                 version_id=version_id,
                 format=fmt,
                 location=location,
-                parameters=metadata | {"split": split, "labels_only": labels_only},
+                parameters=metadata
+                | {"split": split, "labels_only": labels_only, "attributes": list(attributes)}
+                | ({"notes": list(summary.notes)} if summary.notes else {}),
                 manifest_hash=summary.manifest_sha256,
             )
         )
