@@ -1,4 +1,5 @@
-"""JSON shapes of API answers (images, labels), shared by routes and the web page."""
+"""JSON shapes of API answers (images, labels), shared by routes and the web page;
+api/schemas.py describes them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from radlake.api.privacy import BURNED_IN_REASON, DEIDENTIFIED, pixels_withheld, shown_key
 from radlake.auth import Role
+from radlake.catalog.image_reads import ImagePage
 from radlake.catalog.models import Image, Label
 from radlake.catalog.serialize import image_detail, image_summary
 
@@ -28,6 +30,16 @@ def image_item(image: Image, role: Role) -> dict[str, Any]:
         "view_position": image.view_position,
         "preview": None if reason else f"/images/{image.id}/render",
         "withheld": reason,
+    }
+
+
+def image_listing(page: ImagePage, role: Role) -> dict[str, Any]:
+    """A page of a listing: total, whether it is exact, the images, the next cursor."""
+    return {
+        "total": page.total,
+        "total_exact": page.total_exact,
+        "images": [image_item(image, role) for image in page.images],
+        "next_cursor": page.next_cursor,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radlake.catalog.models import DatasetVersion, Image, Job, Quarantine
+from radlake.catalog.models import AuditEvent, Cohort, DatasetVersion, Image, Job, Quarantine
 
 SUMMARY_FIELDS = ("id", "format", "modality", "manufacturer", "rows", "columns", "frames", "slices")
 RENDITION_FIELDS = ("name", "key", "width", "height", "window_center", "window_width")
@@ -91,4 +91,26 @@ def version_row(version: DatasetVersion) -> dict[str, Any]:
         "leakage": version.leakage,
         "manifest_hash": version.manifest_hash,
         "created_at": version.created_at,
+    }
+
+
+def audit_row(event: AuditEvent) -> dict[str, Any]:
+    """Who did what to which target, when, with the action's details."""
+    return {
+        "id": event.id,
+        "actor": event.actor,
+        "action": event.action,
+        "target": event.target,
+        "detail": event.detail,
+        "created_at": event.created_at,
+    }
+
+
+def cohort_row(cohort: Cohort) -> dict[str, Any]:
+    """A saved cohort: its name, filter, author and time."""
+    return {
+        "name": cohort.name,
+        "filter": cohort.selection,
+        "created_by": cohort.created_by,
+        "created_at": cohort.created_at,
     }

@@ -5,65 +5,59 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from sqlalchemy import select
 
+from radlake.api import schemas
 from radlake.api.deps import Admin, DbSession, Viewer
 from radlake.api.privacy import shown_key, shown_parameters
 from radlake.api.serialize import image_item
-from radlake.catalog.models import (
-    Series,
-    Study,
-)
+from radlake.catalog.hierarchy import series_with_images, study_with_images
 from radlake.catalog.queries import (
-    find_images,
     image_counts,
     list_quarantine,
     recent_audit_events,
     recent_jobs,
 )
-from radlake.catalog.serialize import job_row, quarantine_row
-from radlake.curation.filters import ImageFilter
+from radlake.catalog.serialize import audit_row, job_row, quarantine_row
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], responses=schemas.errors(401))
 Uid = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$", description="A DICOM UID")]
 
 
-@router.get("/series/{uid}")
+@router.get("/series/{uid}", response_model=schemas.SeriesImages, responses=schemas.errors(404))
 def series(uid: Uid, caller: Viewer, session: DbSession) -> dict[str, Any]:
     """One series and its images in slice order."""
-    found = session.scalar(select(Series).where(Series.series_uid == uid))
+    found = series_with_images(session, series_uid=uid)
     if found is None:
         raise HTTPException(404, detail="no series with this UID")
-    images = find_images(session, selection=ImageFilter(series_uid=uid), limit=None)
     return {
         "series_uid": uid,
-        "modality": found.modality,
-        "description": found.description,
-        "series_number": found.series_number,
-        "images": [image_item(image, caller.role) for image in images],
+        "modality": found.series.modality,
+        "description": found.series.description,
+        "series_number": found.series.series_number,
+        "images": [image_item(image, caller.role) for image in found.images],
     }
 
 
-@router.get("/studies/{uid}")
+@router.get("/studies/{uid}", response_model=schemas.StudyImages, responses=schemas.errors(404))
 def study(uid: Uid, caller: Viewer, session: DbSession) -> dict[str, Any]:
     """One study, its series and their images."""
-    found = session.scalar(select(Study).where(Study.study_uid == uid))
+    found = study_with_images(session, study_uid=uid)
     if found is None:
         raise HTTPException(404, detail="no study with this UID")
-    members = session.scalars(select(Series).where(Series.study_id == found.id).order_by(Series.id))
-    by_series: dict[int | None, list[dict[str, Any]]] = {}
-    for image in find_images(session, selection=ImageFilter(study_uid=uid), limit=None):
-        by_series.setdefault(image.series_id, []).append(image_item(image, caller.role))
     return {
         "study_uid": uid,
         "series": [
-            {"series_uid": s.series_uid, "modality": s.modality, "images": by_series.get(s.id, [])}
-            for s in members
+            {
+                "series_uid": member.series.series_uid,
+                "modality": member.series.modality,
+                "images": [image_item(image, caller.role) for image in member.images],
+            }
+            for member in found.series
         ],
     }
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=list[schemas.JobItem])
 def jobs(
     caller: Viewer, session: DbSession, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> list[dict[str, Any]]:
@@ -74,7 +68,7 @@ def jobs(
     ]
 
 
-@router.get("/quarantine")
+@router.get("/quarantine", response_model=list[schemas.QuarantineItem])
 def quarantine(
     caller: Viewer, session: DbSession, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
 ) -> list[dict[str, Any]]:
@@ -85,26 +79,15 @@ def quarantine(
     ]
 
 
-@router.get("/stats")
+@router.get("/stats", response_model=schemas.Stats)
 def stats(caller: Viewer, session: DbSession) -> dict[str, Any]:
     """Counts by modality, view, class, split and source (for filters and dashboards)."""
     return image_counts(session)
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=list[schemas.AuditItem], responses=schemas.errors(403))
 def audit_log(
     caller: Admin, session: DbSession, limit: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> list[dict[str, Any]]:
     """Who downloaded or uploaded what, newest first (admins only)."""
-    rows = recent_audit_events(session, limit=limit)
-    return [
-        {
-            "id": e.id,
-            "actor": e.actor,
-            "action": e.action,
-            "target": e.target,
-            "detail": e.detail,
-            "created_at": e.created_at,
-        }
-        for e in rows
-    ]
+    return [audit_row(event) for event in recent_audit_events(session, limit=limit)]

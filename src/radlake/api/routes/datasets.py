@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from radlake.api import audit
+from radlake.api import audit, schemas
 from radlake.api.deps import Curator, DbSession, LakeDep, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import transaction
@@ -24,12 +24,12 @@ from radlake.curation.versions import DatasetError, VersionRequest, create_versi
 from radlake.formats.sink import FolderSink
 from radlake.pipelines.export import export_version
 
-router = APIRouter(tags=["datasets"])
+router = APIRouter(tags=["datasets"], responses=schemas.errors(401))
 Name = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Version = Annotated[int, Path(ge=1, le=1_000_000)]
 
 
-@router.get("/datasets")
+@router.get("/datasets", response_model=list[schemas.DatasetItem])
 def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
     """Every dataset with its versions' split counts."""
     found: dict[str, list[dict[str, Any]]] = {}
@@ -45,7 +45,12 @@ class VersionIn(BaseModel):
     labels: Literal["readers", "consensus"] = "readers"
 
 
-@router.post("/datasets/{name}/versions", status_code=201)
+@router.post(
+    "/datasets/{name}/versions",
+    status_code=201,
+    response_model=schemas.CreatedVersion,
+    responses=schemas.errors(403),
+)
 def create(name: Name, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
     """Create a version (curators); the newest one is returned unchanged if nothing changed."""
     try:
@@ -68,7 +73,11 @@ def create(name: Name, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[
     return answer
 
 
-@router.get("/datasets/{name}/versions/{version}")
+@router.get(
+    "/datasets/{name}/versions/{version}",
+    response_model=schemas.DatasetVersion,
+    responses=schemas.errors(404),
+)
 def dataset_version(
     name: Name, version: Version, caller: Viewer, session: DbSession
 ) -> dict[str, Any]:
@@ -76,7 +85,11 @@ def dataset_version(
     return {"name": name} | version_row(get_version(session, name, version))
 
 
-@router.get("/datasets/{name}/versions/{version}/export")
+@router.get(
+    "/datasets/{name}/versions/{version}/export",
+    response_class=StreamingResponse,
+    responses=schemas.ZIP | schemas.errors(404),
+)
 def export(
     name: Name,
     version: Version,

@@ -16,10 +16,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Row, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row
 
-from radlake.api import audit
+from radlake.api import audit, schemas
 from radlake.api.decoding import decode_slot
 from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.privacy import (
@@ -31,9 +30,10 @@ from radlake.api.privacy import (
 )
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.auth import Role
-from radlake.catalog.db import batches, session_factory, transaction
-from radlake.catalog.models import Cohort, Image, Label, Rendition
-from radlake.catalog.queries import apply_filter
+from radlake.catalog import cohorts as saved_cohorts
+from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.image_reads import label_tallies, rendition_keys, zip_rows
+from radlake.catalog.serialize import cohort_row
 from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import get_version
 from radlake.domain import ImageFormat
@@ -41,21 +41,8 @@ from radlake.lake import Lake
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
 from radlake.storage.keys import preview_key
 
-router = APIRouter(tags=["downloads"])
+router = APIRouter(tags=["downloads"], responses=schemas.errors(401))
 Content = Literal["preview", "rendered", "original"]
-_COLUMNS = (
-    Image.id,
-    Image.sha256,
-    Image.format,
-    Image.original_key,
-    Image.modality,
-    Image.view_position,
-    Image.manufacturer,
-    Image.rows,
-    Image.columns,
-    Image.source_key,
-    Image.attributes,
-)
 CSV_FIELDS = (
     "id",
     "file",
@@ -75,10 +62,6 @@ CSV_FIELDS = (
 class CohortIn(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     filter: ImageFilter = Field(default_factory=ImageFilter)
-
-
-def _rows(session: DbSession, selection: ImageFilter) -> list[Row[Any]]:
-    return list(session.execute(apply_filter(select(*_COLUMNS), selection).order_by(Image.id)))
 
 
 def _reader(
@@ -114,19 +97,9 @@ def _metadata_csv(
     lake: Lake, rows: Sequence[Row[Any]], names: Sequence[str], role: Role
 ) -> Callable[[], bytes]:
     def read() -> bytes:
-        findings: dict[int, set[str]] = {}
-        boxes: dict[int, int] = {}
         ids = [row.id for row in rows]
         with session_factory(lake.engine)() as session:
-            for chunk in batches(ids):
-                for image_id, class_name, x_min in session.execute(
-                    select(Label.image_id, Label.class_name, Label.x_min).where(
-                        Label.image_id.in_(chunk)
-                    )
-                ):
-                    assert image_id is not None
-                    findings.setdefault(image_id, set()).add(class_name)
-                    boxes[image_id] = boxes.get(image_id, 0) + (x_min is not None)
+            findings, boxes = label_tallies(session, image_ids=ids)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_FIELDS)
@@ -176,16 +149,7 @@ def _stand_ins(session: DbSession, caller: Caller, rows: Sequence[Row[Any]]) -> 
     """For a viewer: the de-identified rendition of every image whose pixels are withheld
     (403 with the reason when one has none)."""
     flagged = [row.id for row in rows if pixels_withheld(caller.role, row.attributes)]
-    found: dict[int, str] = {}
-    for chunk in batches(flagged):
-        found |= {
-            image_id: key
-            for image_id, key in session.execute(
-                select(Rendition.image_id, Rendition.key).where(
-                    Rendition.image_id.in_(chunk), Rendition.name == DEIDENTIFIED
-                )
-            )
-        }
+    found = rendition_keys(session, image_ids=flagged, name=DEIDENTIFIED)
     missing = [image_id for image_id in flagged if image_id not in found]
     if missing:
         shown = ", ".join(str(image_id) for image_id in missing[:10])
@@ -226,7 +190,9 @@ def _zip(
     )
 
 
-@router.get("/images.zip")
+@router.get(
+    "/images.zip", response_class=StreamingResponse, responses=schemas.ZIP | schemas.errors(403)
+)
 def images_zip(
     caller: Viewer,
     session: DbSession,
@@ -235,7 +201,7 @@ def images_zip(
     options: ZipQuery,
 ) -> StreamingResponse:
     """Every image matching the filter (stored previews, renderings or originals) + metadata.csv."""
-    rows = _rows(session, selection)
+    rows = zip_rows(session, selection=selection)
     return _zip(
         lake,
         session,
@@ -247,7 +213,11 @@ def images_zip(
     )
 
 
-@router.get("/datasets/{name}/versions/{version}/splits/{split}.zip")
+@router.get(
+    "/datasets/{name}/versions/{version}/splits/{split}.zip",
+    response_class=StreamingResponse,
+    responses=schemas.ZIP | schemas.errors(403, 404),
+)
 def split_zip(
     name: Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
     version: Annotated[int, Path(ge=1, le=1_000_000)],
@@ -259,7 +229,7 @@ def split_zip(
 ) -> StreamingResponse:
     """One split of a dataset version as a zip."""
     get_version(session, name, version)
-    rows = _rows(session, ImageFilter(dataset=name, version=version, split=split))
+    rows = zip_rows(session, selection=ImageFilter(dataset=name, version=version, split=split))
     if not rows:
         raise HTTPException(404, detail=f"version {version} of {name!r} has no split {split!r}")
     return _zip(
@@ -273,36 +243,33 @@ def split_zip(
     )
 
 
-@router.post("/cohorts", status_code=201)
+@router.post(
+    "/cohorts",
+    status_code=201,
+    response_model=schemas.SavedCohort,
+    responses=schemas.errors(403, 409),
+)
 def save_cohort(body: CohortIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
     """Save a named query (curators)."""
-    selection = body.filter
+    selection = body.filter.as_dict()
     try:
         with transaction(lake.engine) as session:
-            session.add(
-                Cohort(name=body.name, selection=selection.as_dict(), created_by=caller.name)
+            saved_cohorts.add_cohort(
+                session, name=body.name, selection=selection, created_by=caller.name
             )
-    except IntegrityError:
-        raise HTTPException(409, detail=f"a cohort named {body.name!r} exists") from None
+    except saved_cohorts.CohortExists as exc:
+        raise HTTPException(409, detail=str(exc)) from None
     audit.record(lake, caller, "cohort.save", f"cohort/{body.name}")
-    return {"name": body.name, "filter": selection.as_dict()}
+    return {"name": body.name, "filter": selection}
 
 
-@router.get("/cohorts")
+@router.get("/cohorts", response_model=list[schemas.CohortItem])
 def cohorts(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
     """Saved cohorts."""
-    return [
-        {
-            "name": c.name,
-            "filter": c.selection,
-            "created_by": c.created_by,
-            "created_at": c.created_at,
-        }
-        for c in session.scalars(select(Cohort).order_by(Cohort.name))
-    ]
+    return [cohort_row(cohort) for cohort in saved_cohorts.list_cohorts(session)]
 
 
-@router.delete("/cohorts/{name}", status_code=204)
+@router.delete("/cohorts/{name}", status_code=204, responses=schemas.errors(403, 404))
 def delete_cohort(
     name: Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
     caller: Curator,
@@ -310,14 +277,16 @@ def delete_cohort(
 ) -> None:
     """Delete a saved cohort (curators); its images stay in the lake."""
     with transaction(lake.engine) as session:
-        cohort = session.scalar(select(Cohort).where(Cohort.name == name))
-        if cohort is None:
+        if not saved_cohorts.delete_cohort(session, name=name):
             raise HTTPException(404, detail=f"no cohort named {name!r}")
-        session.delete(cohort)
     audit.record(lake, caller, "cohort.delete", f"cohort/{name}")
 
 
-@router.get("/cohorts/{name}.zip")
+@router.get(
+    "/cohorts/{name}.zip",
+    response_class=StreamingResponse,
+    responses=schemas.ZIP | schemas.errors(403, 404),
+)
 def cohort_zip(
     name: Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
     caller: Viewer,
@@ -326,8 +295,8 @@ def cohort_zip(
     options: ZipQuery,
 ) -> StreamingResponse:
     """A saved cohort's images as a zip."""
-    cohort = session.scalar(select(Cohort).where(Cohort.name == name))
+    cohort = saved_cohorts.find_cohort(session, name=name)
     if cohort is None:
         raise HTTPException(404, detail=f"no cohort named {name!r}")
-    rows = _rows(session, ImageFilter.from_dict(cohort.selection))
+    rows = zip_rows(session, selection=ImageFilter.from_dict(cohort.selection))
     return _zip(lake, session, caller, rows, f"cohort/{name}", f"{name}.zip", options)

@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
-from sqlalchemy import Row, select
 
-from radlake.api import audit
+from radlake.api import audit, schemas
 from radlake.api.conditional import byte_range, none_match
 from radlake.api.decoding import decode_slot
 from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
@@ -20,26 +19,31 @@ from radlake.api.privacy import (
     require_original_access,
     withheld,
 )
-from radlake.api.serialize import image_full, image_item, label_item
+from radlake.api.serialize import image_full, image_listing, label_item
 from radlake.catalog.db import transaction
-from radlake.catalog.models import Image, Label, Rendition
-from radlake.catalog.queries import count_images, find_images, get_image
+from radlake.catalog.image_reads import (
+    TOTAL_CAP,
+    image_labels,
+    image_page,
+    pixel_columns,
+    rendition_keys,
+)
+from radlake.catalog.models import Image
+from radlake.catalog.queries import get_image
 from radlake.domain import ImageFormat, Plane, RejectedInput
-from radlake.errors import ImageNotFound
 from radlake.imaging.render import PREVIEW_SIZE
 from radlake.pipelines.ingest import ingest_bytes
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages, check_size
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], responses=schemas.errors(401))
 ImageId = Annotated[int, Path(ge=1, le=2**62, description="Image id")]
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 CACHE_CONTROL = "private, max-age=3600"
 UPLOAD_CHUNK = 1 << 20
 MAX_NAME_CHARACTERS = 120
-TOTAL_CAP = 10_000  # beyond this a listing says "10000+" unless count=exact is asked
 
 
-@router.get("/images")
+@router.get("/images", response_model=schemas.ImageListing)
 def list_images(
     caller: Viewer,
     session: DbSession,
@@ -47,38 +51,38 @@ def list_images(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[int, Query(ge=0, le=2**62, description="Last id of the previous page")] = 0,
     count: Annotated[
-        Literal["capped", "exact"], Query(description="capped: exact up to 10,000, then '10000+'")
+        Literal["capped", "exact"],
+        Query(description=f"capped: exact up to {TOTAL_CAP}, then {TOTAL_CAP}, not exact"),
     ] = "capped",
 ) -> dict[str, Any]:
     """Images matching the filter, in id order, a page at a time, with their total."""
-    cap = None if count == "exact" else TOTAL_CAP + 1
-    total = count_images(session, selection=selection, cap=cap)
-    page = find_images(session, selection=selection, limit=limit + 1, after_id=cursor)
-    more = len(page) > limit
-    page = page[:limit]
-    exact = cap is None or total <= TOTAL_CAP
-    return {
-        "total": total if exact else TOTAL_CAP,
-        "total_exact": exact,
-        "images": [image_item(image, caller.role) for image in page],
-        "next_cursor": page[-1].id if more and page else None,
-    }
+    page = image_page(
+        session, selection=selection, limit=limit, after_id=cursor, exact_count=count == "exact"
+    )
+    return image_listing(page, caller.role)
 
 
-@router.get("/images/{image_id}")
+@router.get("/images/{image_id}", response_model=schemas.ImageDetail, responses=schemas.errors(404))
 def one_image(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str, Any]:
     """Every catalogued field of one image."""
     return image_full(get_image(session, image_id=image_id), caller.role)
 
 
-@router.get("/images/{image_id}/original")
+@router.get(
+    "/images/{image_id}/original",
+    response_class=Response,
+    responses=schemas.errors(403, 404)
+    | schemas.binary(
+        "application/dicom", "application/octet-stream", description="The bytes as received"
+    ),
+)
 def original(
     image_id: ImageId, request: Request, caller: Viewer, session: DbSession, lake: LakeDep
 ) -> Response:
     """The bytes as received, full headers included (curators and admins; 403 for
     viewers); revalidation by ETag (304) and single byte ranges (206)."""
     require_original_access(caller.role)
-    image = _pixels_row(session, image_id)
+    image = pixel_columns(session, image_id=image_id)
     extension = ImageFormat(image.format).extension
     headers = {
         "Content-Disposition": f'attachment; filename="{image.sha256[:16]}.{extension}"',
@@ -108,19 +112,12 @@ def original(
     return Response(data[first : last + 1], status_code=206, media_type=media, headers=headers)
 
 
-def _pixels_row(session: DbSession, image_id: int) -> Row[str, str, str, dict[str, Any]]:
-    """The columns pixel routes need (no hierarchy loading on the hot path)."""
-    row = session.execute(
-        select(Image.sha256, Image.format, Image.original_key, Image.attributes).where(
-            Image.id == image_id
-        )
-    ).first()
-    if row is None:
-        raise ImageNotFound(f"no image with id {image_id}")
-    return row
-
-
-@router.get("/images/{image_id}/render")
+@router.get(
+    "/images/{image_id}/render",
+    response_class=Response,
+    responses=schemas.errors(403, 404, 422)
+    | schemas.binary("image/png", "image/jpeg", description="A rendering"),
+)
 def rendering(
     image_id: ImageId,
     request: Request,
@@ -137,7 +134,7 @@ def rendering(
 ) -> Response:
     """A rendering: the stored preview (PNG or JPEG) for the default options, else made
     on the fly and not kept (pipelines/stored_images.py); ETag revalidation is free."""
-    row = _pixels_row(session, image_id)
+    row = pixel_columns(session, image_id=image_id)
     if pixels_withheld(caller.role, row.attributes):
         return _deidentified(session, lake, image_id)
     image = StoredImage.of(row)
@@ -156,9 +153,7 @@ def rendering(
 
 def _deidentified(session: DbSession, lake: LakeDep, image_id: int) -> Response:
     """A flagged image's de-identified rendition, the only picture of it viewers get."""
-    key = session.scalar(
-        select(Rendition.key).where(Rendition.image_id == image_id, Rendition.name == DEIDENTIFIED)
-    )
+    key = rendition_keys(session, image_ids=[image_id], name=DEIDENTIFIED).get(image_id)
     if key is None:
         raise withheld(image_id)
     media = MEDIA["jpeg"] if key.endswith((".jpg", ".jpeg")) else MEDIA["png"]
@@ -167,12 +162,13 @@ def _deidentified(session: DbSession, lake: LakeDep, image_id: int) -> Response:
     )
 
 
-@router.get("/images/{image_id}/labels")
+@router.get(
+    "/images/{image_id}/labels", response_model=schemas.ImageLabels, responses=schemas.errors(404)
+)
 def labels(image_id: ImageId, caller: Viewer, session: DbSession) -> dict[str, Any]:
     """Boxes and image-level findings with class, reader, origin and confidence."""
-    get_image(session, image_id=image_id)
-    rows = session.scalars(select(Label).where(Label.image_id == image_id).order_by(Label.id))
-    return {"image_id": image_id, "labels": [label_item(label) for label in rows]}
+    found = image_labels(session, image_id=image_id)
+    return {"image_id": image_id, "labels": [label_item(label) for label in found]}
 
 
 def _safe_part(text: str, fallback: str) -> str:
@@ -215,7 +211,12 @@ def _read_upload(file: UploadFile, limit: int) -> bytes:
     return buffer.getvalue()
 
 
-@router.post("/images", status_code=201)
+@router.post(
+    "/images",
+    status_code=201,
+    response_model=schemas.Uploaded,
+    responses=schemas.errors(403, 409, 413, 422),
+)
 def upload(
     request: Request,
     caller: Curator,
