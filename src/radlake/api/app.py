@@ -5,15 +5,41 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 from radlake import __version__
-from radlake.api import errors, web
+from radlake.api import errors, schemas, web
 from radlake.api.deps import Viewer
 from radlake.api.routes import catalog, datasets, downloads, images
 from radlake.lake import Lake, load_settings, open_lake
 
 DEFAULT_UPLOAD_LIMIT = 512 * 1024 * 1024
+PUBLIC_PATHS = frozenset({"/health"})
+BEARER = "bearer"
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document with bearer auth declared on every operation but
+    PUBLIC_PATHS (documentation only: deps.get_caller does the checking)."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        document.setdefault("components", {})["securitySchemes"] = {
+            BEARER: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API token (`radlake token create`); the web pages "
+                "send it as a sign-in cookie instead",
+            }
+        }
+        for path, operations in document.get("paths", {}).items():
+            if path not in PUBLIC_PATHS:
+                for operation in operations.values():
+                    operation["security"] = [{BEARER: []}]
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> FastAPI:
@@ -32,18 +58,19 @@ def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_L
     app.state.upload_limit = upload_limit
     errors.install(app)
 
-    @app.get("/health", tags=["operations"])
+    @app.get("/health", tags=["operations"], response_model=schemas.Health)
     def health() -> dict[str, Any]:
         """Liveness: no token needed, no data returned."""
         return {"status": "ok", "version": __version__}
 
     @app.get("/openapi.json", include_in_schema=False)
-    def openapi_document(caller: Viewer) -> dict[str, Any]:
+    def openapi(caller: Viewer) -> dict[str, Any]:
         """The OpenAPI document of this API (any signed-in role)."""
         return app.openapi()
 
     for module in (images, catalog, datasets, downloads):
         app.include_router(module.router)
     app.include_router(web.router)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app
