@@ -57,3 +57,17 @@ def quarantine_key(sha256: str) -> str:
     """quarantine/<sha256[:2]>/<sha256>: rejected inputs, kept so nothing is lost."""
     _check_sha(sha256)
     return f"quarantine/{sha256[:2]}/{sha256}"
+
+
+def model_key(name: str, version: int) -> str:
+    """models/<name>/<version>/model.onnx: a registered model version's file.
+
+    Raises:
+        ValueError: name is not a model name (lowercase letters, digits, _ . -) or
+            version is not a positive integer.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"expected a model name like 'lungs-v1', got {name[:80]!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"expected a positive model version, got {version!r:.20}")
+    return f"models/{name}/{version}/model.onnx"

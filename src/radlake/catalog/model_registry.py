@@ -1,0 +1,465 @@
+"""Every query of the model registry and of predictions (keyword-only, session first).
+
+A model reference is "name" (its production alias, else its newest version),
+"name@alias" or "name:version". Aliases move by promote and rollback; each move is
+an event, so rollback replays them (a promote pushes a version, a rollback pops
+one) and returns the alias to where it pointed before.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session, selectinload
+
+from radlake.catalog.db import batches
+from radlake.catalog.inference_models import (
+    InferenceRun,
+    Model,
+    ModelAlias,
+    ModelAliasEvent,
+    ModelVersion,
+    Prediction,
+)
+from radlake.catalog.models import utcnow
+from radlake.catalog.upsert import insert_missing
+from radlake.domain import Box
+from radlake.inference.errors import InferenceError, ModelNotFound
+from radlake.storage.keys import model_key
+
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+DEFAULT_ALIAS = "production"
+_REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>[^@:]+))?$")
+# Thresholds stored as MySQL FLOAT come back as the nearest float32.
+_THRESHOLD_TOLERANCE = 1e-6
+
+
+def check_model_name(name: str) -> str:
+    """name when it is a model name (it becomes a store key).
+
+    Raises:
+        InferenceError: anything else.
+    """
+    if not MODEL_NAME.match(name):
+        raise InferenceError(
+            f"expected a model name of lowercase letters, digits, '_', '.', '-' (at most 64), "
+            f"got {name[:80]!r}"
+        )
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """alias when it is an alias name like production or staging.
+
+    Raises:
+        InferenceError: anything else.
+    """
+    if not ALIAS_NAME.match(alias):
+        raise InferenceError(
+            f"expected an alias like 'production' or 'staging', got {alias[:80]!r}"
+        )
+    return alias
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A parsed reference: a version number, an alias, or neither (the default)."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """ "name", "name@alias" or "name:3".
+
+        Raises:
+            InferenceError: any other form.
+        """
+        match = _REF.match(text.strip())
+        if match is None:
+            raise InferenceError(
+                f"expected a model as NAME, NAME@ALIAS or NAME:VERSION, got {text[:80]!r}"
+            )
+        name = check_model_name(match["name"])
+        if match["alias"] is not None:
+            return cls(name, alias=check_alias(match["alias"]))
+        if match["version"] is not None:
+            if not match["version"].isdigit() or int(match["version"]) < 1:
+                raise InferenceError(
+                    f"expected a positive version after ':', got {match['version'][:20]!r}"
+                )
+            return cls(name, version=int(match["version"]))
+        return cls(name)
+
+    def __str__(self) -> str:
+        if self.alias:
+            return f"{self.name}@{self.alias}"
+        return f"{self.name}:{self.version}" if self.version else self.name
+
+
+def get_model(session: Session, *, name: str) -> Model:
+    """The model called name.
+
+    Raises:
+        ModelNotFound: none.
+    """
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        raise ModelNotFound(f"no model {name[:80]!r}: register one with `radlake model register`")
+    return model
+
+
+def resolve_version(session: Session, *, ref: ModelRef | str) -> ModelVersion:
+    """The version a reference names (a bare name: its production alias, else its
+    newest version).
+
+    Raises:
+        InferenceError: a malformed reference.
+        ModelNotFound: no such model, version or alias.
+    """
+    if isinstance(ref, str):
+        ref = ModelRef.parse(ref)
+    model = get_model(session, name=ref.name)
+    statement = select(ModelVersion).options(selectinload(ModelVersion.model))
+    if ref.version is not None:
+        found = session.scalar(
+            statement.where(ModelVersion.model_id == model.id, ModelVersion.version == ref.version)
+        )
+        if found is None:
+            raise ModelNotFound(f"model {ref.name!r} has no version {ref.version}")
+        return found
+    alias = ref.alias or DEFAULT_ALIAS
+    found = session.scalar(
+        statement.join(ModelAlias, ModelAlias.version_id == ModelVersion.id).where(
+            ModelAlias.model_id == model.id, ModelAlias.alias == alias
+        )
+    )
+    if found is None and ref.alias is None:
+        found = session.scalar(
+            statement.where(ModelVersion.model_id == model.id)
+            .order_by(ModelVersion.version.desc())
+            .limit(1)
+        )
+    if found is None:
+        raise ModelNotFound(f"model {ref.name!r} has no alias {alias!r}")
+    return found
+
+
+def same_file_versions(session: Session, *, name: str, sha256: str) -> list[ModelVersion]:
+    """Versions of the model name already holding a file with this sha256."""
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .join(Model)
+            .where(Model.name == name, ModelVersion.sha256 == sha256)
+            .order_by(ModelVersion.version)
+        )
+    )
+
+
+def add_version(
+    session: Session,
+    *,
+    name: str,
+    sha256: str,
+    size_bytes: int,
+    contract: dict[str, Any],
+    decoder: str,
+    class_names: Sequence[str],
+    metrics: dict[str, Any] | None = None,
+    trained_on_id: int | None = None,
+) -> ModelVersion:
+    """A new version row (the model row too on its first version), flushed: its
+    number is claimed by the unique key before the caller writes the file.
+
+    Raises:
+        InferenceError: a bad model name.
+    """
+    insert_missing(
+        session, Model, [{"name": check_model_name(name), "created_at": utcnow()}], key="name"
+    )
+    model = get_model(session, name=name)
+    newest = session.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+    )
+    number = (newest or 0) + 1
+    version = ModelVersion(
+        model_id=model.id,
+        version=number,
+        store_key=model_key(name, number),
+        sha256=sha256,
+        size_bytes=size_bytes,
+        contract=contract,
+        decoder=decoder,
+        class_names=list(class_names),
+        metrics=metrics or {},
+        trained_on_id=trained_on_id,
+    )
+    session.add(version)
+    session.flush()
+    version.model = model
+    return version
+
+
+def _alias_history(session: Session, *, model_id: int, alias: str) -> list[int]:
+    """The alias's stack of version ids, replayed from its events."""
+    stack: list[int] = []
+    events = session.execute(
+        select(ModelAliasEvent.action, ModelAliasEvent.version_id)
+        .where(ModelAliasEvent.model_id == model_id, ModelAliasEvent.alias == alias)
+        .order_by(ModelAliasEvent.id)
+    )
+    for action, version_id in events:
+        if action == "promote":
+            stack.append(version_id)
+        elif stack:
+            stack.pop()
+    return stack
+
+
+def _point(
+    session: Session, *, model: Model, alias: str, version: ModelVersion, action: str
+) -> None:
+    row = session.scalar(
+        select(ModelAlias)
+        .where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
+        .with_for_update()
+    )
+    if row is None:
+        session.add(ModelAlias(model_id=model.id, alias=alias, version_id=version.id))
+    else:
+        row.version_id, row.updated_at = version.id, utcnow()
+    session.add(
+        ModelAliasEvent(model_id=model.id, alias=alias, action=action, version_id=version.id)
+    )
+    session.flush()
+
+
+def promote(session: Session, *, name: str, version: int, alias: str = DEFAULT_ALIAS) -> int | None:
+    """Point alias at version; returns the version it pointed at before (None if new).
+
+    Raises:
+        InferenceError: a bad alias name.
+        ModelNotFound: no such model or version.
+    """
+    check_alias(alias)
+    target = resolve_version(session, ref=ModelRef(name, version=version))
+    model = target.model
+    before = aliases(session, model_ids=[model.id]).get(model.id, {}).get(alias)
+    _point(session, model=model, alias=alias, version=target, action="promote")
+    return before
+
+
+def rollback(session: Session, *, name: str, alias: str = DEFAULT_ALIAS) -> tuple[int, int]:
+    """Move alias back to the version it pointed at before its last promote; returns
+    (from version, to version).
+
+    Raises:
+        InferenceError: the alias has no earlier version to return to.
+        ModelNotFound: no such model or alias.
+    """
+    check_alias(alias)
+    model = get_model(session, name=name)
+    stack = _alias_history(session, model_id=model.id, alias=alias)
+    if not stack:
+        raise ModelNotFound(f"model {name!r} has no alias {alias!r}")
+    if len(stack) < 2:
+        raise InferenceError(f"{name}@{alias} has no earlier version to roll back to")
+    current, previous = (session.get_one(ModelVersion, vid) for vid in stack[-2:][::-1])
+    _point(session, model=model, alias=alias, version=previous, action="rollback")
+    return current.version, previous.version
+
+
+def aliases(session: Session, *, model_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """model id -> alias -> version number."""
+    found: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = session.execute(
+        select(ModelAlias.model_id, ModelAlias.alias, ModelVersion.version)
+        .join(ModelVersion, ModelAlias.version_id == ModelVersion.id)
+        .where(ModelAlias.model_id.in_(model_ids))
+        .order_by(ModelAlias.alias)
+    )
+    for model_id, alias, number in rows:
+        found[model_id][alias] = number
+    return found
+
+
+def list_versions(session: Session, *, name: str | None = None) -> list[ModelVersion]:
+    """Every version (of one model when name is given), by model name then version.
+
+    Raises:
+        ModelNotFound: name is given and no model has it.
+    """
+    statement = (
+        select(ModelVersion)
+        .join(Model)
+        .options(selectinload(ModelVersion.model), selectinload(ModelVersion.trained_on))
+    )
+    if name is not None:
+        statement = statement.where(ModelVersion.model_id == get_model(session, name=name).id)
+    return list(session.scalars(statement.order_by(Model.name, ModelVersion.version)))
+
+
+@dataclass(frozen=True, slots=True)
+class PredictedBox:
+    """A box to record, in the stored image's pixels."""
+
+    class_id: int
+    class_name: str
+    score: float
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run to record: a model version on an image, and what it found."""
+
+    model_version_id: int
+    image_id: int
+    score_threshold: float
+    iou_threshold: float
+    latency_ms: float
+    caller: str
+    boxes: Sequence[PredictedBox]
+
+
+def record_runs(session: Session, *, runs: Sequence[RunRecord]) -> list[int]:
+    """Insert the runs and their boxes; returns the run ids in order."""
+    run_ids: list[int] = []
+    for run in runs:
+        row = InferenceRun(
+            model_version_id=run.model_version_id,
+            image_id=run.image_id,
+            score_threshold=run.score_threshold,
+            iou_threshold=run.iou_threshold,
+            latency_ms=run.latency_ms,
+            caller=run.caller[:100],
+        )
+        session.add(row)
+        session.flush()
+        run_ids.append(row.id)
+    rows = [
+        {
+            "run_id": run_id,
+            "class_id": found.class_id,
+            "class_name": found.class_name,
+            "score": found.score,
+            "x_min": found.box.x_min,
+            "y_min": found.box.y_min,
+            "x_max": found.box.x_max,
+            "y_max": found.box.y_max,
+        }
+        for run_id, run in zip(run_ids, runs, strict=True)
+        for found in run.boxes
+    ]
+    if rows:
+        session.execute(insert(Prediction), rows)
+    return run_ids
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, abs_tol=_THRESHOLD_TOLERANCE)
+
+
+def predicted_image_ids(
+    session: Session,
+    *,
+    model_version_id: int,
+    image_ids: Iterable[int],
+    score_threshold: float,
+    iou_threshold: float,
+) -> set[int]:
+    """Which of image_ids this version already predicted with these thresholds."""
+    done: set[int] = set()
+    for chunk in batches(sorted(set(image_ids))):
+        rows = session.execute(
+            select(
+                InferenceRun.image_id, InferenceRun.score_threshold, InferenceRun.iou_threshold
+            ).where(
+                InferenceRun.model_version_id == model_version_id, InferenceRun.image_id.in_(chunk)
+            )
+        )
+        done.update(
+            image_id
+            for image_id, score, iou in rows
+            if _same(score, score_threshold) and _same(iou, iou_threshold)
+        )
+    return done
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrediction:
+    """A recorded box with its run: what `GET /images/{id}/predictions` lists."""
+
+    run_id: int
+    model: str
+    version: int
+    model_version_id: int
+    score_threshold: float
+    iou_threshold: float
+    class_name: str
+    score: float
+    box: Box
+
+    def as_dict(self) -> dict[str, Any]:
+        box = self.box
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "version": self.version,
+            "model_version_id": self.model_version_id,
+            "score_threshold": self.score_threshold,
+            "iou_threshold": self.iou_threshold,
+            "class_name": self.class_name,
+            "score": self.score,
+            "box": [box.x_min, box.y_min, box.x_max, box.y_max],
+        }
+
+
+def predictions_for_image(
+    session: Session, *, image_id: int, model_version_id: int | None = None
+) -> list[StoredPrediction]:
+    """The boxes of each model version's latest run on the image (of one version when
+    given), best score first within a run. These are predictions, never labels."""
+    latest = (
+        select(func.max(InferenceRun.id).label("run_id"))
+        .where(InferenceRun.image_id == image_id)
+        .group_by(InferenceRun.model_version_id)
+    )
+    if model_version_id is not None:
+        latest = latest.where(InferenceRun.model_version_id == model_version_id)
+    rows = session.execute(
+        select(
+            InferenceRun.id,
+            Model.name,
+            ModelVersion.version,
+            ModelVersion.id,
+            InferenceRun.score_threshold,
+            InferenceRun.iou_threshold,
+            Prediction.class_name,
+            Prediction.score,
+            Prediction.x_min,
+            Prediction.y_min,
+            Prediction.x_max,
+            Prediction.y_max,
+        )
+        .join(Prediction, Prediction.run_id == InferenceRun.id)
+        .join(ModelVersion, InferenceRun.model_version_id == ModelVersion.id)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .where(InferenceRun.id.in_(latest))
+        .order_by(Model.name, ModelVersion.version, Prediction.score.desc(), Prediction.id)
+    )
+    return [
+        StoredPrediction(
+            run, name, number, version_id, score_t, iou_t, cls, score, Box(x0, y0, x1, y1)
+        )
+        for run, name, number, version_id, score_t, iou_t, cls, score, x0, y0, x1, y1 in rows
+    ]
