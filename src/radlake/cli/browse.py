@@ -20,6 +20,7 @@ from radlake.catalog.queries import (
 from radlake.catalog.serialize import image_detail, image_summary, job_row, quarantine_row
 from radlake.cli.filter_options import with_filter_options
 from radlake.cli.ingest_cmd import JsonOption
+from radlake.cli.labels_cmd import label_table, labels_of, origin_title
 from radlake.cli.output import console, print_json
 from radlake.curation.filters import ImageFilter
 from radlake.lake import load_settings, open_lake
@@ -73,17 +74,19 @@ def show(
     image_id: Annotated[int, typer.Argument(help="Image id (from `radlake query`).")],
     as_json: JsonOption = False,
 ) -> None:
-    """Every catalogued field of one image."""
+    """Every catalogued field of one image, and its labels (every origin)."""
     lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
         detail = image_detail(get_image(session, image_id=image_id))
+        labels = labels_of(session, image_id, None)
     if as_json:
-        print_json(detail)
+        print_json(detail | {"labels": labels, "labels_origin": "all"})
         return
     table = Table("field", "value", show_header=False)
     for name, value in detail.items():
         table.add_row(name, "" if value is None else str(value))
     console.print(table)
+    console.print(label_table(labels, f"{len(labels)} labels ({origin_title(None)})"))
 
 
 def quarantine(
