@@ -78,6 +78,15 @@ def quarantine(lake: Lake) -> dict[str, str]:
         return {key: reason for key, reason in found}
 
 
+def open_quarantine(lake: Lake) -> dict[str, str]:
+    """Quarantine rows that still need a person (not resolved)."""
+    with session_factory(lake.engine)() as session:
+        found = session.execute(
+            select(Quarantine.source_key, Quarantine.reason).where(Quarantine.resolved_at.is_(None))
+        )
+        return {key: reason for key, reason in found}
+
+
 def patient_of(lake: Lake, image: Image) -> int | None:
     with session_factory(lake.engine)() as session:
         return session.scalar(
@@ -252,6 +261,35 @@ class TestConflicts:
         again = load(lake, read_covid_cxr(root))
         assert again.conflicts == summary.conflicts
         assert len(quarantine(lake)) == 3
+
+    def test_fixed_rows_leave_the_quarantine(self, lake: Lake, tmp_path: Path) -> None:
+        """What a person fixed (the missing file added, the conflict corrected) stops
+        being listed; a problem that comes back is listed again."""
+        root = tmp_path / "covid"
+        conflict = [
+            "1,M,65,COVID-19,PA,X-ray,images,x.png,,,",
+            "2,F,30,COVID-19,PA,X-ray,images,x.png,,,",
+            "3,F,30,COVID-19,PA,X-ray,images,late.png,,,",
+        ]
+        write_csv(root, IEEE_HEADER, conflict)
+        write_image(root / "images" / "x.png")
+        load(lake, read_covid_cxr(root))
+        line_3 = f"{(root / 'metadata.csv').absolute()} line 3"
+        assert set(open_quarantine(lake)) == {line_3, "late.png"}
+
+        write_csv(root, IEEE_HEADER, [conflict[0], conflict[2]])
+        write_image(root / "images" / "late.png")
+        fixed = load(lake, read_covid_cxr(root))
+        assert (fixed.conflicts, fixed.missing, fixed.linked) == ([], [], 2)
+        assert open_quarantine(lake) == {}
+        assert len(quarantine(lake)) == 2  # the history stays
+
+        write_csv(root, IEEE_HEADER, conflict)
+        (root / "images" / "late.png").unlink()
+        load(lake, read_covid_cxr(root))
+        reopened = open_quarantine(lake)
+        assert set(reopened) == {line_3, "late.png"}
+        assert "another patient" in reopened[line_3]
 
 
 class TestHostileRows:

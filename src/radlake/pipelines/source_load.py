@@ -30,12 +30,14 @@ from radlake.catalog.db import (
     run_transaction,
     session_factory,
 )
-from radlake.catalog.models import Image, Label, LabelClass, Source
+from radlake.catalog.fit import fit_row
+from radlake.catalog.models import Image, Label, LabelClass, Quarantine, Source, utcnow
 from radlake.catalog.persist import (
     HierarchyEntry,
     add_quarantined,
     ensure_source,
     lock_source,
+    quarantine_fingerprint,
     upsert_hierarchy,
 )
 from radlake.catalog.upsert import insert_missing
@@ -224,7 +226,9 @@ def load_source(
                 RejectedInput(r.key, r.missing_reason or "file listed in the source is absent")
                 for r in missing
             ]
+        _resolve_fixed(session, source_id, load, present=[r.key for r in present])
         if rejects:
+            _reopen(session, source_id, rejects)
             add_quarantined(session, source_id=source_id, job_id=job_id, rejects=rejects)
         images = _images_by_sha(session, sorted(set(sha_by_input.values())))
         linked = {
@@ -251,6 +255,53 @@ def load_source(
         conflicts=[row.key for row in load.rejected_rows if row.conflict],
         layout=load.layout,
     )
+
+
+def _resolve_fixed(
+    session: Session, source_id: int, load: SourceLoad, *, present: Sequence[str]
+) -> None:
+    """Mark resolved what this source's earlier loads quarantined and this one no longer
+    finds: files listed as absent that are present now, rows rejected before that the
+    fixed CSV no longer holds (quarantine lists what still needs a person)."""
+    now = utcnow()
+    still_open = (Quarantine.source_id == source_id, Quarantine.resolved_at.is_(None))
+    fixed: list[int] = []
+    for chunk in batches(sorted(set(present))):
+        fixed += session.scalars(
+            select(Quarantine.id).where(*still_open, Quarantine.source_key.in_(chunk))
+        )
+    if load.row_key_prefix:
+        rejected_now = {row.key for row in load.rejected_rows}
+        earlier = session.execute(
+            select(Quarantine.id, Quarantine.source_key).where(
+                *still_open, Quarantine.source_key.startswith(load.row_key_prefix, autoescape=True)
+            )
+        )
+        fixed += [row_id for row_id, key in earlier if key not in rejected_now]
+    for ids in batches(fixed):
+        session.execute(update(Quarantine).where(Quarantine.id.in_(ids)).values(resolved_at=now))
+
+
+def _reopen(session: Session, source_id: int, rejects: Sequence[RejectedInput]) -> None:
+    """A problem resolved once and back again (the file deleted again, the conflict
+    written again) is open again, with today's reason: its row is found by fingerprint,
+    so add_quarantined alone would leave it resolved."""
+    reasons = {quarantine_fingerprint(r.source_key, r.sha256): r.reason for r in rejects}
+    for chunk in batches(sorted(reasons)):
+        rows = session.execute(
+            select(Quarantine.id, Quarantine.fingerprint).where(
+                Quarantine.source_id == source_id,
+                Quarantine.resolved_at.is_not(None),
+                Quarantine.fingerprint.in_(chunk),
+            )
+        ).all()
+        for row_id, fingerprint in rows:
+            reason = fit_row(Quarantine, {"reason": reasons[fingerprint]})[0]["reason"]
+            session.execute(
+                update(Quarantine)
+                .where(Quarantine.id == row_id)
+                .values(resolved_at=None, reason=reason)
+            )
 
 
 def _already_catalogued(engine: Engine, keys: Sequence[str]) -> dict[str, str]:

@@ -64,5 +64,8 @@ class SourceLoad:
     taxonomy: Mapping[str, int | None] = field(default_factory=dict)
     quarantine_missing: bool = False
     rejected_rows: Sequence[RejectedRow] = ()
+    # What every rejected row's key starts with ("/data/covid/metadata.csv line "):
+    # a row an earlier load rejected and this one no longer does has been fixed.
+    row_key_prefix: str | None = None
     # How the adapter read the source ("figure1 layout, cp1252"); None: nothing to say.
     layout: str | None = None

@@ -180,6 +180,7 @@ def read_covid_cxr(
         taxonomy=taxonomy,
         quarantine_missing=True,
         rejected_rows=rejected,
+        row_key_prefix=f"{csv_path.absolute()} line ",
         layout=f"{layout.name} layout, files named by {file_column!r}, {table.encoding}",
     )
 
