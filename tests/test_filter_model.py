@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from radlake.curation.filters import FILTER_FIELDS, MAX_ATTRIBUTES, FilterError, ImageFilter
+from radlake.curation.filters import (
+    FILTER_FIELDS,
+    MAX_ATTRIBUTES,
+    MAX_VALUES,
+    SEVERAL_VALUES,
+    FilterError,
+    ImageFilter,
+)
 from tests.conftest import SECRET
 from tests.test_web import Site, site, thumb_ids
 
@@ -27,6 +34,12 @@ FILTERS: list[dict[str, Any]] = [
     {"source": "pydicom", "min_rows": 100},
     {"finding": "Nodule"},
     {"source": "generated", "max_size": 64},
+    # Issue 9: several values, the shorter/longer side, and a complement.
+    {"modality": ["CT", "MR"]},
+    {"format": ["png", "dicom"], "finding": ["Nodule", "NoSuchClass"]},
+    {"min_short_side": 64, "max_long_side": 128},
+    {"source": ["pydicom", "generated"], "exclude": {"modality": "CT"}},
+    {"max_short_side": 48},
 ]
 
 
@@ -34,8 +47,15 @@ def auth(site: Site, role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {site.tokens[role]}"}
 
 
+def text(value: Any) -> str:
+    """A value as one query/CLI text: several values separated by commas."""
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
 def query_params(selection: dict[str, Any]) -> list[tuple[str, str]]:
-    pairs = [(k, str(v)) for k, v in selection.items() if k != "attributes"]
+    nested = ("attributes", "exclude")
+    pairs = [(k, text(v)) for k, v in selection.items() if k not in nested]
+    pairs += [("exclude", f"{k}={text(v)}") for k, v in selection.get("exclude", {}).items()]
     return pairs + [("attr", f"{k}={v}") for k, v in selection.get("attributes", [])]
 
 
@@ -61,10 +81,13 @@ def cli_options(selection: dict[str, Any]) -> list[str]:
     args: list[str] = []
     for key, value in selection.items():
         if key == "attributes":
-            for name, text in value:
-                args += ["--attr", f"{name}={text}"]
+            for name, given in value:
+                args += ["--attr", f"{name}={given}"]
+        elif key == "exclude":
+            for name, given in value.items():
+                args += ["--exclude", f"{name}={text(given)}"]
         else:
-            args += ["--" + key.replace("_", "-"), str(value)]
+            args += ["--" + key.replace("_", "-"), text(value)]
     return args
 
 
@@ -260,7 +283,8 @@ def test_one_filter_selects_the_same_images_everywhere(
     assert result.returncode == 0, result.stderr
     by_cli = sorted(row["id"] for row in json.loads(result.stdout)["images"])
     # The same through --select KEY=VALUE.
-    pairs = [f"{k}={v}" for k, v in selection.items() if k != "attributes"]
+    pairs = [f"{k}={text(v)}" for k, v in selection.items() if k not in ("attributes", "exclude")]
+    pairs += [f"exclude.{k}={text(v)}" for k, v in selection.get("exclude", {}).items()]
     selected = cli(site, "query", "--json", *[a for p in pairs for a in ("--select", p)])
     by_select = sorted(row["id"] for row in json.loads(selected.stdout)["images"])
     # A cohort's JSON body, downloaded as a zip.
@@ -280,7 +304,8 @@ def test_one_filter_selects_the_same_images_everywhere(
     form: list[tuple[str, str]] = []
     for key, value in query_params(selection):
         tag, options = controls[key]
-        assert tag == "input" or value in options, (key, value, options)
+        # A drop-down offers one value at a time; several go in as the text PA,AP.
+        assert tag == "input" or value in options or "," in value, (key, value, options)
         form.append((key, value))
     form += [(key, "") for key in controls if key not in dict(form)]  # left at "any"
     by_web = sorted(thumb_ids(browser.get("/ui", params=form).text))
@@ -291,3 +316,113 @@ def test_one_filter_selects_the_same_images_everywhere(
         by_cohort,
         by_web,
     )
+
+
+# ------------------------------------------------------------ issue 9: the new fields
+
+
+def test_several_values_read_the_same_from_text_list_and_pairs() -> None:
+    by_text = ImageFilter.from_dict({"view": "PA, AP,AP Supine"})
+    by_list = ImageFilter.from_dict({"view": ["PA", "AP", "AP Supine"]})
+    by_pair = ImageFilter.parse(["view=PA,AP,AP Supine"])
+    assert by_text == by_list == by_pair
+    assert by_text.view == ("PA", "AP", "AP Supine")
+    # One value is stored as the plain string filters had before issue 9.
+    assert ImageFilter.from_dict({"view": ["PA"]}).as_dict() == {"view": "PA"}
+    assert by_list.as_dict() == {"view": ["PA", "AP", "AP Supine"]}
+    assert ImageFilter.from_dict(by_list.as_dict()) == by_list
+    complement = ImageFilter.parse(["view=PA,AP", "exclude.min-short-side=1024"])
+    assert complement.as_dict() == {"view": ["PA", "AP"], "exclude": {"min_short_side": 1024}}
+    assert ImageFilter.from_dict(json.loads(json.dumps(complement.as_dict()))) == complement
+    assert ImageFilter.parse([f"{k}={v}" for k, v in complement.as_pairs()]) == complement
+    assert ImageFilter.from_dict({"view": "", "exclude": ""}) == ImageFilter()
+
+
+def test_bad_values_lists_bounds_and_excludes_are_one_line_errors() -> None:
+    for bad, reason in (
+        ({"view": []}, "view: Tuple should have at least 1 item"),
+        ({"view": "PA,"}, "view: String should have at least 1 character"),
+        ({"view": ["PA", ""]}, "view"),
+        ({"view": [str(n) for n in range(MAX_VALUES + 1)]}, f"at most {MAX_VALUES} items"),
+        ({"view": ",".join(str(n) for n in range(MAX_VALUES + 1))}, f"at most {MAX_VALUES}"),
+        ({"view": [5]}, "view: Input should be a valid string"),
+        ({"view": {"PA": 1}}, "view"),
+        ({"min_short_side": 2000, "max_short_side": 1000}, "min_short_side 2000 is above"),
+        ({"max_long_side": -1}, "max_long_side"),
+        ({"exclude": {}}, "exclude needs at least one condition"),
+        ({"exclude": {"modalty": "CR"}}, "unknown filter key 'exclude.modalty'"),
+        ({"exclude": {"exclude": {"view": "PA"}}}, "exclude cannot hold another exclude"),
+        ({"exclude": "modality=CR"}, "exclude"),
+    ):
+        with pytest.raises(FilterError) as caught:
+            ImageFilter.from_dict(bad)
+        message = str(caught.value)
+        assert reason in message and "\n" not in message and len(message) < 300, message
+    with pytest.raises(FilterError, match="exclude: unknown filter key 'modalty'"):
+        ImageFilter.parse(["exclude.modalty=CR"])
+    assert {"modality", "view", "finding", "format", "source", "split"} <= SEVERAL_VALUES
+    assert not SEVERAL_VALUES & {"min_size", "dataset", "version", "patient", "exclude"}
+
+
+def test_api_takes_several_values_as_commas_or_repeats(site: Site) -> None:
+    client = site.client()
+    viewer = auth(site, "viewer")
+
+    def ids(params: Any) -> list[int]:
+        answer = client.get("/images", params=params, headers=viewer)
+        assert answer.status_code == 200, answer.text
+        return sorted(image["id"] for image in answer.json()["images"])
+
+    both = sorted([site.ids["CT"], site.ids["MR"]])
+    assert ids({"modality": "CT,MR"}) == ids([("modality", "CT"), ("modality", "mr")]) == both
+    assert ids({"modality": "CT,MR", "exclude": "modality=MR"}) == [site.ids["CT"]]
+    everything = ids({})
+    part = ids({"min_short_side": 64})
+    rest = ids({"exclude": "min_short_side=64"})
+    assert sorted(part + rest) == everything and not set(part) & set(rest)
+    many = ",".join(f"V{n}" for n in range(MAX_VALUES + 1))
+    for params, reason in (
+        ({"view": many}, f"at most {MAX_VALUES}"),
+        ({"view": "PA,"}, "view"),
+        ([("view", "PA"), ("view", "")], "view"),
+        ({"exclude": "modalty=CR"}, "exclude: unknown filter key 'modalty'"),
+        ({"exclude": "no-equals"}, "exclude: expected a selection as key=value"),
+        ({"min_long_side": "big"}, None),
+        ({"min_short_side": 10, "max_short_side": 5}, "above"),
+    ):
+        answer = client.get("/images", params=params, headers=viewer)
+        assert answer.status_code == 422, (params, answer.text[:200])
+        if reason is not None:
+            assert reason in str(answer.json()["detail"]), answer.text[:300]
+    # The same list in a JSON body; a bad one is a 422 and saves nothing.
+    curator = auth(site, "curator")
+    made = client.post(
+        "/cohorts", json={"name": "two", "filter": {"modality": ["CT", "MR"]}}, headers=curator
+    )
+    assert made.status_code == 201, made.text
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/cohorts/two.zip", headers=viewer).content))
+    rows = csv.DictReader(io.StringIO(archive.read("metadata.csv").decode()))
+    assert sorted(int(row["id"]) for row in rows) == both
+    for bad in ({"view": []}, {"view": [f"V{n}" for n in range(51)]}, {"exclude": {}}):
+        answer = client.post("/cohorts", json={"name": "bad", "filter": bad}, headers=curator)
+        assert answer.status_code == 422, (bad, answer.text)
+    # The web page keeps several values as the text it was given.
+    page = site.client("viewer").get("/ui", params={"modality": "CT,MR"})
+    assert page.status_code == 200 and sorted(thumb_ids(page.text)) == both
+    assert '<option value="CT,MR" selected>' in page.text
+
+
+def test_cli_rejects_bad_several_values_in_one_line(site: Site) -> None:
+    many = ",".join(f"V{n}" for n in range(MAX_VALUES + 1))
+    for args, reason in (
+        (["--select", f"view={many}"], f"at most {MAX_VALUES}"),
+        (["--view", "PA,"], "view"),
+        (["--exclude", "modalty=CR"], "unknown filter key 'modalty'"),
+        (["--not", "no-equals"], "--exclude KEY=VALUE"),
+        (["--min-short-side", "10", "--max-short-side", "5"], "above"),
+    ):
+        result = cli(site, "query", "--json", *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert reason in lines[0], lines[0]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from radlake.auth import Role, verify_token
 from radlake.catalog.db import session_factory
-from radlake.curation.filters import ImageFilter, describe
+from radlake.curation.filters import SEVERAL_VALUES, FilterError, ImageFilter, describe
 from radlake.lake import Lake
 
 COOKIE_NAME = "radlake_token"
@@ -134,8 +134,17 @@ def _selection(request: Request, **values: Any) -> ImageFilter:
         if not sep or not key:
             raise HTTPException(422, detail=f"expected attr=NAME=VALUE, got {pair[:80]!r}")
         attributes.append((key, value))
+    for name in SEVERAL_VALUES:
+        given = values.get(name)
+        if given is not None and len(given) == 1:
+            values[name] = given[0]  # one form control or ?view=PA,AP: blank is "any"
     try:
-        return ImageFilter.model_validate(values | {"attributes": attributes})
+        # exclude=KEY=VALUE, repeatable; the web page's empty input adds nothing.
+        excluded = [pair for pair in values.pop("exclude", None) or [] if pair]
+        exclude = ImageFilter.parse(excluded) if excluded else None
+        return ImageFilter.model_validate(values | {"attributes": attributes, "exclude": exclude})
+    except FilterError as exc:
+        raise HTTPException(422, detail=f"exclude: {exc}") from None
     except ValidationError as exc:
         raise HTTPException(422, detail=describe(exc)) from None
 
@@ -150,6 +159,9 @@ def _query_parameters() -> list[inspect.Parameter]:
                 Query(alias="attr", description="NAME=VALUE: " + (field.description or "")),
             ]
             name = "attr"
+        elif name == "exclude" or name in SEVERAL_VALUES:
+            # Repeatable (?view=PA&view=AP) as well as comma-separated; the model checks.
+            annotation = Annotated[list[str] | None, Query(description=field.description)]
         else:
             query = Query(description=field.description)
             annotation = Annotated[(field.annotation, *field.metadata, query)]

@@ -25,7 +25,7 @@ from radlake.api.deps import COOKIE_NAME, Caller, DbSession, LakeDep, PageSelect
 from radlake.api.routes.images import ImageId, labels, list_images, one_image
 from radlake.auth import Role, verify_token
 from radlake.catalog.queries import image_counts, list_dataset_versions
-from radlake.curation.filters import FILTER_FIELDS, ImageFilter
+from radlake.curation.filters import FILTER_FIELDS, ImageFilter, field_schemas
 from radlake.errors import ImageNotFound
 from radlake.imaging.pixels import Window
 
@@ -65,7 +65,7 @@ FILTER_KEYS = tuple("attr" if name == "attributes" else name for name in FILTER_
 DROPDOWNS = ("modality", "view", "finding", "dataset", "split", "source")
 NUMBER_KEYS = frozenset(
     name
-    for name, schema in ImageFilter.model_json_schema()["properties"].items()
+    for name, schema in field_schemas().items()
     if "integer" in str(schema)
 )
 PageSize = Annotated[int, Query(ge=1, le=200)]
@@ -102,17 +102,23 @@ def _page(
 
 
 def _title(key: str) -> str:
-    return "Attribute NAME=VALUE" if key == "attr" else key.replace("_", " ").capitalize()
+    if key in _PAIR_TITLES:
+        return _PAIR_TITLES[key]
+    return key.replace("_", " ").capitalize()
+
+
+_PAIR_TITLES = {"attr": "Attribute NAME=VALUE", "exclude": "Exclude KEY=VALUE"}
 
 
 def _query_pairs(selection: ImageFilter) -> list[tuple[str, str]]:
     """The filter as query parameters, the same the API's /images and /images.zip take."""
     pairs: list[tuple[str, str]] = []
-    for key, value in selection.as_dict().items():
-        if key == "attributes":
-            pairs += [("attr", f"{name}={text}") for name, text in value]
+    for key, text in selection.as_pairs():
+        head, _, rest = key.partition(".")
+        if head in ("attr", "exclude") and rest:  # repeatable NAME=VALUE parameters
+            pairs.append((head, f"{rest}={text}"))
         else:
-            pairs.append((key, str(value)))
+            pairs.append((key, text))
     return pairs
 
 
@@ -222,7 +228,7 @@ def browse(
     page = list_images(caller, session, selection, limit=limit, cursor=cursor)
     counts = image_counts(session)
     names = list(dict.fromkeys(v.dataset.name for v in list_dataset_versions(session)))
-    values = selection.as_dict()
+    values = dict(selection.as_pairs())  # several values read as the text PA,AP
     chosen = {key: values.get(key) for key in FILTER_KEYS}
     choices = {
         "modality": _options(counts["modality"], chosen["modality"], True),
@@ -236,11 +242,12 @@ def browse(
     inputs = [
         (key, _title(key), "number" if key in NUMBER_KEYS else "text", chosen[key])
         for key in FILTER_KEYS
-        if key not in choices and key != "attr"
+        if key not in choices and key not in _PAIR_TITLES
     ]
-    # One input per attribute condition, and an empty one to add another.
-    attributes = [f"{name}={text}" for name, text in selection.attributes]
-    inputs += [("attr", _title("attr"), "text", pair) for pair in [*attributes, None]]
+    # One input per attribute or exclude condition, and an empty one to add another.
+    for key in _PAIR_TITLES:
+        given = [text for name, text in _query_pairs(selection) if name == key]
+        inputs += [(key, _title(key), "text", pair) for pair in [*given, None]]
     pairs = _query_pairs(selection)
     return _page(
         request,

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ScalarSelect, Select, String, cast, func, select
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    String,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session, selectinload
 
 from radlake.catalog.db import batches
@@ -31,39 +41,18 @@ SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
 
 
 def apply_filter(statement: SelectT, selection: ImageFilter) -> SelectT:
-    """Add the selection's conditions (and the joins they need) to a SELECT over image."""
-    if selection.modality:
-        statement = statement.where(Image.modality == selection.modality.upper())
-    if selection.manufacturer:
-        prefix = selection.manufacturer.lower()
-        statement = statement.where(
-            func.lower(Image.manufacturer).startswith(prefix, autoescape=True)
-        )
-    if selection.format:
-        statement = statement.where(Image.format == selection.format.lower())
-    if selection.body_part:
-        statement = statement.where(func.upper(Image.body_part) == selection.body_part.upper())
-    if selection.view:
-        statement = statement.where(func.upper(Image.view_position) == selection.view.upper())
-    if selection.min_rows is not None:
-        statement = statement.where(Image.rows >= selection.min_rows)
-    if selection.min_columns is not None:
-        statement = statement.where(Image.columns >= selection.min_columns)
-    if selection.min_size is not None:
-        statement = statement.where(
-            Image.rows >= selection.min_size, Image.columns >= selection.min_size
-        )
-    if selection.max_size is not None:
-        statement = statement.where(
-            Image.rows <= selection.max_size, Image.columns <= selection.max_size
-        )
-    for key, value in selection.attributes:
-        statement = statement.where(cast(Image.attributes[key].as_string(), String) == value)
+    """Add the selection's conditions (and the joins they need) to a SELECT over image.
+
+    A field with several values matches any of them; `exclude` leaves out the ids its
+    sub-filter selects (NOT IN, not NOT(...): a NULL column must not drop an image
+    from both a group and its complement).
+    """
+    statement = statement.where(*_image_conditions(selection))
     if selection.finding or selection.reader:
         label = select(Label.id).where(Label.image_id == Image.id)
         if selection.finding:
             label = label.where(
-                Label.class_name == selection.finding,
+                Label.class_name.in_(selection.finding),
                 Label.origin == LabelOrigin.GROUND_TRUTH.value,
             )
         if selection.reader:
@@ -74,10 +63,10 @@ def apply_filter(statement: SelectT, selection: ImageFilter) -> SelectT:
             DatasetMember.version_id == _version_id(selection.dataset, selection.version)
         )
         if selection.split:
-            statement = statement.where(DatasetMember.split == selection.split)
+            statement = statement.where(DatasetMember.split.in_(selection.split))
     if selection.source:
         statement = statement.join(Source, Image.source_id == Source.id).where(
-            Source.name == selection.source
+            Source.name.in_(selection.source)
         )
     if selection.series_uid or selection.study_uid or selection.patient:
         statement = statement.join(Series, Image.series_id == Series.id)
@@ -91,7 +80,51 @@ def apply_filter(statement: SelectT, selection: ImageFilter) -> SelectT:
                 statement = statement.join(Patient, Study.patient_id == Patient.id).where(
                     Patient.pseudonym == selection.patient
                 )
+    if selection.exclude is not None:
+        # correlate(None): the ids of the whole lake matching exclude, not a subquery
+        # bound to the outer row.
+        excluded = apply_filter(select(Image.id), selection.exclude).correlate(None)
+        statement = statement.where(Image.id.not_in(excluded))
     return statement
+
+
+def _image_conditions(selection: ImageFilter) -> list[ColumnElement[bool]]:
+    """The conditions on the image row itself (no join needed)."""
+    found: list[ColumnElement[bool]] = []
+    if selection.modality:
+        found.append(Image.modality.in_([value.upper() for value in selection.modality]))
+    if selection.manufacturer:
+        maker = func.lower(Image.manufacturer)
+        found.append(
+            or_(*(maker.startswith(v.lower(), autoescape=True) for v in selection.manufacturer))
+        )
+    if selection.format:
+        found.append(Image.format.in_([value.lower() for value in selection.format]))
+    if selection.body_part:
+        found.append(func.upper(Image.body_part).in_([v.upper() for v in selection.body_part]))
+    if selection.view:
+        found.append(func.upper(Image.view_position).in_([v.upper() for v in selection.view]))
+    if selection.min_rows is not None:
+        found.append(Image.rows >= selection.min_rows)
+    if selection.min_columns is not None:
+        found.append(Image.columns >= selection.min_columns)
+    # The shorter side is at least n when both are; at most n when either is (and the
+    # other way round for the longer side): portable, no LEAST/GREATEST per dialect.
+    for bound in (selection.min_size, selection.min_short_side):
+        if bound is not None:
+            found.append(and_(Image.rows >= bound, Image.columns >= bound))
+    for bound in (selection.max_size, selection.max_long_side):
+        if bound is not None:
+            found.append(and_(Image.rows <= bound, Image.columns <= bound))
+    if selection.max_short_side is not None:
+        bound = selection.max_short_side
+        found.append(or_(Image.rows <= bound, Image.columns <= bound))
+    if selection.min_long_side is not None:
+        bound = selection.min_long_side
+        found.append(or_(Image.rows >= bound, Image.columns >= bound))
+    for key, value in selection.attributes:
+        found.append(cast(Image.attributes[key].as_string(), String) == value)
+    return found
 
 
 def _version_id(dataset: str, version: int | None) -> ScalarSelect[int]:

@@ -1,8 +1,9 @@
 """Command options generated from the filter model: one `--field-name` per field.
 
-`radlake query` takes every field of ImageFilter under its own name (`--series-uid`,
-`--min-size`, ...), `--attr NAME=VALUE` and `--select KEY=VALUE`, all validated by
-the same model; a field added there becomes an option here.
+`radlake query` and `radlake select` take every field of ImageFilter under its own
+name (`--series-uid`, `--view PA,AP`, ...), `--attr NAME=VALUE`, `--exclude KEY=VALUE`
+and `--select KEY=VALUE`, all validated by the same model; a field added there
+becomes an option here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from radlake.curation.filters import FilterError, ImageFilter
+from radlake.curation.filters import FilterError, ImageFilter, field_schemas
 
 # Names the options had before they followed the model's field names.
 _OLD_NAMES = {"series_uid": ("--series",), "study_uid": ("--study",)}
@@ -22,7 +23,7 @@ _OLD_NAMES = {"series_uid": ("--series",), "study_uid": ("--study",)}
 
 def _bounds(name: str) -> str:
     """' (0 to 100000)' from the field's JSON schema, when it has numeric bounds."""
-    schema = ImageFilter.model_json_schema()["properties"][name]
+    schema = field_schemas()[name]
     for option in schema.get("anyOf", [schema]):
         if option.get("type") == "integer":
             return f" ({option.get('minimum', '')} to {option.get('maximum', '')})"
@@ -38,6 +39,11 @@ def _parameters() -> list[inspect.Parameter]:
             )
             annotation: Any = Annotated[list[str] | None, option]
             name = "attr"
+        elif name == "exclude":
+            option = typer.Option(
+                "--exclude", "--not", metavar="KEY=VALUE", help=f"{field.description}"
+            )
+            annotation = Annotated[list[str] | None, option]
         else:
             flag = "--" + name.replace("_", "-")
             bounds = _bounds(name)
@@ -78,10 +84,13 @@ def selection_from_options(values: dict[str, Any]) -> ImageFilter:
         FilterError: an unknown key, a wrong value, or a field given twice.
     """
     attributes = values.pop("attr", None) or []
-    for pair in attributes:
-        if "=" not in pair:
-            raise FilterError(f"expected --attr NAME=VALUE, got {pair[:80]!r}")
+    excluded = values.pop("exclude", None) or []
+    for flag, given in (("--attr NAME", attributes), ("--exclude KEY", excluded)):
+        for pair in given:
+            if "=" not in pair:
+                raise FilterError(f"expected {flag}=VALUE, got {pair[:80]!r}")
     pairs = [f"attr.{pair}" for pair in attributes]
+    pairs += [f"exclude.{pair}" for pair in excluded]
     pairs += [f"{key}={value}" for key, value in values.items() if value is not None]
     return ImageFilter.parse(pairs)
 
