@@ -1,4 +1,5 @@
-"""Export datasets as YOLO and COCO, and read them back: pure code, no database.
+"""Export datasets as YOLO, COCO, classification CSV and ImageFolder, and read the
+detection formats back: pure code, no database.
 
     images (ExportImage) ──► place_images ──► yolo.export_yolo / coco.export_coco
                              (sort, clip,        │ labels, data.yaml, COCO JSON,
@@ -16,6 +17,7 @@ escape the export).
 
 from __future__ import annotations
 
+from radlake.formats.classification import export_classification, export_imagefolder
 from radlake.formats.coco import CocoContents, export_coco, read_coco
 from radlake.formats.coords import (
     ResizeMode,
@@ -48,7 +50,9 @@ __all__ = [
     "clip_box",
     "coco_to_box",
     "data_yaml",
+    "export_classification",
     "export_coco",
+    "export_imagefolder",
     "export_prefix",
     "export_yolo",
     "read_coco",
