@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import zlib
 from collections import Counter
@@ -27,6 +28,7 @@ from radlake.pipelines.source_load import SourceSummary, load_source
 from radlake.sources.base import SourceLoad
 from radlake.sources.covid_cxr import read_covid_cxr
 from radlake.sources.csvfile import SourceFormatError, decode_text, parse_column_map
+from radlake.sources.vinbigdata import read_vinbigdata
 from tests.conftest import run_radlake, shared
 
 # The headers exactly as the collections publish them (agchung/Figure1-COVID-chestxray-dataset
@@ -333,6 +335,18 @@ class TestHostileRows:
         (row,) = parsed.rejected_rows
         assert row.reason == "names no file: its 'filename' cell is empty"
 
+    def test_unlistable_images_folder_is_one_clear_error(self, tmp_path: Path) -> None:
+        if os.geteuid() == 0:
+            pytest.skip("root lists any folder")
+        write_csv(tmp_path, IEEE_HEADER, ["1,M,65,COVID-19,PA,X-ray,images,x.png,,,"])
+        write_image(tmp_path / "images" / "x.png")
+        (tmp_path / "images").chmod(0)
+        try:
+            with pytest.raises(SourceFormatError, match="cannot list images/"):
+                read_covid_cxr(tmp_path)
+        finally:
+            (tmp_path / "images").chmod(0o755)
+
     def test_column_map_values(self) -> None:
         known = ("filename", "patientid")
         assert parse_column_map(["filename=imagename", " patientid = id "], known) == {
@@ -344,6 +358,22 @@ class TestHostileRows:
                 parse_column_map([bad], known)
         with pytest.raises(SourceFormatError, match="twice"):
             parse_column_map(["filename=a", "filename=b"], known)
+
+
+def test_vinbigdata_column_map(tmp_path: Path) -> None:
+    """The other named-column CSV source takes the same map."""
+    (tmp_path / "train.csv").write_text(
+        "image,label,label_id,reader,x1,y1,x2,y2\naaa,Nodule/Mass,8,R11,10,20,30,40\n"
+    )
+    renamed = {"image_id": "image", "class_name": "label", "class_id": "label_id"}
+    renamed |= {"rad_id": "reader", "x_min": "x1", "y_min": "y1", "x_max": "x2", "y_max": "y2"}
+    parsed = read_vinbigdata(tmp_path, columns=renamed)
+    (record,) = parsed.records
+    (finding,) = record.findings
+    assert (record.key, finding.class_name, finding.reader) == ("aaa", "Nodule/Mass", "R11")
+    assert finding.box is not None and finding.box.x_max == 30
+    with pytest.raises(SourceFormatError, match="--column image_id=COLUMN"):
+        read_vinbigdata(tmp_path)  # unmapped: says which column and how to map it
 
 
 # --- the command line, as a user runs it -------------------------------------------

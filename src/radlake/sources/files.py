@@ -9,8 +9,11 @@ large CSV costs one directory read, not one stat per row.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from radlake.sources.csvfile import SourceFormatError
 
 # Extensions tried when a row's value has none; the formats ingest reads.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
@@ -29,18 +32,29 @@ class DatasetFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._listings: dict[str, tuple[dict[str, Path], dict[str, list[Path]]]] = {}
+        # folder -> (files by name, files by lower-case name); None: outside the root
+        self._listings: dict[str, tuple[dict[str, Path], dict[str, list[Path]]] | None] = {}
 
-    def _listing(self, folder: str) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    def _listing(self, folder: str) -> tuple[dict[str, Path], dict[str, list[Path]]] | None:
         if folder not in self._listings:
+            directory = self.root / folder
+            if not _inside(self.root, directory):
+                self._listings[folder] = None
+                return None
             exact: dict[str, Path] = {}
             folded: dict[str, list[Path]] = {}
-            directory = self.root / folder
-            if _inside(self.root, directory) and directory.is_dir():
-                for path in sorted(directory.iterdir()):
-                    if path.is_file():
-                        exact[path.name] = path
-                        folded.setdefault(path.name.lower(), []).append(path)
+            if directory.is_dir():
+                # scandir knows each entry's type from the listing: no stat per file
+                try:
+                    with os.scandir(directory) as entries:
+                        names = sorted(entry.name for entry in entries if entry.is_file())
+                except OSError as exc:
+                    raise SourceFormatError(
+                        f"cannot list {folder}/ in the dataset: {exc.strerror}"
+                    ) from None
+                for name in names:
+                    exact[name] = directory / name
+                    folded.setdefault(name.lower(), []).append(exact[name])
             self._listings[folder] = (exact, folded)
         return self._listings[folder]
 
@@ -48,14 +62,18 @@ class DatasetFiles:
         """The file `value` names in `folder`: that exact name, else the one file named
         `value` plus an image extension (any case).
 
-        Never raises: an absent, ambiguous or out-of-folder name is a reason.
+        An absent, ambiguous or out-of-folder name is a reason, not an error.
+
+        Raises:
+            SourceFormatError: the folder exists but cannot be listed.
         """
         where = f"{folder}/{value}"
-        if not _inside(self.root, self.root / folder):
+        listing = self._listing(folder)
+        if listing is None:
             return Found(None, f"folder named in {listed_in} is outside the dataset: {folder}")
         if "/" in value or "\\" in value or value in (".", ".."):
             return Found(None, f"file named in {listed_in} is not a plain file name: {where}")
-        exact, folded = self._listing(folder)
+        exact, folded = listing
         if value in exact:
             return Found(exact[value])
         candidates = [
