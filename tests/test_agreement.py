@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import func, select
 
+from radlake.catalog.db import make_engine, session_factory, upgrade
+from radlake.catalog.labels import reader_findings
+from radlake.catalog.models import Label
 from radlake.curation.agreement import (
     COLUMNS,
     AgreementError,
+    AgreementReport,
     fleiss_kappa,
     iou,
     iou_matrix,
@@ -19,6 +27,14 @@ from radlake.curation.agreement import (
 from radlake.curation.consensus import cluster_boxes, consensus_findings
 from radlake.domain import Box, Finding, LabelOrigin
 from radlake.errors import RadlakeError
+from radlake.imaging.deid import Pseudonymizer
+from radlake.lake import Lake
+from radlake.pipelines.executor import SerialExecutor
+from radlake.pipelines.source_load import load_source
+from radlake.sources.vinbigdata import read_vinbigdata
+from radlake.storage.store import open_store
+from tests.conftest import SECRET, run_radlake
+from tests.test_datasets import write_vinbigdata
 
 
 def box(image_id: int, reader: str, name: str, *coords: float) -> Finding:
@@ -295,3 +311,93 @@ def test_consensus_is_independent_of_input_order_and_checks_parameters() -> None
         consensus_findings(findings, iou_threshold=1.5)
     with pytest.raises(AgreementError, match="name its reader"):
         consensus_findings([Finding(1, "ILD", Box(0, 0, 1, 1))])
+
+
+# --- agreement over labels alone (issue 9) ------------------------------------------
+
+
+def _lake_at(folder: Path) -> Lake:
+    folder.mkdir()
+    engine = make_engine(f"sqlite:///{folder / 'catalog.sqlite'}")
+    upgrade(engine)
+    return Lake(engine, open_store((folder / "store").as_uri()), Pseudonymizer(SECRET))
+
+
+def _agreement_by_key(lake: Lake, source: str | None = None) -> tuple[AgreementReport, list[Any]]:
+    """The report over a lake's reader labels and its per-image rows keyed by the
+    dataset's image key (the same whether the image is catalogued or not)."""
+    with session_factory(lake.engine)() as session:
+        findings, subjects = reader_findings(session, source=source)
+        keys = {
+            image_id: key
+            for image_id, key in session.execute(
+                select(Label.image_id, Label.source_image_key).where(Label.image_id.is_not(None))
+            )
+        }
+    report = reader_agreement(findings)
+    rows = []
+    for row in report.images:
+        subject = subjects[row.image_id]
+        key = subject.source_image_key if subject.image_id is None else keys[subject.image_id]
+        rows.append((key, row.readers, row.classes, row.all_agree, row.box_f1))
+    return report, sorted(rows, key=lambda r: str(r[0]))
+
+
+def test_labels_alone_give_the_agreement_they_give_with_their_images(
+    lake: Lake, tmp_path: Path
+) -> None:
+    with_images, labels_only = tmp_path / "vin", tmp_path / "vin-labels"
+    write_vinbigdata(with_images, range(30))
+    labels_only.mkdir()
+    shutil.copy(with_images / "train.csv", labels_only / "train.csv")  # no train/ folder
+    alone = _lake_at(tmp_path / "alone")
+    for target, root in ((lake, with_images), (alone, labels_only)):
+        summary = load_source(
+            read_vinbigdata(root),
+            engine=target.engine,
+            store=target.store,
+            pseudonymizer=target.pseudonymizer,
+            executor=SerialExecutor(),
+        )
+        assert summary.labels == 90
+    with session_factory(alone.engine)() as session:
+        attached = session.scalar(select(func.count(Label.id)).where(Label.image_id.is_not(None)))
+    assert attached == 0  # truly labels alone
+    expected, expected_rows = _agreement_by_key(lake)
+    found, found_rows = _agreement_by_key(alone, source="vinbigdata")
+    # Stored boxes are the original ones scaled by 1/10 on both axes: IoU, and so every
+    # figure, is the same up to float rounding.
+    assert len(found.rows()) == len(expected.rows()) == 3
+    for got, want in zip(found.rows(), expected.rows(), strict=True):
+        assert got[:2] == want[:2]
+        assert got[2:] == pytest.approx(want[2:])
+    assert [r[:4] for r in found_rows] == [r[:4] for r in expected_rows]
+    assert [r[4] for r in found_rows] == pytest.approx([r[4] for r in expected_rows])
+    assert found.overall.images == 30 and found.single_reader_images == 0
+    alone.engine.dispose()
+
+
+def test_agreement_command_reads_a_labels_only_source(tmp_path: Path) -> None:
+    home, root = tmp_path / "home", tmp_path / "vin"
+    write_vinbigdata(root, range(9))
+    (root / "train_meta.csv").unlink()
+    shutil.rmtree(root / "train")
+    assert run_radlake(home, "init").returncode == 0
+    assert run_radlake(home, "source", "vinbigdata", str(root)).returncode == 0
+    result = run_radlake(home, "labels", "agreement", "--source", "vinbigdata", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["origin"] == "ground_truth" and report["overall"]["images"] == 9
+    first = report["images"][0]
+    assert (first["image_id"], first["source"], first["source_image_key"]) == (
+        None,
+        "vinbigdata",
+        "img0000",
+    )
+    table = run_radlake(home, "labels", "agreement")
+    assert "ground_truth labels" in table.stdout and "9 of 9 label groups" in table.stdout
+    missing = run_radlake(home, "labels", "agreement", "--source", "nope")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "error: no reader-attributed ground_truth labels of source 'nope'"
+    )
