@@ -8,13 +8,12 @@ such as VinBigData's train.csv) are read by their source's image key.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-import numpy as np
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
@@ -23,7 +22,7 @@ from radlake.catalog.models import Image, Label, LabelClass, Source
 from radlake.catalog.upsert import insert_missing
 from radlake.domain import Box, Finding, LabelOrigin
 
-LabelKey = tuple[int, str, str | None, str, tuple[float, ...] | None]
+LabelKey = tuple[int, str, str | None, str]  # image, class, reader, origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,28 +65,12 @@ def write_classes(session: Session, *, source_id: int, taxonomy: Mapping[str, in
     insert_missing(session, LabelClass, rows, key="name")
 
 
-def _coords(values: Sequence[float | None]) -> tuple[float, ...] | None:
-    if any(v is None for v in values):
-        return None
-    # Single precision: MariaDB keeps FLOAT columns in 4 bytes, so a value read back
-    # there equals the written one only to float32; rounding both sides alike makes
-    # "already present" mean the same on every backend.
-    return tuple(float(np.float32(v)) for v in values)
-
-
-def label_key(
-    image_id: int, class_name: str, reader: str | None, origin: str, box: Box | None
-) -> LabelKey:
-    """What makes two labels of an image the same label (for idempotent imports)."""
-    corners = None if box is None else _coords((box.x_min, box.y_min, box.x_max, box.y_max))
-    return (image_id, class_name[:100], reader, origin, corners)
-
-
 def existing_labels(
     session: Session, *, source_id: int, image_ids: Sequence[int], origin: str
-) -> Counter[LabelKey]:
-    """How many labels of each key the source already holds on these images."""
-    found: Counter[LabelKey] = Counter()
+) -> dict[LabelKey, list[Box | None]]:
+    """The boxes (None: image-level) the source already holds on these images, by
+    (image, class, reader, origin)."""
+    found: dict[LabelKey, list[Box | None]] = defaultdict(list)
     for chunk in batches(sorted(set(image_ids))):
         rows = session.execute(
             select(
@@ -103,8 +86,20 @@ def existing_labels(
         )
         for image_id, class_name, reader, row_origin, *corners in rows:
             assert image_id is not None  # selected by image id
-            found[(image_id, class_name, reader, row_origin, _coords(corners))] += 1
+            box = None if None in corners else Box(*corners)  # type: ignore[arg-type]
+            found[(image_id, class_name, reader, row_origin)].append(box)
     return found
+
+
+def same_box(a: Box | None, b: Box | None) -> bool:
+    """Whether a stored box is the one written. MariaDB keeps FLOAT columns in 4 bytes
+    and returns about 6 significant digits, so "the same" allows a relative 1e-5."""
+    if a is None or b is None:
+        return a is b
+    pairs = zip(
+        (a.x_min, a.y_min, a.x_max, a.y_max), (b.x_min, b.y_min, b.x_max, b.y_max), strict=True
+    )
+    return all(abs(u - v) <= 1e-5 * max(1.0, abs(u)) for u, v in pairs)
 
 
 def add_labels(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:

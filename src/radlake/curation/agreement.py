@@ -18,6 +18,9 @@ For images read by several readers (VinBigData: three of seventeen per image),
   exactly Fleiss (1971). Overall kappa pools every (image, class) as one subject.
 
 Images with a single reader take no part in the figures; their count is reported.
+An "image" is whatever a finding's image_id numbers: `catalog.labels.reader_findings`
+numbers label groups, so labels whose images are not catalogued (a labels-only
+source, grouped by its image key) are scored exactly as they would be with them.
 Raises `AgreementError` (a `RadlakeError` and `ValueError`) for unusable input.
 """
 

@@ -13,14 +13,15 @@ the stored image. Nothing is clipped or invented.
 
 Labels go under their own source (kind `label_import`), never under a dataset's
 source: `radlake source ...` replaces its source's ground truth on every load and
-would drop them. Re-importing a file writes nothing new: each label's key (image,
-class, reader, origin, box) is counted against those already stored, and only the
-surplus is inserted, under the source's row lock, so two imports take turns.
+would drop them. Re-importing a file writes nothing new: each label is looked up
+among those the source holds on its image (same class, reader, origin and box, to
+the precision the catalog keeps) and only the rest is inserted, under the source's
+row lock, so two imports take turns.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -35,7 +36,7 @@ from radlake.catalog.labels import (
     add_labels,
     existing_labels,
     image_refs,
-    label_key,
+    same_box,
     source_kind,
     write_classes,
 )
@@ -230,17 +231,21 @@ def _row(
 def _new_rows(
     session: Session, source_id: int, origin: str, rows: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The rows beyond those already stored, key by key (a file may repeat a label)."""
+    """The rows not stored yet: each stored label answers for one row of the file, so a
+    label the file repeats is kept as often as the file gives it."""
     stored = existing_labels(
         session, source_id=source_id, image_ids=[row["image_id"] for row in rows], origin=origin
     )
-    seen: Counter[Any] = Counter()
     new = []
     for row in rows:
-        key = label_key(row["image_id"], row["class_name"], row["reader"], origin, _box(row))
-        seen[key] += 1
-        if seen[key] > stored[key]:
+        key = (row["image_id"], row["class_name"], row["reader"], origin)
+        box = _box(row)
+        candidates = stored.get(key, [])
+        match = next((i for i, old in enumerate(candidates) if same_box(old, box)), None)
+        if match is None:
             new.append(row)
+        else:
+            candidates.pop(match)
     return new
 
 
