@@ -80,6 +80,11 @@ def quarantine(lake: Lake) -> dict[str, str]:
         return {key: reason for key, reason in found}
 
 
+def listed(root: Path, name: str, folder: str = "images") -> str:
+    """The key the quarantine knows a listed file by: where the CSV says it is."""
+    return str((root / folder / name).absolute())
+
+
 def open_quarantine(lake: Lake) -> dict[str, str]:
     """Quarantine rows that still need a person (not resolved)."""
     with session_factory(lake.engine)() as session:
@@ -137,7 +142,7 @@ class TestFigure1:
         assert images["COVID-00002"].attributes["age"] == "50+"
         assert images["COVID-00003a"].format == "jpeg"
         assert quarantine(lake) == {
-            "COVID-00005": "file listed in metadata.csv is absent: images/COVID-00005"
+            listed(root, "COVID-00005"): "file listed in metadata.csv is absent: images/COVID-00005"
         }
         with session_factory(lake.engine)() as session:
             classes = session.scalars(
@@ -152,7 +157,7 @@ class TestFigure1:
         summary = load(lake, read_covid_cxr(root))
         assert summary.linked == 2
         assert sorted(summary.missing) == ["COVID-00002", "COVID-00005"]
-        reason = quarantine(lake)["COVID-00002"]
+        reason = quarantine(lake)[listed(root, "COVID-00002")]
         assert reason.startswith("2 files match images/COVID-00002 in metadata.csv")
         assert "COVID-00002.png" in reason and "COVID-00002.jpg" in reason
         assert "COVID-00002" not in images_by_key(lake)
@@ -183,7 +188,7 @@ class TestActualmed:
         # One patient: both images under one pseudonymous patient.
         assert patient_of(lake, images[ACTUALMED_NAME]) == patient_of(lake, images[other])
         assert quarantine(lake) == {
-            absent: f"file listed in metadata.csv is absent: images/{absent}"
+            listed(root, absent): f"file listed in metadata.csv is absent: images/{absent}"
         }
         with session_factory(lake.engine)() as session:
             assert session.scalar(select(Source.name)) == "actualmed-covid-chestxray"
@@ -277,7 +282,7 @@ class TestConflicts:
         write_image(root / "images" / "x.png")
         load(lake, read_covid_cxr(root))
         line_3 = f"{(root / 'metadata.csv').absolute()} line 3"
-        assert set(open_quarantine(lake)) == {line_3, "late.png"}
+        assert set(open_quarantine(lake)) == {line_3, listed(root, "late.png")}
 
         write_csv(root, IEEE_HEADER, [conflict[0], conflict[2]])
         write_image(root / "images" / "late.png")
@@ -290,8 +295,17 @@ class TestConflicts:
         (root / "images" / "late.png").unlink()
         load(lake, read_covid_cxr(root))
         reopened = open_quarantine(lake)
-        assert set(reopened) == {line_3, "late.png"}
+        assert set(reopened) == {line_3, listed(root, "late.png")}
         assert "another patient" in reopened[line_3]
+
+    def test_same_missing_name_in_two_datasets(self, lake: Lake, tmp_path: Path) -> None:
+        """Each dataset's absent file has its own quarantine row (a bare name would
+        make the second one look recorded already)."""
+        for folder in ("one", "two"):
+            write_csv(tmp_path / folder, IEEE_HEADER, ["1,M,65,COVID-19,PA,X-ray,images,x.png,,,"])
+            summary = load(lake, read_covid_cxr(tmp_path / folder, name=folder))
+            assert summary.missing == ["x.png"]
+        assert set(quarantine(lake)) == {listed(tmp_path / f, "x.png") for f in ("one", "two")}
 
 
 class TestHostileRows:
@@ -309,9 +323,11 @@ class TestHostileRows:
         summary = load(lake, read_covid_cxr(root))
         assert summary.linked == 0 and summary.ingest is None
         reasons = quarantine(lake)
-        assert "not a plain file name" in reasons["../../secret.png"]
-        assert reasons["x.png"] == "folder named in metadata.csv is outside the dataset: ../outside"
-        assert "not a plain file name" in reasons[".."]
+        assert "not a plain file name" in reasons[listed(root, "../../secret.png")]
+        assert reasons[listed(root, "x.png", folder="../outside")] == (
+            "folder named in metadata.csv is outside the dataset: ../outside"
+        )
+        assert "not a plain file name" in reasons[listed(root, "..")]
 
     @pytest.mark.parametrize(
         ("content", "message"),

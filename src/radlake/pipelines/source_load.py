@@ -223,10 +223,12 @@ def load_source(
         rejects = [RejectedInput(row.key, row.reason) for row in load.rejected_rows]
         if load.quarantine_missing:
             rejects += [
-                RejectedInput(r.key, r.missing_reason or "file listed in the source is absent")
+                RejectedInput(
+                    r.listed_as or r.key, r.missing_reason or "file listed in the source is absent"
+                )
                 for r in missing
             ]
-        _resolve_fixed(session, source_id, load, present=[r.key for r in present])
+        _resolve_fixed(session, source_id, load, present=[r.listed_as or r.key for r in present])
         if rejects:
             _reopen(session, source_id, rejects)
             add_quarantined(session, source_id=source_id, job_id=job_id, rejects=rejects)

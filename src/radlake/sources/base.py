@@ -40,6 +40,9 @@ class SourceRecord:
     # (width, height) of the space the boxes are given in; None: the stored image's own.
     box_space: tuple[float, float] | None = None
     missing_reason: str | None = None
+    # Where the source says the file is (absolute): the quarantine knows an absent file
+    # by it, across sources and re-runs; None: by its key.
+    listed_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

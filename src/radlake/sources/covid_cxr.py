@@ -172,6 +172,7 @@ def read_covid_cxr(
             attributes=attributes,
             findings=tuple(RawFinding(level) for level in levels),
             missing_reason=found.reason,
+            listed_as=str((root / folder / key).absolute()),
         )
     return SourceLoad(
         name=name or layout.dataset,
