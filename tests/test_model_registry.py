@@ -1,0 +1,234 @@
+"""The model registry on every catalog backend: register, list, promote, rollback;
+the store layout and sha256; refusals of bad files, names and settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, select
+
+from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.inference_models import ModelAliasEvent, ModelVersion
+from radlake.catalog.model_registry import (
+    ModelRef,
+    aliases,
+    list_versions,
+    promote,
+    resolve_version,
+    rollback,
+)
+from radlake.inference.errors import InferenceError, ModelFileError, ModelNotFound
+from radlake.inference.registry import register_model, register_version
+from radlake.storage.store import ObjectStore, open_store
+from tests.conftest import run_radlake
+from tests.inference_graphs import (
+    boxes_scores_labels,
+    constant_head,
+    radlake_contract,
+    yolov5_head,
+    yolov8_head,
+)
+
+NAMES = "{0: 'Left Lung', 1: 'Right Lung'}"
+BOXES = [(10.0, 23.0, 30.0, 43.0), (35.0, 13.0, 59.0, 51.0)]
+
+
+def ultralytics_file(score: float = 0.9, **metadata: str) -> bytes:
+    props = {"names": NAMES, "imgsz": "[64, 64]", "task": "detect", **metadata}
+    return constant_head(yolov8_head(BOXES, np.array([[score, 0.0], [0.0, score]])), metadata=props)
+
+
+@pytest.fixture
+def model_store(tmp_path: Path) -> ObjectStore:
+    return open_store((tmp_path / "store").as_uri())
+
+
+def test_register_list_promote_rollback(catalog: Engine, model_store: ObjectStore) -> None:
+    first, second, third = (ultralytics_file(score) for score in (0.9, 0.8, 0.7))
+    with transaction(catalog) as session:
+        assert register_version(session, model_store, name="lungs", onnx_bytes_or_path=first) == (
+            "lungs",
+            1,
+        )
+        assert (
+            register_version(session, model_store, name="lungs", onnx_bytes_or_path=second)[1] == 2
+        )
+        assert (
+            register_version(session, model_store, name="lungs", onnx_bytes_or_path=third)[1] == 3
+        )
+        # The same file with the same settings again: the same version, nothing new.
+        again = register_model(session, model_store, name="lungs", onnx_bytes_or_path=first)
+        assert (again.version, again.created) == (1, False)
+    with session_factory(catalog)() as session:
+        versions = list_versions(session, name="lungs")
+        assert [v.version for v in versions] == [1, 2, 3]
+        first_row = versions[0]
+        assert first_row.store_key == "models/lungs/1/model.onnx"
+        assert first_row.sha256 == hashlib.sha256(first).hexdigest()
+        assert first_row.decoder == "yolov8"  # read from the output shape and names
+        assert first_row.class_names == ["Left Lung", "Right Lung"]
+        assert first_row.contract["size"] == [64, 64] and first_row.contract["pad_value"] == 114
+        # A bare name without a production alias is the newest version.
+        assert resolve_version(session, ref="lungs").version == 3
+    assert model_store.get_bytes("models/lungs/1/model.onnx") == first
+    assert model_store.get_bytes("models/lungs/3/model.onnx") == third
+
+    with transaction(catalog) as session:
+        assert promote(session, name="lungs", version=1) is None
+        assert promote(session, name="lungs", version=2) == 1
+        assert promote(session, name="lungs", version=3) == 2
+        assert promote(session, name="lungs", version=1, alias="staging") is None
+    with session_factory(catalog)() as session:
+        assert resolve_version(session, ref="lungs").version == 3  # production
+        assert resolve_version(session, ref="lungs@staging").version == 1
+        assert resolve_version(session, ref="lungs:2").version == 2
+    with transaction(catalog) as session:
+        assert rollback(session, name="lungs") == (3, 2)
+        assert rollback(session, name="lungs") == (2, 1)
+    with transaction(catalog) as session, pytest.raises(InferenceError, match="no earlier"):
+        rollback(session, name="lungs")
+    with session_factory(catalog)() as session:
+        model_id = list_versions(session, name="lungs")[0].model_id
+        assert aliases(session, model_ids=[model_id])[model_id] == {
+            "production": 1,
+            "staging": 1,
+        }
+        history = session.scalars(select(ModelAliasEvent.action).order_by(ModelAliasEvent.id))
+        assert list(history) == ["promote"] * 4 + ["rollback"] * 2
+
+
+def test_unknown_models_versions_and_aliases(catalog: Engine, model_store: ObjectStore) -> None:
+    with transaction(catalog) as session:
+        register_version(session, model_store, name="lungs", onnx_bytes_or_path=ultralytics_file())
+    with session_factory(catalog)() as session:
+        for ref, message in (
+            ("ribs", "no model 'ribs'"),
+            ("lungs:9", "no version 9"),
+            ("lungs@staging", "no alias 'staging'"),
+        ):
+            with pytest.raises(ModelNotFound, match=message):
+                resolve_version(session, ref=ref)
+        for ref in ("", "Lungs", "lungs@", "lungs:0", "lungs:x", "a@b:1", "../x", "lungs@Prod"):
+            with pytest.raises(InferenceError):
+                resolve_version(session, ref=ref)
+    with transaction(catalog) as session, pytest.raises(ModelNotFound, match="no version 4"):
+        promote(session, name="lungs", version=4)
+    with transaction(catalog) as session, pytest.raises(ModelNotFound, match="no alias"):
+        rollback(session, name="lungs")
+    assert str(ModelRef.parse("lungs:3")) == "lungs:3"
+
+
+def test_hostile_files_and_settings_are_refused(
+    catalog: Engine, model_store: ObjectStore, tmp_path: Path
+) -> None:
+    cases: list[tuple[dict[str, object], type[Exception], str]] = [
+        ({"onnx_bytes_or_path": b"garbage"}, ModelFileError, "ONNX Runtime cannot load"),
+        ({"onnx_bytes_or_path": b""}, ModelFileError, "ONNX Runtime cannot load"),
+        ({"onnx_bytes_or_path": tmp_path / "absent.onnx"}, InferenceError, "no model file"),
+        ({"name": "Bad Name"}, InferenceError, "model name"),
+        ({"name": "../escape"}, InferenceError, "model name"),
+        ({"decoder": "detr"}, InferenceError, "decoder among"),
+        # A yolov5 decoder on a yolov8 head: refused by the dry run, not at the first request.
+        ({"decoder": "yolov5"}, ModelFileError, "yolov5 head"),
+        ({"class_names": ["only one"]}, ModelFileError, "yolov8 head for 1 classes|cannot tell"),
+        ({"class_names": ["a", "a"]}, ModelFileError, "repeat"),
+        ({"contract": {"size": 32}}, ModelFileError, "takes 64x64 inputs"),
+        ({"contract": {"channels": 1}}, ModelFileError, "takes 3 channels"),
+        ({"contract": {"size": [64, 48]}}, InferenceError, "square"),
+        (
+            {"onnx_bytes_or_path": ultralytics_file(task="segment")},
+            ModelFileError,
+            "task 'segment'",
+        ),
+        (
+            {"onnx_bytes_or_path": ultralytics_file(names="__import__('os')")},
+            ModelFileError,
+            "literal",
+        ),
+        ({"trained_on_version_id": 12345}, InferenceError, "no dataset version"),
+    ]
+    for changes, error, message in cases:
+        arguments: dict[str, object] = {"name": "lungs", "onnx_bytes_or_path": ultralytics_file()}
+        arguments.update(changes)
+        with transaction(catalog) as session, pytest.raises(error, match=message):
+            register_model(session, model_store, **arguments)  # type: ignore[arg-type]
+    with session_factory(catalog)() as session:
+        assert session.scalars(select(ModelVersion)).all() == []
+
+
+def test_contract_metadata_and_explicit_settings(catalog: Engine, model_store: ObjectStore) -> None:
+    own = constant_head(
+        yolov5_head(BOXES, [1.0, 1.0], np.eye(2)),
+        size=32,
+        metadata={"radlake_contract": radlake_contract(32, "yolov5", "stretch")},
+    )
+    torchvision = boxes_scores_labels(BOXES, [0.9, 0.8], [0, 1])
+    with transaction(catalog) as session:
+        mine = register_model(
+            session, model_store, name="own", onnx_bytes_or_path=own, class_names=["a", "b"]
+        )
+        theirs = register_model(
+            session,
+            model_store,
+            name="tv",
+            onnx_bytes_or_path=torchvision,
+            class_names=["a", "b"],
+            contract={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        )
+    assert (mine.decoder, mine.contract["resize"], mine.contract["size"]) == (
+        "yolov5",
+        "stretch",
+        [32, 32],
+    )
+    assert theirs.decoder == "boxes-scores-labels" and theirs.contract["std"][2] == 0.225
+    with transaction(catalog) as session, pytest.raises(InferenceError, match="names no classes"):
+        register_model(session, model_store, name="tv", onnx_bytes_or_path=torchvision)
+
+
+def test_cli_registry(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert run_radlake(home, "init").returncode == 0
+    files = []
+    for score in (0.9, 0.8):
+        path = tmp_path / f"lungs-{score}.onnx"
+        path.write_bytes(ultralytics_file(score))
+        files.append(path)
+    result = run_radlake(home, "model", "register", "lungs", str(files[0]), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["version"] == 1
+    result = run_radlake(
+        home, "model", "register", "lungs", str(files[1]), "--stretch", "--size", "64"
+    )
+    assert result.returncode == 0 and "registered lungs:2" in result.stdout, result.stderr
+    assert run_radlake(home, "model", "promote", "lungs", "1").returncode == 0
+    result = run_radlake(home, "model", "promote", "lungs", "2")
+    assert "lungs@production -> version 2 (was 1)" in result.stdout
+    result = run_radlake(home, "model", "rollback", "lungs")
+    assert result.returncode == 0 and "lungs@production -> version 1 (was 2)" in result.stdout
+    shown = json.loads(run_radlake(home, "model", "show", "lungs", "--json").stdout)
+    assert shown["version"] == 1 and shown["aliases"] == ["production"]
+    assert (
+        json.loads(run_radlake(home, "model", "show", "lungs:2", "--json").stdout)["contract"][
+            "resize"
+        ]
+        == "stretch"
+    )
+    listed = json.loads(run_radlake(home, "model", "list", "--json").stdout)
+    assert [(row["model"], row["version"]) for row in listed] == [("lungs", 1), ("lungs", 2)]
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
+    for args, message in (
+        (("model", "register", "lungs", str(tmp_path / "junk.onnx")), "ONNX Runtime cannot load"),
+        (("model", "register", "lungs", str(tmp_path / "none.onnx")), "no model file"),
+        (("model", "register", "x", str(files[0]), "--mean", "a,b"), "--mean as numbers"),
+        (("model", "promote", "lungs", "7"), "no version 7"),
+        (("model", "rollback", "lungs", "--alias", "staging"), "no alias 'staging'"),
+        (("model", "show", "nope"), "no model 'nope'"),
+    ):
+        result = run_radlake(home, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
