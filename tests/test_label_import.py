@@ -366,3 +366,29 @@ def test_reimport_is_idempotent_on_every_backend(catalog: Engine, tmp_path: Path
         assert session.scalar(select(func.count(Label.id))) == 4
         stored = session.scalars(select(Label.x_max).where(Label.reader == "R1")).one()
     assert stored == pytest.approx(299.987654321, abs=1e-3)
+
+
+def test_ambiguous_names_sha256_and_images_of(fresh: Lake, tmp_path: Path) -> None:
+    folder = tmp_path / "two"
+    for part, grey in (("one", 10), ("two", 20)):
+        (folder / part).mkdir(parents=True)
+        PILImage.new("L", (64, 32), grey).save(folder / part / "same.png")
+    ingest(
+        [folder],
+        engine=fresh.engine,
+        store=fresh.store,
+        pseudonymizer=fresh.pseudonymizer,
+        source="two",
+    )
+    with session_factory(fresh.engine)() as session:
+        shas = list(session.scalars(select(Image.sha256).order_by(Image.id)))
+    text = f"file,sha256,class\nsame.png,,ILD\n,{shas[1].upper()},ILD\nsame.png,{'0' * 64},ILD\n"
+    parsed = read_csv_entries(text.encode())
+    summary = import_labels(parsed, ImportRequest(source="csv"), engine=fresh.engine)
+    # The name alone fits two images: reported, not written on either. A sha256 decides.
+    assert (summary.ambiguous, summary.written, summary.unmatched) == (1, 1, 1)
+    assert summary.examples["ambiguous"] == ["line 2: same.png"]
+    elsewhere = import_labels(
+        parsed, ImportRequest(source="csv", images_of="nowhere"), engine=fresh.engine
+    )
+    assert (elsewhere.unmatched, elsewhere.written) == (3, 0)
