@@ -358,12 +358,13 @@ def test_reimport_is_idempotent_on_every_backend(catalog: Engine, tmp_path: Path
     text = "file,class,x_min,y_min,x_max,y_max,reader\n"
     text += "a b.png,ILD,10.123456789,0.1,299.987654321,199.99999,R1\n"
     text += "c.png,ILD,1.1,2.2,3.3,4.4,R2\nc.png,ILD,1.1,2.2,3.3,4.4,R2\nc.png,ILD,,,,,R2\n"
+    text += f"c.png,{'X' * 300}\x00,,,,,{'R' * 100}\n"  # fitted to the columns, not refused
     parsed = read_csv_entries(text.encode())
     first = import_labels(parsed, ImportRequest(source="csv"), engine=catalog)
     second = import_labels(parsed, ImportRequest(source="csv"), engine=catalog)
-    assert (first.written, second.written, second.already_present) == (4, 0, 4)
+    assert (first.written, second.written, second.already_present) == (5, 0, 5)
     with session_factory(catalog)() as session:
-        assert session.scalar(select(func.count(Label.id))) == 4
+        assert session.scalar(select(func.count(Label.id))) == 5
         stored = session.scalars(select(Label.x_max).where(Label.reader == "R1")).one()
     assert stored == pytest.approx(299.987654321, abs=1e-3)
 

@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from radlake.catalog.db import WRITE_BATCH, batches
+from radlake.catalog.fit import fit_row
 from radlake.catalog.models import Image, Label, LabelClass, Source
 from radlake.catalog.upsert import insert_missing
 from radlake.domain import Box, Finding, LabelOrigin
@@ -57,11 +58,11 @@ def source_kind(session: Session, *, name: str) -> str | None:
 def write_classes(session: Session, *, source_id: int, taxonomy: Mapping[str, int | None]) -> None:
     """A source's class names and ids; names it already has are left as they are."""
     known = set(session.scalars(select(LabelClass.name).where(LabelClass.source_id == source_id)))
-    rows = [
-        {"source_id": source_id, "name": name[:100], "class_id": class_id}
+    fitted = [
+        fit_row(LabelClass, {"source_id": source_id, "name": name, "class_id": class_id})[0]
         for name, class_id in sorted(taxonomy.items())
-        if name[:100] not in known
     ]
+    rows = list({row["name"]: row for row in fitted if row["name"] not in known}.values())
     insert_missing(session, LabelClass, rows, key="name")
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from radlake.catalog.db import DEFAULT_RETRY_SECONDS, run_transaction
+from radlake.catalog.fit import fit_row
 from radlake.catalog.labels import (
     ImageRef,
     add_labels,
@@ -40,6 +41,7 @@ from radlake.catalog.labels import (
     source_kind,
     write_classes,
 )
+from radlake.catalog.models import Label
 from radlake.catalog.persist import ensure_source, lock_source
 from radlake.domain import Box, LabelOrigin
 from radlake.errors import RadlakeError
@@ -212,20 +214,24 @@ def _row(
     key: str,
     box: Box | None,
 ) -> dict[str, Any]:
-    return {
-        "source_id": source_id,
-        "source_image_key": key[:255],
-        "image_id": image.id,
-        "class_name": entry.class_name[:100],
-        "class_id": entry.class_id,
-        "reader": (request.reader or entry.reader or None),
-        "origin": request.origin.value,
-        "confidence": None,
-        "x_min": None if box is None else box.x_min,
-        "y_min": None if box is None else box.y_min,
-        "x_max": None if box is None else box.x_max,
-        "y_max": None if box is None else box.y_max,
-    }
+    row, _ = fit_row(  # odd text (NUL, too long) fits every backend, as ingest does
+        Label,
+        {
+            "source_id": source_id,
+            "source_image_key": key,
+            "image_id": image.id,
+            "class_name": entry.class_name,
+            "class_id": entry.class_id,
+            "reader": request.reader or entry.reader or None,
+            "origin": request.origin.value,
+            "confidence": None,
+            "x_min": None if box is None else box.x_min,
+            "y_min": None if box is None else box.y_min,
+            "x_max": None if box is None else box.x_max,
+            "y_max": None if box is None else box.y_max,
+        },
+    )
+    return row
 
 
 def _new_rows(
