@@ -211,22 +211,13 @@ def test_cli_registry(tmp_path: Path) -> None:
     assert result.returncode == 0 and "lungs@production -> version 1 (was 2)" in result.stdout
     shown = json.loads(run_radlake(home, "model", "show", "lungs", "--json").stdout)
     assert shown["version"] == 1 and shown["aliases"] == ["production"]
-    assert (
-        json.loads(run_radlake(home, "model", "show", "lungs:2", "--json").stdout)["contract"][
-            "resize"
-        ]
-        == "stretch"
-    )
     listed = json.loads(run_radlake(home, "model", "list", "--json").stdout)
     assert [(row["model"], row["version"]) for row in listed] == [("lungs", 1), ("lungs", 2)]
     (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
     for args, message in (
         (("model", "register", "lungs", str(tmp_path / "junk.onnx")), "ONNX Runtime cannot load"),
-        (("model", "register", "lungs", str(tmp_path / "none.onnx")), "no model file"),
         (("model", "register", "x", str(files[0]), "--mean", "a,b"), "--mean as numbers"),
         (("model", "promote", "lungs", "7"), "no version 7"),
-        (("model", "rollback", "lungs", "--alias", "staging"), "no alias 'staging'"),
-        (("model", "show", "nope"), "no model 'nope'"),
     ):
         result = run_radlake(home, *args)
         assert result.returncode == 1, (args, result.stderr)
