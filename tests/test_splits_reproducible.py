@@ -265,3 +265,22 @@ def test_a_dataset_over_labels_without_images_names_the_problem(lake: Lake, tmp_
     message = str(caught.value)
     assert "\n" not in message
     assert f"source vinbigdata has {waiting} labels but not their images" in message
+
+
+def test_labels_still_waiting_for_images_are_a_version_warning(lake: Lake, tmp_path: Path) -> None:
+    root = tmp_path / "vin"
+    write_vinbigdata(root, range(6))
+    for n in (1, 4):
+        (root / "train" / f"img{n:04d}.png").unlink()  # images not delivered yet
+    load(lake, read_vinbigdata(root))
+    with session_factory(lake.engine)() as session:
+        waiting = len(session.scalars(select(Label.id).where(Label.image_id.is_(None))).all())
+    assert waiting == 6  # three readers' labels on each of the two missing images
+    request = VersionRequest(dataset="x", selection=ImageFilter(source="vinbigdata"), spec=SPEC)
+    with transaction(lake.engine) as session:
+        version, _ = create_version(session, request)
+        assert sum(version.counts.values()) == 4
+        assert version_warnings(version) == [
+            "source vinbigdata has 6 labels whose images are not in the lake; "
+            "they are not in this version"
+        ]

@@ -233,6 +233,13 @@ def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVe
     ]
     assignment = assign_splits(items, request.spec, seed=request.seed, previous=earlier)
     warnings = empty_split_warnings(assignment, items, request.spec)
+    waiting, sources = _labels_waiting(session, request.selection)
+    if waiting:
+        where = f"source {', '.join(sources)}" if sources else "the lake"
+        warnings.append(
+            f"{where} has {waiting} labels whose images are not in the lake; "
+            "they are not in this version"
+        )
     leakage = check_leakage(assignment, items).as_dict()
     fusion = (
         {
@@ -311,14 +318,20 @@ def _selected_sources(selection: ImageFilter) -> list[str]:
     return [str(v) for v in value] if isinstance(value, tuple | list) else []
 
 
-def _no_image_reason(session: Session, selection: ImageFilter) -> str:
-    """Why a selection is empty, naming labels that wait for their images (issue 9:
-    a labels-only load such as the NIH CSVs catalogues labels without images)."""
+def _labels_waiting(session: Session, selection: ImageFilter) -> tuple[int, list[str]]:
+    """Labels of the selection's sources (all sources without one) whose image is
+    not in the lake, and those sources' names."""
     query = select(func.count(Label.id)).where(Label.image_id.is_(None))
     sources = _selected_sources(selection)
     if sources:
         query = query.join(Source, Label.source_id == Source.id).where(Source.name.in_(sources))
-    waiting = session.scalar(query) or 0
+    return session.scalar(query) or 0, sources
+
+
+def _no_image_reason(session: Session, selection: ImageFilter) -> str:
+    """Why a selection is empty, naming labels that wait for their images (issue 9:
+    a labels-only load such as the NIH CSVs catalogues labels without images)."""
+    waiting, sources = _labels_waiting(session, selection)
     if not waiting:
         return f"the selection matches no image: {selection.as_dict()}"
     where = f"source {', '.join(sources)}" if sources else "the lake"
