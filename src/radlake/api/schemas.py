@@ -45,6 +45,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 _WHY: dict[int, dict[str, str]] = {
+    400: {"description": "The body could not be parsed (not JSON, not multipart)"},
     401: {"description": "No valid token (Authorization: Bearer ...)"},
     403: {"description": "The token's role may not do or see this"},
     404: {"description": "Nothing with this id or name"},

@@ -19,7 +19,7 @@ from radlake.catalog.queries import (
 )
 from radlake.catalog.serialize import audit_row, job_row, quarantine_row
 
-router = APIRouter(tags=["catalog"], responses=schemas.errors(401))
+router = APIRouter(tags=["catalog"], responses=schemas.errors(401, 422))
 Uid = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$", description="A DICOM UID")]
 
 

@@ -24,7 +24,7 @@ from radlake.curation.versions import DatasetError, VersionRequest, create_versi
 from radlake.formats.sink import FolderSink
 from radlake.pipelines.export import export_version
 
-router = APIRouter(tags=["datasets"], responses=schemas.errors(401))
+router = APIRouter(tags=["datasets"], responses=schemas.errors(401, 422))
 Name = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Version = Annotated[int, Path(ge=1, le=1_000_000)]
 
@@ -49,7 +49,7 @@ class VersionIn(BaseModel):
     "/datasets/{name}/versions",
     status_code=201,
     response_model=schemas.CreatedVersion,
-    responses=schemas.errors(403),
+    responses=schemas.errors(400, 403),
 )
 def create(name: Name, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
     """Create a version (curators); the newest one is returned unchanged if nothing changed."""

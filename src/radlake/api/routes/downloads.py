@@ -41,7 +41,7 @@ from radlake.lake import Lake
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
 from radlake.storage.keys import preview_key
 
-router = APIRouter(tags=["downloads"], responses=schemas.errors(401))
+router = APIRouter(tags=["downloads"], responses=schemas.errors(401, 422))
 Content = Literal["preview", "rendered", "original"]
 CSV_FIELDS = (
     "id",
@@ -247,7 +247,7 @@ def split_zip(
     "/cohorts",
     status_code=201,
     response_model=schemas.SavedCohort,
-    responses=schemas.errors(403, 409),
+    responses=schemas.errors(400, 403, 409),
 )
 def save_cohort(body: CohortIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
     """Save a named query (curators)."""

@@ -35,7 +35,7 @@ from radlake.imaging.render import PREVIEW_SIZE
 from radlake.pipelines.ingest import ingest_bytes
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages, check_size
 
-router = APIRouter(tags=["images"], responses=schemas.errors(401))
+router = APIRouter(tags=["images"], responses=schemas.errors(401, 422))
 ImageId = Annotated[int, Path(ge=1, le=2**62, description="Image id")]
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 CACHE_CONTROL = "private, max-age=3600"
@@ -215,7 +215,7 @@ def _read_upload(file: UploadFile, limit: int) -> bytes:
     "/images",
     status_code=201,
     response_model=schemas.Uploaded,
-    responses=schemas.errors(403, 409, 413, 422),
+    responses=schemas.errors(400, 403, 409, 413, 422),
 )
 def upload(
     request: Request,
