@@ -35,9 +35,13 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
             }
         }
         for path, operations in document.get("paths", {}).items():
-            if path not in PUBLIC_PATHS:
-                for operation in operations.values():
+            for operation in operations.values():
+                if path not in PUBLIC_PATHS:
                     operation["security"] = [{BEARER: []}]
+                # Routers declare 422 for all their routes; it only applies where a
+                # parameter or a body can be invalid.
+                if not operation.get("parameters") and "requestBody" not in operation:
+                    operation.get("responses", {}).pop("422", None)
         app.openapi_schema = document
     return app.openapi_schema
 
