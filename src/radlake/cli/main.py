@@ -15,6 +15,7 @@ from radlake.cli import (
     labels_cmd,
     quickstart,
     render_cmd,
+    select_cmd,
     serve_cmd,
     sources_cmd,
     verify_cmd,
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.command("init")(ingest_cmd.init)
 app.command("ingest")(ingest_cmd.ingest)
 app.command("query")(browse.query)
+app.command("select")(select_cmd.select)
 app.command("show")(browse.show)
 app.command("quarantine")(browse.quarantine)
 app.command("jobs")(browse.jobs)
