@@ -185,10 +185,11 @@ def test_hostile_coco_entries_are_reported_never_written(fresh: Lake, exported: 
         "images": [
             {"id": 1, "file_name": "img0001.png", "width": 256, "height": 200},
             {"id": 2, "file_name": "somewhere/else/not-here.png", "width": 256, "height": 200},
-            {"id": 3, "file_name": "img0002.png", "width": 512, "height": 400},  # 2x resize
+            {"id": 3, "file_name": "img0002.png", "width": 512.0, "height": 400},  # 2x resize
             {"id": 4, "file_name": "img0004.png", "width": 300, "height": 100},  # not a resize
+            {"id": [5], "file_name": "img0005.png"},  # an id no annotation can name
         ],
-        "categories": [{"id": 1, "name": "Nodule/Mass"}],
+        "categories": [{"id": 1, "name": "Nodule/Mass"}, {"id": [2], "name": "odd"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 30, 40]},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [None, None, None, None]},
@@ -202,13 +203,14 @@ def test_hostile_coco_entries_are_reported_never_written(fresh: Lake, exported: 
             {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, float("inf")]},
             {"id": 11, "image_id": 1, "category_id": 1},  # no bbox: an image-level label
             "garbage",
+            {"id": 13, "image_id": [1], "category_id": {"a": 1}, "bbox": [1, 2, 3, 4]},
         ],
     }
     parsed = read_coco_entries(json.dumps(document).encode())
     summary = import_labels(parsed, ImportRequest(source="hostile"), engine=fresh.engine)
-    assert summary.entries == 12
+    assert summary.entries == 13
     assert (summary.written, summary.boxes, summary.image_level) == (3, 2, 1)
-    assert (summary.invalid, summary.unmatched, summary.frame_mismatch) == (7, 1, 1)
+    assert (summary.invalid, summary.unmatched, summary.frame_mismatch) == (8, 1, 1)
     assert any("null, null, null, null" in text for text in summary.examples["invalid"])
     assert summary.examples["unmatched"] == ["annotation 7: not-here.png"]
     with session_factory(fresh.engine)() as session:

@@ -142,6 +142,20 @@ def _export_frame(document: Mapping[str, Any]) -> tuple[int | None, ResizeMode] 
     return (size, mode)
 
 
+def _key(value: object) -> int | str | None:
+    """A COCO id usable as a key (a list or an object is not)."""
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
+
+
+def _size(value: object) -> int | None:
+    """A positive whole pixel count (some tools write 512.0), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not (math.isfinite(value) and value > 0 and float(value).is_integer()):
+        return None
+    return int(value)
+
+
 def read_coco_entries(data: bytes) -> LabelFile:
     """Entries of a COCO detection file (any producer; radlake exports are mapped back).
 
@@ -155,23 +169,33 @@ def read_coco_entries(data: bytes) -> LabelFile:
         raise FormatError("expected COCO JSON with lists 'images', 'annotations' and 'categories'")
     info = document.get("info")
     export = _export_frame(info) if isinstance(info, dict) else None
-    categories: dict[Any, str] = {}
+    categories: dict[int | str, str] = {}
     for category in document["categories"]:
-        if isinstance(category, dict) and "id" in category and category.get("name"):
+        if (
+            isinstance(category, dict)
+            and _key(category.get("id")) is not None
+            and category.get("name")
+        ):
             categories[category["id"]] = str(category["name"])
-    frames: dict[Any, tuple[str | None, str | None, Frame]] = {}
+    frames: dict[int | str, tuple[str | None, str | None, Frame]] = {}
     for image in document["images"]:
-        if not isinstance(image, dict) or "id" not in image:
+        if not isinstance(image, dict) or _key(image.get("id")) is None:
             continue
         name = image.get("file_name")
-        width, height = image.get("width"), image.get("height")
-        sized = isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0
-        source = (image.get("source_width"), image.get("source_height"))
+        width, height = _size(image.get("width")), _size(image.get("height"))
+        sized = width is not None and height is not None
+        source_width, source_height = (
+            _size(image.get("source_width")),
+            _size(image.get("source_height")),
+        )
+        source = None
+        if source_width is not None and source_height is not None:
+            source = (source_width, source_height)
         frame = Frame(
             width=width if sized else None,
             height=height if sized else None,
-            export=export if all(isinstance(v, int) for v in source) else None,
-            source_size=source if all(isinstance(v, int) for v in source) else None,  # type: ignore[arg-type]
+            export=export if source else None,
+            source_size=source,
         )
         sha = image.get("sha256")
         frames[image["id"]] = (
@@ -194,10 +218,12 @@ def read_coco_entries(data: bytes) -> LabelFile:
                 )
             )
             continue
-        where = f"annotation {annotation.get('id', '#' + str(position))}"
-        name, sha, frame = frames.get(annotation.get("image_id"), (None, None, STORED_PIXELS))
-        class_name = categories.get(annotation.get("category_id"), "")
-        category_id = annotation.get("category_id")
+        where = f"annotation {str(annotation.get('id', '#' + str(position)))[:40]}"
+        image_key, category_id = _key(annotation.get("image_id")), annotation.get("category_id")
+        unknown: tuple[str | None, str | None, Frame] = (None, None, STORED_PIXELS)
+        name, sha, frame = frames.get(image_key, unknown) if image_key is not None else unknown
+        category_key = _key(category_id)
+        class_name = categories.get(category_key, "") if category_key is not None else ""
         class_id = category_id if isinstance(category_id, int) else None
         problem = ""
         numbers = None
@@ -299,21 +325,23 @@ def read_yolo_entries(root: Path, names: Sequence[str]) -> LabelFile:
     frame = Frame(normalized=True, export=export)
     entries: list[LabelEntry] = []
     for path in files:
-        text, _ = decode_text(path.read_bytes())
+        try:
+            text, _ = decode_text(path.read_bytes())
+        except OSError as exc:
+            raise FormatError(f"cannot read {path.name}: {exc.strerror}") from None
         for number, line in enumerate(text.splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue
             where = f"{path.name} line {number}"
-            class_name, class_id, problem, numbers = "", None, "", None
-            try:
+            class_name, class_id, numbers = "", None, None
+            if not fields[0].isdigit():
+                problem = f"class id {fields[0][:20]!r} is not a whole number"
+            elif int(fields[0]) >= len(names):
+                problem = f"class id {fields[0][:20]} is not in 0..{len(names) - 1}"
+            else:
                 class_id = int(fields[0])
-            except ValueError:
-                problem = f"class id {fields[0][:20]!r} is not a number"
-            if not problem and not 0 <= class_id < len(names):  # type: ignore[operator]
-                problem = f"class id {class_id} is not in 0..{len(names) - 1}"
-            if not problem:
-                class_name = names[class_id]  # type: ignore[index]
+                class_name = names[class_id]
                 numbers, problem = _yolo_numbers(fields[1:])
             entries.append(
                 LabelEntry(
