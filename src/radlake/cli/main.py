@@ -13,6 +13,8 @@ from radlake.cli import (
     dataset_cmd,
     ingest_cmd,
     labels_cmd,
+    model_cmd,
+    predict_cmd,
     quickstart,
     render_cmd,
     select_cmd,
@@ -43,6 +45,8 @@ app.command("verify")(verify_cmd.verify)
 app.add_typer(sources_cmd.app, name="source")
 app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(labels_cmd.app, name="labels")
+app.add_typer(model_cmd.app, name="model")
+app.command("predict")(predict_cmd.predict)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(serve_cmd.token_app, name="token")
 

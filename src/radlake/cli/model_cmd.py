@@ -18,6 +18,7 @@ from radlake.catalog.model_registry import (
     resolve_version,
     rollback,
 )
+from radlake.cli import train_cmd
 from radlake.cli.ingest_cmd import JsonOption, progress_bar
 from radlake.cli.output import console, print_json
 from radlake.curation.versions import get_version
@@ -27,6 +28,7 @@ from radlake.inference.registry import register_model
 from radlake.lake import load_settings, open_lake
 
 app = typer.Typer(help="Register, promote, roll back and evaluate detection models (ONNX).")
+app.command("train")(train_cmd.train)
 
 Decoder = Literal["yolov5", "yolov8", "boxes-scores-labels"]
 AliasOption = Annotated[
