@@ -64,9 +64,7 @@ WINDOW_PRESETS = (
 FILTER_KEYS = tuple("attr" if name == "attributes" else name for name in FILTER_FIELDS)
 DROPDOWNS = ("modality", "view", "finding", "dataset", "split", "source")
 NUMBER_KEYS = frozenset(
-    name
-    for name, schema in field_schemas().items()
-    if "integer" in str(schema)
+    name for name, schema in field_schemas().items() if "integer" in str(schema)
 )
 PageSize = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[int, Query(ge=0, le=2**62)]
