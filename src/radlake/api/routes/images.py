@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Respon
 from radlake.api import audit, schemas
 from radlake.api.conditional import byte_range, none_match
 from radlake.api.decoding import decode_slot
-from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.deps import Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.privacy import (
     DEIDENTIFIED,
     pixels_withheld,
@@ -28,8 +28,8 @@ from radlake.catalog.image_reads import (
     pixel_columns,
     rendition_keys,
 )
-from radlake.catalog.models import Image
 from radlake.catalog.queries import get_image
+from radlake.catalog.uploads import record_upload
 from radlake.domain import ImageFormat, Plane, RejectedInput
 from radlake.imaging.render import PREVIEW_SIZE
 from radlake.pipelines.ingest import ingest_bytes
@@ -185,20 +185,6 @@ def upload_key(uploader: str, received: datetime, client_name: str | None) -> st
     return f"upload/{_safe_part(uploader, 'token')}/{stamp}/{_safe_part(base, 'unnamed')}"
 
 
-def _keep_upload_facts(
-    lake: LakeDep, image_id: int, caller: Caller, received: datetime, client_name: str | None
-) -> None:
-    """Who uploaded a new image, when, and the client's raw file name, as attributes."""
-    with transaction(lake.engine) as session:
-        image = session.get(Image, image_id)
-        if image is not None:
-            image.attributes = dict(image.attributes or {}) | {
-                "uploaded_by": caller.name,
-                "uploaded_at": received.isoformat(),
-                "client_file_name": (client_name or "")[:1000],
-            }
-
-
 def _read_upload(file: UploadFile, limit: int) -> bytes:
     """The upload's bytes, up to limit (413 beyond; the client's file name is never used)."""
     buffer = io.BytesIO()
@@ -220,7 +206,6 @@ def _read_upload(file: UploadFile, limit: int) -> bytes:
 def upload(
     request: Request,
     caller: Curator,
-    session: DbSession,
     lake: LakeDep,
     file: Annotated[UploadFile, File(description="A DICOM, NIfTI, PNG or JPEG file")],
 ) -> dict[str, Any]:
@@ -251,7 +236,14 @@ def upload(
     if image_id is None:  # catalogued a moment ago: only a concurrent delete could do this
         raise HTTPException(409, detail="the upload was catalogued and then removed")
     if result.new:
-        _keep_upload_facts(lake, image_id, caller, received, file.filename)
+        with transaction(lake.engine) as session:
+            record_upload(
+                session,
+                image_id=image_id,
+                uploaded_by=caller.name,
+                uploaded_at=received,
+                client_file_name=file.filename,
+            )
     fmt = outcome.metadata.format
     audit.record(lake, caller, "upload", f"image/{image_id}", bytes=len(data), format=fmt.value)
     return {
