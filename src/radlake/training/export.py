@@ -99,8 +99,10 @@ def export_onnx(
     partial = path.with_name(path.name + ".partial")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on tracing, not ours to act on
+        # The exporter restores the wrapper's mode on every submodule afterwards: a
+        # wrapper left in training mode would switch batch norm back to batch stats.
         torch.onnx.export(
-            _Decoded(model),
+            _Decoded(model).eval(),
             (check_inputs[:1],),
             str(partial),
             input_names=[INPUT_NAME],

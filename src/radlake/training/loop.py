@@ -128,7 +128,8 @@ def detection_loss(
     focal = functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     quality = (focal * (probability - targets).abs().pow(2)).sum() / max(n_pos, 1)
     total = quality + 2.0 * giou + 5.0 * l1
-    return total, {"cls": float(quality), "giou": float(giou), "l1": float(l1)}
+    parts = {"cls": quality, "giou": giou, "l1": l1}
+    return total, {name: float(value.detach()) for name, value in parts.items()}
 
 
 def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
@@ -234,7 +235,7 @@ def train_detector(
             optimizer.step()
             scheduler.step()
             ema.update(model)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         val_map = val_map50 = None
         if val and (epoch % config.eval_every == 0 or epoch == config.epochs):
             score = coco_map([s.truth for s in val], predict(ema.model, val), num_classes)
