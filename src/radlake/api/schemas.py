@@ -287,9 +287,20 @@ class DatasetItem(BaseModel):
     versions: list[VersionInfo]
 
 
-class DatasetVersion(VersionInfo):
+class _Named(BaseModel):
     name: str
 
 
-class CreatedVersion(DatasetVersion):
+class _NamedCreated(BaseModel):
+    name: str
     created: bool = Field(description="False when the newest version was returned unchanged")
+
+
+# VersionInfo listed first: pydantic puts the later base's fields first, so the answer
+# reads name (, created), then the version's fields, as it always has.
+class DatasetVersion(VersionInfo, _Named):
+    """One version of the named dataset."""
+
+
+class CreatedVersion(VersionInfo, _NamedCreated):
+    """The version made, or the newest one when nothing changed."""
