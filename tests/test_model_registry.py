@@ -223,3 +223,81 @@ def test_cli_registry(tmp_path: Path) -> None:
         assert result.returncode == 1, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_runs_and_predictions_on_every_backend(catalog: Engine, model_store: ObjectStore) -> None:
+    """Recorded runs read back per image and per version; thresholds stored as MySQL
+    FLOAT (single precision) still count as the same thresholds for resuming."""
+    from radlake.catalog.model_registry import (
+        PredictedBox,
+        RunRecord,
+        predicted_image_ids,
+        predictions_for_image,
+        record_runs,
+    )
+    from radlake.catalog.models import Image, Source
+    from radlake.domain import Box
+
+    with transaction(catalog) as session:
+        register_version(session, model_store, name="lungs", onnx_bytes_or_path=ultralytics_file())
+        register_version(
+            session, model_store, name="lungs", onnx_bytes_or_path=ultralytics_file(0.7)
+        )
+        source = Source(name="test", kind="folder")
+        session.add(source)
+        session.flush()
+        images = [
+            Image(
+                sha256=f"{n:064x}",
+                size_bytes=1,
+                format="png",
+                source_id=source.id,
+                source_key=f"{n}.png",
+                original_key=f"raw/00/{n:064x}.png",
+                rows=192,
+                columns=256,
+            )
+            for n in (1, 2)
+        ]
+        session.add_all(images)
+        session.flush()
+        image_ids = [image.id for image in images]
+        v1, v2 = (v.id for v in list_versions(session, name="lungs"))
+        box = PredictedBox(0, "Left Lung", 0.9, Box(40.0, 60.0, 120.5, 140.25))
+        other = PredictedBox(1, "Right Lung", 0.8, Box(140.0, 20.0, 236.0, 172.0))
+        record_runs(
+            session,
+            runs=[
+                RunRecord(v1, image_ids[0], 0.25, 0.45, 12.5, "cli", [other, box]),
+                RunRecord(v1, image_ids[0], 0.25, 0.45, 11.0, "api:alice", [box]),
+                RunRecord(v2, image_ids[0], 0.3, 0.45, 9.0, "cli", []),
+                RunRecord(v2, image_ids[1], 0.3, 0.45, 9.0, "cli", [other]),
+            ],
+        )
+    with session_factory(catalog)() as session:
+        latest = predictions_for_image(session, image_id=image_ids[0])
+        # v1's latest run (one box); v2 ran on this image and found nothing.
+        assert [(p.version, p.class_name, p.box) for p in latest] == [(1, "Left Lung", box.box)]
+        assert latest[0].as_dict()["box"] == [40.0, 60.0, 120.5, 140.25]
+        assert predictions_for_image(session, image_id=image_ids[1], model_version_id=v1) == []
+        assert [p.score for p in predictions_for_image(session, image_id=image_ids[1])] == [
+            pytest.approx(0.8)
+        ]
+        done = predicted_image_ids(
+            session,
+            model_version_id=v2,
+            image_ids=image_ids,
+            score_threshold=0.3,
+            iou_threshold=0.45,
+        )
+        assert done == set(image_ids)
+        assert (
+            predicted_image_ids(
+                session,
+                model_version_id=v2,
+                image_ids=image_ids,
+                score_threshold=0.31,
+                iou_threshold=0.45,
+            )
+            == set()
+        )
