@@ -22,11 +22,12 @@ from sqlalchemy import delete, func, select
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.inference_models import InferenceRun, ModelVersion, Prediction
 from radlake.catalog.model_registry import predictions_for_image
-from radlake.catalog.models import Image, Label
+from radlake.catalog.models import Image, Job, Label
 from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import VersionRequest, create_version
 from radlake.domain import Box
+from radlake.errors import ImageNotFound
 from radlake.inference.errors import InferenceError
 from radlake.inference.evaluation import coco_scores, evaluate_version, mean_box_baseline
 from radlake.inference.registry import register_version
@@ -174,6 +175,13 @@ def test_batch_is_resumable_and_survives_an_unreadable_image(lungs: Lake) -> Non
         [everything[1]],
     )
     assert "patient" not in resumed.line().lower()
+    with session_factory(lungs.engine)() as session:
+        jobs = session.scalars(select(Job).where(Job.kind == "predict").order_by(Job.id)).all()
+    assert [job.status for job in jobs] == ["succeeded"] * 5
+    assert jobs[-1].counts["predicted"] == 1 and jobs[-1].counts["unreadable"] == 1
+    assert jobs[-1].parameters["model"] == "lungs:1" and jobs[-1].finished_at is not None
+    with pytest.raises(ImageNotFound):
+        predict_batch(lungs, model_ref="lungs", image_ids=[987654])
 
 
 def test_concurrent_requests_reuse_one_session(lungs: Lake) -> None:

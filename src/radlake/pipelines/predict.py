@@ -6,11 +6,14 @@ with its own cached session); the parent writes each batch's runs and boxes in o
 transaction, so an interrupted job leaves whole batches and a re-run with the same
 model version and thresholds predicts only the rest. One unreadable image never
 stops the job: it is counted with its reason and tried again on the next run.
+Each run is a `job` row (kind predict: parameters, counts, status, time), as ingest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,13 +21,16 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from radlake.catalog.db import batches, run_transaction, session_factory
 from radlake.catalog.model_registry import predicted_image_ids, record_runs
-from radlake.catalog.models import Image
+from radlake.catalog.models import Image, Job, utcnow
 from radlake.catalog.queries import apply_filter
 from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import get_version, members
+from radlake.errors import CatalogError, ImageNotFound
 from radlake.inference.errors import InferenceError
 from radlake.inference.runner import (
     DEFAULT_BATCH,
@@ -55,6 +61,7 @@ class PredictSummary:
     boxes: int
     unreadable: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
+    job_id: int | None = None
 
     @property
     def rate(self) -> float:
@@ -62,6 +69,7 @@ class PredictSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "job_id": self.job_id,
             "model": self.model,
             "version": self.version,
             "selected": self.selected,
@@ -159,6 +167,9 @@ def predict_batch(
                     )
                 )
             )
+    missing = [image_id for image_id in todo if image_id not in stored]
+    if missing:
+        raise ImageNotFound(f"no image with id {missing[0]}")
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     tasks = [
         BatchTask(
@@ -172,33 +183,86 @@ def predict_batch(
         )
         for start in range(0, len(todo), batch_size)
     ]
+    parameters = {
+        "model": model.ref,
+        "score_threshold": score_threshold,
+        "iou_threshold": iou_threshold,
+        "batch_size": batch_size,
+        "workers": workers,
+        "images": len(wanted),
+    }
+    job_id = run_transaction(lake.engine, partial(_open_job, parameters=parameters))
     predicted = boxes = 0
     unreadable: dict[int, str] = {}
-    if progress is not None:
-        progress(0, len(todo))
-    for outcomes in _executor(workers).map_unordered(run_task, tasks):
-        readable = [outcome for outcome in outcomes if outcome.error is None]
-        unreadable.update((o.image_id, o.error) for o in outcomes if o.error is not None)
-        runs = [
-            run_record(_result(model, outcome, score_threshold, iou_threshold), caller)
-            for outcome in readable
-        ]
-        if runs:
-            run_transaction(lake.engine, partial(record_runs, runs=runs))
-        predicted += len(readable)
-        boxes += sum(len(o.detections) for o in readable)
+    status, error = "failed", None
+
+    def summary() -> PredictSummary:
+        return PredictSummary(
+            model.name,
+            model.version,
+            len(wanted),
+            len(done),
+            predicted,
+            boxes,
+            unreadable,
+            time.perf_counter() - started,
+            job_id,
+        )
+
+    try:
         if progress is not None:
-            progress(predicted + len(unreadable), len(todo))
-    return PredictSummary(
-        model.name,
-        model.version,
-        len(wanted),
-        len(done),
-        predicted,
-        boxes,
-        unreadable,
-        time.perf_counter() - started,
+            progress(0, len(todo))
+        for outcomes in _executor(workers).map_unordered(run_task, tasks):
+            readable = [outcome for outcome in outcomes if outcome.error is None]
+            unreadable.update((o.image_id, o.error) for o in outcomes if o.error is not None)
+            runs = [
+                run_record(_result(model, outcome, score_threshold, iou_threshold), caller)
+                for outcome in readable
+            ]
+            if runs:
+                run_transaction(lake.engine, partial(record_runs, runs=runs))
+            predicted += len(readable)
+            boxes += sum(len(o.detections) for o in readable)
+            if progress is not None:
+                progress(predicted + len(unreadable), len(todo))
+        status = "succeeded"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        raise
+    finally:
+        result = summary()
+        # Best effort: when the catalog itself is the fault, the job row keeps "running".
+        with contextlib.suppress(CatalogError, SQLAlchemyError):
+            run_transaction(
+                lake.engine,
+                partial(_close_job, job_id=job_id, status=status, error=error, summary=result),
+                retry_seconds=5,
+            )
+    return result
+
+
+def _open_job(session: Session, *, parameters: dict[str, Any]) -> int:
+    job = Job(
+        kind="predict",
+        status="running",
+        parameters=parameters,
+        host=socket.gethostname(),
+        pid=os.getpid(),
     )
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+def _close_job(
+    session: Session, *, job_id: int, status: str, error: str | None, summary: PredictSummary
+) -> None:
+    job = session.get_one(Job, job_id)
+    job.status, job.error, job.counts = status, error, summary.as_dict()
+    job.finished_at, job.seconds = utcnow(), round(summary.seconds, 3)
 
 
 def _result(model: ServedModel, outcome: ImageOutcome, score: float, iou: float) -> InferenceResult:
