@@ -234,6 +234,7 @@ def test_runs_and_predictions_on_every_backend(catalog: Engine, model_store: Obj
         predicted_image_ids,
         predictions_for_image,
         record_runs,
+        runs_for_image,
     )
     from radlake.catalog.models import Image, Source
     from radlake.domain import Box
@@ -283,6 +284,12 @@ def test_runs_and_predictions_on_every_backend(catalog: Engine, model_store: Obj
         assert [p.score for p in predictions_for_image(session, image_id=image_ids[1])] == [
             pytest.approx(0.8)
         ]
+        runs = runs_for_image(session, image_id=image_ids[0])
+        assert [(r.version, r.boxes, r.caller) for r in runs] == [
+            (1, 1, "api:alice"),
+            (2, 0, "cli"),
+        ]
+        assert runs[0].as_dict()["latency_ms"] == 11.0
         done = predicted_image_ids(
             session,
             model_version_id=v2,

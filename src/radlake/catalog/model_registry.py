@@ -13,6 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -463,3 +464,69 @@ def predictions_for_image(
         )
         for run, name, number, version_id, score_t, iou_t, cls, score, x0, y0, x1, y1 in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRun:
+    """A model version's latest run on an image (found boxes or not)."""
+
+    run_id: int
+    model: str
+    version: int
+    model_version_id: int
+    score_threshold: float
+    iou_threshold: float
+    latency_ms: float
+    caller: str
+    created_at: datetime
+    boxes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "version": self.version,
+            "model_version_id": self.model_version_id,
+            "score_threshold": self.score_threshold,
+            "iou_threshold": self.iou_threshold,
+            "latency_ms": self.latency_ms,
+            "caller": self.caller,
+            "created_at": self.created_at.isoformat(),
+            "boxes": self.boxes,
+        }
+
+
+def runs_for_image(session: Session, *, image_id: int) -> list[ImageRun]:
+    """Each model version's latest run on the image, also those that found nothing
+    (predictions_for_image lists their boxes), by model name and version."""
+    latest = (
+        select(func.max(InferenceRun.id))
+        .where(InferenceRun.image_id == image_id)
+        .group_by(InferenceRun.model_version_id)
+    )
+    boxes = (
+        select(Prediction.run_id, func.count(Prediction.id).label("boxes"))
+        .where(Prediction.run_id.in_(latest))
+        .group_by(Prediction.run_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(
+            InferenceRun.id,
+            Model.name,
+            ModelVersion.version,
+            ModelVersion.id,
+            InferenceRun.score_threshold,
+            InferenceRun.iou_threshold,
+            InferenceRun.latency_ms,
+            InferenceRun.caller,
+            InferenceRun.created_at,
+            func.coalesce(boxes.c.boxes, 0),
+        )
+        .join(ModelVersion, InferenceRun.model_version_id == ModelVersion.id)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .outerjoin(boxes, boxes.c.run_id == InferenceRun.id)
+        .where(InferenceRun.id.in_(latest))
+        .order_by(Model.name, ModelVersion.version)
+    )
+    return [ImageRun(*row) for row in rows]
