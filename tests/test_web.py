@@ -1,4 +1,4 @@
-"""The web page: sign-in cookie, redirects, browse, image page with boxes, escaping;
+"""The web page: sign-in session cookie, redirects, browse, image page with boxes, escaping;
 then the same pages in headless Chromium against uvicorn on 127.0.0.1."""
 
 from __future__ import annotations
@@ -65,6 +65,14 @@ class Site:
             answer = client.post("/ui/signin", data={"token": self.tokens[role]})
             assert answer.status_code == 303, answer.text
         return client
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a signed-in page carries (meta tag and sign-out form agree)."""
+    meta = re.findall(r'<meta name="csrf-token" content="([0-9a-f]{64})">', html)
+    field = re.findall(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert len(meta) == 1 and meta == field[:1], (meta, field)
+    return meta[0]
 
 
 def add_labels(lake: Lake, image_id: int, rows: Any) -> None:
@@ -144,7 +152,10 @@ def test_signin_sets_an_httponly_samesite_strict_cookie(site: Site) -> None:
     answer = client.post("/ui/signin", data={"token": site.tokens["viewer"], "next": "/ui"})
     assert answer.status_code == 303 and answer.headers["location"] == "/ui"
     cookie = answer.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE_NAME}={site.tokens['viewer']};")
+    # The cookie names a server-side session; the API token never leaves the form.
+    assert re.match(rf"{COOKIE_NAME}=rs_[A-Za-z0-9_-]{{43}};", cookie), cookie
+    assert site.tokens["viewer"] not in cookie and site.tokens["viewer"][3:] not in cookie
+    assert "Max-Age=43200" in cookie  # 12 h, the default lifetime
     assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and "Path=/" in cookie
     assert "secure" not in cookie.lower()  # plain http: a Secure cookie would never return
     assert client.get("/ui").status_code == 200
@@ -206,13 +217,27 @@ def test_signin_returns_to_the_page_asked_for_but_never_off_site(site: Site) -> 
         assert answer.headers["location"] == "/ui", hostile
 
 
-def test_signout_clears_the_cookie(site: Site) -> None:
+def test_signout_ends_the_session_and_clears_the_cookie(site: Site) -> None:
     client = site.client("viewer")
-    answer = client.post("/ui/signout")
+    token = csrf_of(client.get("/ui").text)
+    session_cookie = client.cookies[COOKIE_NAME]
+    # Another site's form (no CSRF token, or a foreign Origin) cannot sign this browser out.
+    for data, origin in (({}, "http://testserver"), ({"csrf_token": token}, "http://evil.example")):
+        refused = client.post("/ui/signout", data=data, headers={"Origin": origin})
+        assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    assert client.get("/ui").status_code == 200
+    answer = client.post(
+        "/ui/signout", data={"csrf_token": token}, headers={"Origin": "http://testserver"}
+    )
     assert answer.status_code == 303 and answer.headers["location"] == "/ui/signin"
     cookie = answer.headers["set-cookie"]
     assert cookie.startswith(f'{COOKIE_NAME}="";') and "Max-Age=0" in cookie
     assert client.get("/ui").status_code == 303
+    # The session is over on the server: its cookie, replayed, opens nothing.
+    replay = site.client()
+    replay.cookies.set(COOKIE_NAME, session_cookie)
+    assert replay.get("/ui").status_code == 303
+    assert replay.get("/images").status_code == 401
 
 
 def test_browse_filters_paging_zip_link_and_cohort_form(site: Site) -> None:
@@ -293,6 +318,7 @@ def test_upload_page_is_for_curators(site: Site) -> None:
     assert 'href="/ui/upload"' not in site.client("viewer").get("/ui").text
     page = site.client("curator").get("/ui/upload")
     assert page.status_code == 200 and 'type="file" name="file"' in page.text
+    assert f'name="csrf_token" value="{csrf_of(page.text)}"' in page.text.split('id="upload"')[1]
     assert site.client().get("/static/app.js").headers["content-type"].startswith("text/javascript")
 
 

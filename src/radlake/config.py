@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -41,6 +42,18 @@ class Settings(BaseSettings):
     max_input_mb: int = Field(default=2048, ge=1, le=1048576)  # bytes of one input or upload
     file_seconds: int = Field(default=300, ge=1, le=86400)  # one input's time in a worker
     retry_seconds: float = Field(default=30.0, ge=0, le=3600)  # how long faults are retried
+    # Web security (issue 8). A web sign-in lasts this long unless signed out first.
+    web_session_hours: float = Field(default=12.0, gt=0, le=720)
+    # `radlake serve`: a request's headers, and its body's first part, must arrive within
+    # request_timeout seconds; each request_min_rate bytes of body earn one more second
+    # (Apache mod_reqtimeout's rule), so a slow upload passes and a trickle is cut off.
+    request_timeout: float = Field(default=30.0, gt=0, le=3600)
+    request_min_rate: int = Field(default=500, ge=1, le=1 << 30)  # bytes per second
+    keep_alive_seconds: int = Field(default=5, ge=1, le=300)  # idle time between requests
+
+    def web_session_lifetime(self) -> timedelta:
+        """How long a web sign-in lasts."""
+        return timedelta(hours=self.web_session_hours)
 
     def resolved_catalog_url(self) -> str:
         """The catalog URL, defaulting to a SQLite file in the lake's home."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,6 +14,7 @@ from radlake.api import errors, schemas, web
 from radlake.api.deps import Viewer
 from radlake.api.routes import catalog, datasets, downloads, images
 from radlake.lake import Lake, load_settings, open_lake
+from radlake.web_sessions import DEFAULT_LIFETIME
 
 DEFAULT_UPLOAD_LIMIT = 512 * 1024 * 1024
 PUBLIC_PATHS = frozenset({"/health"})
@@ -46,8 +48,14 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> FastAPI:
-    """The API over lake (default: the lake RADLAKE_* settings describe)."""
+def create_app(
+    lake: Lake | None = None,
+    *,
+    upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+    web_session_lifetime: timedelta | None = None,
+) -> FastAPI:
+    """The API over lake (default: the lake and web session lifetime RADLAKE_* settings
+    describe)."""
     # The schema needs a token like every route; /docs and /redoc are off because
     # FastAPI's pages load their scripts from a CDN (nothing is fetched from outside).
     app = FastAPI(
@@ -58,7 +66,12 @@ def create_app(lake: Lake | None = None, *, upload_limit: int = DEFAULT_UPLOAD_L
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.lake = lake if lake is not None else open_lake(load_settings())
+    if lake is None:
+        settings = load_settings()
+        lake = open_lake(settings)
+        web_session_lifetime = web_session_lifetime or settings.web_session_lifetime()
+    app.state.lake = lake
+    app.state.web_session_lifetime = web_session_lifetime or DEFAULT_LIFETIME
     app.state.upload_limit = upload_limit
     errors.install(app)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -18,8 +18,12 @@ from radlake.auth import Role, verify_token
 from radlake.catalog.db import session_factory
 from radlake.curation.filters import SEVERAL_VALUES, FilterError, ImageFilter, describe
 from radlake.lake import Lake
+from radlake.web_sessions import csrf_matches, find_session
 
-COOKIE_NAME = "radlake_token"
+# The cookie holds a web session id (radlake.web_sessions), never the API token.
+COOKIE_NAME = "radlake_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
 
 
 def get_lake(request: Request) -> Lake:
@@ -59,22 +63,73 @@ def same_origin(request: Request) -> bool:
     return urlsplit(claimed).netloc == request.headers.get("host")
 
 
-def get_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> Caller:
-    """The caller's token; 401 when missing or not valid; 403 for a write signed by
-    the web page's cookie that does not come from this server's own pages (CSRF)."""
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def _csrf_sent(request: Request) -> AsyncIterator[str | None]:
+    """The CSRF token a write carries: header X-CSRF-Token (fetch), else the form field
+    csrf_token (a page's HTML form). Only cookie-signed writes are asked for one."""
+    if request.method in SAFE_METHODS or _bearer(request) or COOKIE_NAME not in request.cookies:
+        yield None
+        return
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is not None:
+        yield sent
+        return
+    if not request.headers.get("content-type", "").startswith(_FORM_TYPES):
+        yield None
+        return
+    try:
+        # The route's own form parameters parsed this body already; this reads Starlette's
+        # cached copy, and for a route without form parameters parses it here.
+        form = await request.form()
+    except Exception:  # a malformed body: the route answers for it, the token is missing
+        yield None
+        return
+    try:
+        value = form.get(CSRF_FIELD)
+        yield value if isinstance(value, str) else None
+    finally:
+        await form.close()
+
+
+def get_caller(
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    csrf: Annotated[str | None, Depends(_csrf_sent)],
+) -> Caller:
+    """The caller: a bearer token, else the web page's session cookie. 401 when neither
+    is valid; 403 for a cookie-signed write from another origin or without the
+    session's CSRF token (issue 8). Bearer clients are not browsers: no CSRF check."""
     text = _bearer(request)
-    if text is None:
-        text = request.cookies.get(COOKIE_NAME)
-        if text and request.method not in SAFE_METHODS and not same_origin(request):
+    if text is not None:
+        token = verify_token(session, text)
+    else:
+        cookie = request.cookies.get(COOKIE_NAME)
+        unsafe = request.method not in SAFE_METHODS
+        if cookie and unsafe and not same_origin(request):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 detail="a write with the sign-in cookie must come from this server's pages",
             )
-    token = verify_token(session, text) if text else None
+        active = find_session(session, cookie=cookie) if cookie else None
+        if active is not None and unsafe and not csrf_matches(active, given=csrf):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=(
+                    "a write with the sign-in cookie needs the page's CSRF token "
+                    f"({CSRF_HEADER} header or {CSRF_FIELD} form field); it was missing "
+                    "or wrong: reload the page"
+                ),
+            )
+        token = None if active is None else active.token
     if token is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            detail="a valid token is required (Authorization: Bearer ...)",
+            detail=(
+                "a valid token is required (Authorization: Bearer ...), "
+                "or a web session that is signed in and not expired"
+            ),
             headers={"WWW-Authenticate": "Bearer"},
         )
     return Caller(token.id, token.name, Role.parse(token.role))

@@ -3,13 +3,17 @@
 Pages are rendered on the server (Jinja2, autoescape on) from the same functions the
 JSON routes run, so a page shows exactly what the API returns and nothing more.
 static/app.js only submits filters, switches render URLs, toggles boxes and posts
-cohorts and uploads with fetch. Pages read the token from the HttpOnly, SameSite=Strict
-cookie radlake_token alone; without a valid one they redirect to the sign-in form.
+cohorts and uploads with fetch. Signing in opens a server-side web session
+(radlake.web_sessions): the HttpOnly, SameSite=Strict cookie holds its random id, never
+the API token. Pages go by that cookie alone; without an active session they redirect
+to the sign-in form. Every page of a session carries its CSRF token (a meta tag for
+app.js, a hidden field in forms), which writes must send back (deps.get_caller).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -21,13 +25,30 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from radlake.api import audit
-from radlake.api.deps import COOKIE_NAME, Caller, DbSession, LakeDep, PageSelection
+from radlake.api.deps import (
+    COOKIE_NAME,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    Caller,
+    DbSession,
+    LakeDep,
+    PageSelection,
+    same_origin,
+)
 from radlake.api.routes.images import ImageId, labels, list_images, one_image
 from radlake.auth import Role, verify_token
 from radlake.catalog.queries import image_counts, list_dataset_versions
 from radlake.curation.filters import FILTER_FIELDS, ImageFilter, field_schemas
 from radlake.errors import ImageNotFound
 from radlake.imaging.pixels import Window
+from radlake.web_sessions import (
+    DEFAULT_LIFETIME,
+    close_session,
+    csrf_matches,
+    csrf_token_for,
+    find_session,
+    open_session,
+)
 
 router = APIRouter(include_in_schema=False)
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -39,7 +60,9 @@ templates = Jinja2Templates(
         undefined=jinja2.StrictUndefined,
     )
 )
-COOKIE_MAX_AGE = 12 * 3600
+# Before web sessions the cookie held the API token itself: sign-in and sign-out
+# delete one a browser may still keep.
+LEGACY_COOKIE = "radlake_token"
 PAGE_HEADERS = {
     # Scripts and styles come from /static only, so injected markup could not run.
     "Content-Security-Policy": (
@@ -71,9 +94,29 @@ Cursor = Annotated[int, Query(ge=0, le=2**62)]
 
 
 def _cookie_caller(request: Request, session: Session) -> Caller | None:
-    text = request.cookies.get(COOKIE_NAME)
-    token = verify_token(session, text) if text else None
-    return None if token is None else Caller(token.id, token.name, Role.parse(token.role))
+    """Who the session cookie signs in, if its session is active."""
+    cookie = request.cookies.get(COOKIE_NAME)
+    active = find_session(session, cookie=cookie) if cookie else None
+    if active is None:
+        return None
+    token = active.token
+    return Caller(token.id, token.name, Role.parse(token.role))
+
+
+def _session_lifetime(request: Request) -> timedelta:
+    lifetime = getattr(request.app.state, "web_session_lifetime", None)
+    return lifetime if isinstance(lifetime, timedelta) else DEFAULT_LIFETIME
+
+
+def _forget_cookies(request: Request, response: Response, *names: str) -> None:
+    for name in names:
+        response.delete_cookie(
+            name,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
 
 
 def _to_signin(request: Request) -> RedirectResponse:
@@ -90,9 +133,13 @@ def _safe_next(target: str) -> str:
 def _page(
     request: Request, name: str, caller: Caller | None, status_code: int = 200, **context: Any
 ) -> Response:
+    cookie = request.cookies.get(COOKIE_NAME)
     context |= {
         "caller": caller,
         "is_curator": caller is not None and caller.role >= Role.CURATOR,
+        # Pages of a signed-in session only: the token that its writes send back.
+        "csrf_token": csrf_token_for(cookie) if caller is not None and cookie else None,
+        "csrf_field": CSRF_FIELD,
     }
     return templates.TemplateResponse(
         request, name, context, status_code=status_code, headers=PAGE_HEADERS
@@ -170,7 +217,8 @@ def signin(
     token: Annotated[str, Form(max_length=300)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/ui",
 ) -> Response:
-    """Check the token against the catalog, then keep it in an HttpOnly cookie."""
+    """Check the token against the catalog, then open a web session whose id (not the
+    token) goes into an HttpOnly cookie."""
     origin = request.headers.get("origin")
     if origin and urlsplit(origin).netloc != request.headers.get("host"):
         # Another site's form would sign this browser in under a token of its choosing.
@@ -179,13 +227,21 @@ def signin(
     if found is None:
         error = "That token is not valid (unknown, revoked or mistyped)."
         return _page(request, "signin.html", None, 401, next=_safe_next(next), error=error)
+    lifetime = _session_lifetime(request)
+    previous = request.cookies.get(COOKIE_NAME)
+    if previous:  # signing in again (maybe as another token) ends this browser's session
+        close_session(session, cookie=previous)
+    opened = open_session(session, token=found, lifetime=lifetime)
+    session.commit()
     caller = Caller(found.id, found.name, Role.parse(found.role))
     audit.record(lake, caller, "ui.signin", "ui")
     response = RedirectResponse(_safe_next(next), status_code=303)
+    if LEGACY_COOKIE in request.cookies:
+        _forget_cookies(request, response, LEGACY_COOKIE)
     response.set_cookie(
         COOKIE_NAME,
-        token.strip(),
-        max_age=COOKIE_MAX_AGE,
+        opened.cookie,
+        max_age=int(lifetime.total_seconds()),
         path="/",
         httponly=True,
         samesite="strict",
@@ -194,17 +250,29 @@ def signin(
     return response
 
 
-@router.api_route("/ui/signout", methods=["GET", "POST"])
-def signout(request: Request) -> Response:
-    """Forget the token cookie."""
+@router.post("/ui/signout")
+def signout(
+    request: Request,
+    session: DbSession,
+    lake: LakeDep,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """End the web session on the server and forget its cookie. A session's sign-out
+    needs its CSRF token, so another site cannot sign this browser out."""
+    cookie = request.cookies.get(COOKIE_NAME)
+    active = find_session(session, cookie=cookie) if cookie else None
+    if active is not None and cookie:
+        caller = Caller(active.token.id, active.token.name, Role.parse(active.token.role))
+        sent = request.headers.get(CSRF_HEADER) or csrf_token
+        if not same_origin(request) or not csrf_matches(active, given=sent):
+            message = "Sign out with this site's own button (no valid CSRF token was sent)."
+            return _page(request, "error.html", caller, 403, message=message)
+        close_session(session, cookie=cookie)
+        session.commit()
+        audit.record(lake, caller, "ui.signout", "ui")
     response = RedirectResponse("/ui/signin", status_code=303)
-    response.delete_cookie(
-        COOKIE_NAME,
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    legacy = (LEGACY_COOKIE,) if LEGACY_COOKIE in request.cookies else ()
+    _forget_cookies(request, response, COOKIE_NAME, *legacy)
     return response
 
 

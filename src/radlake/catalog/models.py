@@ -323,6 +323,20 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class WebSession(Base):
+    """A web page sign-in: the cookie holds a random id, only its SHA-256 is kept here,
+    with the SHA-256 of the CSRF token that the session's pages send back on writes."""
+
+    __tablename__ = "web_session"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_token.id"), index=True)
+    session_hash: Mapped[str] = mapped_column(SHA256, unique=True)
+    csrf_hash: Mapped[str] = mapped_column(SHA256)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
+
+
 class AuditEvent(Base):
     """Who read or changed what, and when (downloads, uploads, token changes)."""
 

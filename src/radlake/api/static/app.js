@@ -1,7 +1,13 @@
 // radlake web page: progressive enhancement only. Every page works without this
 // file; it submits filters on change, switches render URLs, toggles boxes and posts
-// cohorts and uploads with fetch (the HttpOnly cookie authenticates them).
+// cohorts and uploads with fetch (the HttpOnly session cookie authenticates them;
+// every write also sends the page's CSRF token in X-CSRF-Token).
 "use strict";
+
+function csrfToken() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return meta ? meta.content : "";
+}
 
 function setupFilters() {
   const form = document.getElementById("filters");
@@ -26,7 +32,14 @@ function detailOf(body, status) {
 }
 
 async function postJson(url, init) {
-  const response = await fetch(url, Object.assign({ credentials: "same-origin" }, init));
+  const headers = Object.assign({}, init.headers, { "X-CSRF-Token": csrfToken() });
+  const options = Object.assign({ credentials: "same-origin" }, init, { headers: headers });
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch (err) {
+    return { ok: false, status: 0, body: { detail: "the server could not be reached" } };
+  }
   let body = null;
   try {
     body = await response.json();
