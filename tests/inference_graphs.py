@@ -136,3 +136,20 @@ def radlake_contract(size: int, decoder: str = "yolov8", resize: str = "letterbo
             "decoder": decoder,
         }
     )
+
+
+def brightness_model(box_cxcywh: Sequence[float], *, size: int = 64) -> bytes:
+    """yolov8 layout, one class, one anchor: a fixed box whose score is the image's
+    mean input value (so each image of a batch answers its own score)."""
+    nodes, initializers = _batch_zero("batch_zero")
+    initializers.append(
+        numpy_helper.from_array(np.asarray(box_cxcywh, dtype=np.float32).reshape(1, 4, 1), "box")
+    )
+    nodes += [
+        helper.make_node("Add", ["batch_zero", "box"], ["boxes"]),
+        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "shape_n11"], ["score"]),
+        helper.make_node("Concat", ["boxes", "score"], ["output0"], axis=1),
+    ]
+    output = helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 5, 1])
+    return _model(nodes, [output], initializers, size=size, channels=3, batch="N", metadata=None)

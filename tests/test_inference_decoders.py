@@ -29,6 +29,7 @@ from radlake.inference.runner import ServedModel, check_threshold, detect
 from radlake.inference.sessions import SessionCache, load_model
 from tests.inference_graphs import (
     boxes_scores_labels,
+    brightness_model,
     constant_head,
     yolov5_head,
     yolov8_head,
@@ -315,3 +316,31 @@ def test_resize_transform_is_what_contract_uses() -> None:
     assert InputContract(size=64).transform(WIDTH, HEIGHT) == ResizeTransform(
         WIDTH, HEIGHT, 64, "pad"
     )
+
+
+def test_each_image_of_a_batch_keeps_its_own_answer() -> None:
+    """Scores that are a function of each input: batching never mixes images up."""
+    model = load_model(brightness_model((32.0, 32.0, 16.0, 16.0)))
+    greys = [51, 204, 102, 153, 0]
+    pictures = [Image.fromarray(np.full((HEIGHT, WIDTH), g, dtype=np.uint8), "L") for g in greys]
+    one_class = ServedModel(
+        1, "b", 1, "0" * 64, "k", InputContract(size=SIZE, resize="stretch"), "yolov8", ("x",)
+    )
+    for batch_size in (1, 2, 3, 8):
+        found = detect(model, one_class, pictures, score_threshold=0.3, batch_size=batch_size)
+        assert [[round(d.score, 4) for d in image] for image in found] == [
+            [],
+            [0.8],
+            [0.4],
+            [0.6],
+            [],
+        ]
+        # Stretch: x scale 1/4, y scale 1/3 (64 from 256 x 192).
+        assert vars_of(found[1][0].box) == pytest.approx((96.0, 72.0, 160.0, 120.0))
+
+
+def test_a_model_with_a_fixed_batch_of_one_gets_one_image_at_a_time() -> None:
+    model = load_model(boxes_scores_labels(INPUT_BOXES, [0.6, 0.95], [1, 0]))
+    assert model.io.fixed_batch == 1
+    found = detect(model, served("boxes-scores-labels"), [picture()] * 3, batch_size=8)
+    assert [len(image) for image in found] == [2, 2, 2]
