@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import functools
+from typing import Annotated, cast
 
 import typer
 from rich.table import Table
@@ -11,6 +13,7 @@ from radlake import auth
 from radlake.auth import Role, create_token, revoke_token
 from radlake.catalog.db import session_factory, transaction
 from radlake.cli.output import console
+from radlake.config import Settings
 from radlake.lake import load_settings, open_lake
 
 token_app = typer.Typer(help="API tokens (only their hashes are stored).")
@@ -24,7 +27,8 @@ def serve(
     """Serve the REST API (its OpenAPI document at /openapi.json, with a token)."""
     import uvicorn
 
-    open_lake(load_settings())  # fail here, in one line, if there is no lake
+    settings = load_settings()
+    open_lake(settings)  # fail here, in one line, if there is no lake
     uvicorn.run(
         "radlake.api.app:create_app",
         factory=True,
@@ -32,7 +36,21 @@ def serve(
         port=port,
         workers=workers,
         log_level="warning",
+        http=receipt_protocol(settings),
+        ws="none",  # no route speaks WebSocket
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
+
+
+def receipt_protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with the settings' request receipt deadline (slowloris)."""
+    from radlake.api.receipt import DeadlineH11Protocol
+
+    protocol = functools.partial(
+        DeadlineH11Protocol, timeout=settings.request_timeout, min_rate=settings.request_min_rate
+    )
+    # uvicorn calls it as it would a class; a partial also pickles for workers > 1.
+    return cast("type[asyncio.Protocol]", protocol)
 
 
 @token_app.command("create")
