@@ -41,6 +41,7 @@ from radlake.training.export import export_onnx
 from radlake.training.loop import TrainConfig, TrainResult, train_detector
 from radlake.training.metrics import coco_map, predict
 from radlake.training.run import TrainRequest, train_version
+from tests.conftest import run_radlake
 
 NAMES = ("Left Thing", "Right Thing")
 TINY = TrainConfig(
@@ -250,3 +251,13 @@ def test_train_version_registers_with_lineage_and_evaluates(lake: Lake, tmp_path
         assert row.class_names == list(NAMES)
         assert row.metrics["config"]["seed"] == 0
         assert "things@1/test" in row.metrics["evaluations"]
+
+
+def test_cli_refuses_bad_requests_in_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert run_radlake(home, "init").returncode == 0
+    # One run (each start imports torch); bad sizes and epochs are TrainConfig's, above.
+    done = run_radlake(home, "model", "train", "det", "--dataset", "nope")
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == "error: no dataset 'nope'"

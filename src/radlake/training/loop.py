@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,28 +25,27 @@ from radlake.training.metrics import coco_map, predict
 from radlake.training.model import STRIDE, Detector, ModelConfig, sides_to_xyxy
 
 
-def default_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
     """Every setting of a run (recorded with the registered version)."""
 
-    epochs: int = 120
-    size: int = 256
+    epochs: int = 100
+    size: int = 192
     seed: int = 0
     batch_size: int = 16
     learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     warmup_epochs: int = 3
-    width: int = 32
+    width: int = 16
     channels: int = 1
     centre_radius: float = 2.5
     ema_decay: float = 0.99
     eval_every: int = 5
-    patience: int = 40
-    threads: int = field(default_factory=default_threads)
+    patience: int = 40  # epochs without a better validation mAP
+    # One thread by default: the budget is CPU minutes (issue 10), and a second
+    # thread on a busy machine mostly spins; the same count everywhere also keeps
+    # a seed's model the same on any machine.
+    threads: int = 1
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:

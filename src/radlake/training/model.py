@@ -29,9 +29,9 @@ class ModelConfig:
     """What fixes a network's shape (stored with the model so it can be rebuilt)."""
 
     num_classes: int
-    size: int = 256
+    size: int = 192
     channels: int = 1
-    width: int = 32
+    width: int = 16
 
     def __post_init__(self) -> None:
         if self.size % 32 or self.size < 64:
