@@ -229,7 +229,7 @@ def split_zip(
 ) -> StreamingResponse:
     """One split of a dataset version as a zip."""
     get_version(session, name, version)
-    rows = zip_rows(session, selection=ImageFilter(dataset=name, version=version, split=split))
+    rows = zip_rows(session, selection=ImageFilter(dataset=name, version=version, split=(split,)))
     if not rows:
         raise HTTPException(404, detail=f"version {version} of {name!r} has no split {split!r}")
     return _zip(
