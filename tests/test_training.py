@@ -36,7 +36,14 @@ from radlake.lake import Lake
 from radlake.pipelines.ingest import ingest
 from radlake.pipelines.label_import import ImportRequest, import_labels
 from radlake.training import TrainingError
-from radlake.training.data import PAD_VALUE, Augment, augment, collate, make_sample
+from radlake.training.data import (
+    PAD_VALUE,
+    Augment,
+    augment,
+    collate,
+    make_sample,
+    mirror_classes,
+)
 from radlake.training.export import export_onnx
 from radlake.training.loop import TrainConfig, TrainResult, train_detector
 from radlake.training.metrics import coco_map, predict
@@ -121,6 +128,24 @@ def test_augmentation_moves_boxes_with_the_pixels() -> None:
             assert abs(float(got) - expected) <= 1.0  # resampling blurs one pixel at most
     # Brightness and contrast leave boxes alone; the padding the shift brings in is grey.
     assert torch.equal(moved.classes, batch.classes)
+
+
+def test_a_mirror_swaps_sided_classes_and_keeps_boxes_exact() -> None:
+    assert mirror_classes(["Left Lung", "Right Lung"]) == [1, 0]
+    assert mirror_classes(["right-lung", "Heart", "left-lung"]) == [2, 1, 0]
+    assert mirror_classes(["Nodule", "Effusion"]) == [0, 1]  # no side: mirrors freely
+    assert mirror_classes(["Left Lung", "Heart"]) is None  # a side without its partner
+    picture = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(picture).rectangle((6, 10, 25, 49), fill=255)  # [6, 26) x [10, 50)
+    sample = make_sample("a", picture, [(0, Box(6, 10, 26, 50))], 64)
+    only_mirror = replace(Augment.none(), mirror=1.0)
+    moved = augment(collate([sample]), only_mirror, torch.Generator().manual_seed(0), [1, 0])
+    assert moved.classes.tolist() == [[1]]
+    assert moved.boxes[0, 0].tolist() == pytest.approx([38, 10, 58, 50], abs=1e-4)
+    bright = (moved.images[0, 0] > 0.5).nonzero()
+    assert (int(bright[:, 1].min()), int(bright[:, 1].max()) + 1) == (38, 58)
+    unmirrored = augment(collate([sample]), only_mirror, torch.Generator().manual_seed(0))
+    assert unmirrored.classes.tolist() == [[0]]  # no class map: never mirrored
 
 
 def test_training_lowers_the_loss_and_finds_the_blocks(

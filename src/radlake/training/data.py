@@ -6,13 +6,16 @@ model's channels, and letterboxed onto a size x size canvas of grey 114 with
 `formats.coords.ResizeTransform` geometry, so `transform.invert` maps a predicted
 box back to the stored image exactly.
 
-Augmentation only scales (each axis), translates and changes brightness and
-contrast: an axis-aligned affine map keeps a box a box with exact corners. No
-horizontal flip: it would turn a left lung into a right one (classes with sides).
+Augmentation only scales (each axis), translates, mirrors left-right and changes
+brightness and contrast: an axis-aligned affine map keeps a box a box with exact
+corners. A mirror turns a left lung into a right one, so it is used only when every
+class that names a side has its partner (`mirror_classes`), and the classes of a
+mirrored image are swapped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -109,10 +112,32 @@ class Augment:
     translate: float = 0.08
     brightness: float = 0.1
     contrast: float = 0.25
+    mirror: float = 0.5  # probability, where the classes allow it
 
     @classmethod
     def none(cls) -> Augment:
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+_SIDE = re.compile(r"\b(left|right)\b")
+
+
+def _key(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def mirror_classes(names: Sequence[str]) -> list[int] | None:
+    """Class id -> its class in a left-right mirrored image; None when some class
+    names a side ("Left Lung", "left-lung") without its partner ("Right Lung"), so a
+    mirror could not be labelled."""
+    index = {_key(name): i for i, name in enumerate(names)}
+    mapping: list[int] = []
+    for name in names:
+        swapped = _SIDE.sub(lambda m: "right" if m.group(1) == "left" else "left", _key(name))
+        if swapped not in index:
+            return None
+        mapping.append(index[swapped])
+    return mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +162,18 @@ def collate(samples: Sequence[Sample]) -> Batch:
     return Batch(images, boxes, classes)
 
 
-def augment(batch: Batch, settings: Augment, generator: torch.Generator) -> Batch:
-    """Each image scaled about its centre and shifted, its boxes moved the same way.
+def augment(
+    batch: Batch,
+    settings: Augment,
+    generator: torch.Generator,
+    mirror: Sequence[int] | None = None,
+) -> Batch:
+    """Each image scaled about its centre and shifted, its boxes moved the same way;
+    mirrored too (with its classes mapped through `mirror`) when mirror is given.
 
     The image is resampled with `grid_sample` (align_corners=False: continuous pixel
     coordinates, the same convention as the boxes), so a point at x goes to
-    s * (x - S/2) + S/2 + t exactly; pixels from outside are the pad grey.
+    s * (x - S/2) + S/2 + t exactly (s < 0 mirrors); pixels from outside are grey.
     """
     images = batch.images
     count, _, size, _ = images.shape
@@ -153,6 +184,10 @@ def augment(batch: Batch, settings: Augment, generator: torch.Generator) -> Batc
     base = 1 + uniform(settings.scale)
     stretch = 1 + uniform(settings.aspect)
     scale_x, scale_y = base * stretch, base / stretch
+    flipped = torch.zeros(count, dtype=torch.bool)
+    if mirror is not None and settings.mirror > 0:
+        flipped = torch.rand(count, generator=generator) < settings.mirror
+        scale_x = torch.where(flipped, -scale_x, scale_x)
     shift_x, shift_y = uniform(settings.translate) * size, uniform(settings.translate) * size
     theta = torch.zeros(count, 2, 3)
     theta[:, 0, 0] = 1 / scale_x
@@ -172,8 +207,16 @@ def augment(batch: Batch, settings: Augment, generator: torch.Generator) -> Batc
     boxes = batch.boxes.clone()
     boxes[..., 0::2] = (boxes[..., 0::2] - centre) * sx.unsqueeze(-1) + centre + tx.unsqueeze(-1)
     boxes[..., 1::2] = (boxes[..., 1::2] - centre) * sy.unsqueeze(-1) + centre + ty.unsqueeze(-1)
+    # A mirror swaps which corner is the minimum.
+    low_x = torch.minimum(boxes[..., 0], boxes[..., 2])
+    boxes[..., 2] = torch.maximum(boxes[..., 0], boxes[..., 2])
+    boxes[..., 0] = low_x
     boxes = boxes.clamp(0.0, float(size))
     classes = batch.classes.clone()
+    if mirror is not None and bool(flipped.any()):
+        table = torch.tensor(list(mirror), dtype=torch.int64)
+        swap = flipped.view(-1, 1) & (classes >= 0)
+        classes = torch.where(swap, table[classes.clamp(min=0)], classes)
     # A box pushed (almost) out of the picture is no longer an object to find.
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     classes[area < 16.0] = -1

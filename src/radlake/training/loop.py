@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from radlake.training import TrainingError
-from radlake.training.data import Augment, Batch, Sample, augment, collate
+from radlake.training.data import Augment, Batch, Sample, augment, collate, mirror_classes
 from radlake.training.metrics import coco_map, predict
 from radlake.training.model import STRIDE, Detector, ModelConfig, sides_to_xyxy
 
@@ -188,10 +188,12 @@ def train_detector(
     num_classes: int,
     config: TrainConfig,
     progress: Progress | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train from scratch; the EMA weights of the best validation epoch are returned.
 
-    Without validation images the last epoch's weights are kept.
+    Without validation images the last epoch's weights are kept. Images are mirrored
+    only when class_names are given and allow it (`data.mirror_classes`).
 
     Raises:
         TrainingError: there is no training image with a box.
@@ -199,6 +201,7 @@ def train_detector(
     if not any(len(s.classes) for s in train):
         raise TrainingError("expected training images with boxes, found none in the training split")
     generator = seed_everything(config.seed, config.threads)
+    mirror = mirror_classes(class_names) if class_names is not None else None
     model = Detector(ModelConfig(num_classes, config.size, config.channels, config.width))
     ema = ModelEMA(model, config.ema_decay)
     optimizer = torch.optim.AdamW(
@@ -225,7 +228,7 @@ def train_detector(
         losses: list[float] = []
         for start in range(0, len(order), config.batch_size):
             chosen = [train[i] for i in order[start : start + config.batch_size]]
-            batch = augment(collate(chosen), config.augment, generator)
+            batch = augment(collate(chosen), config.augment, generator, mirror)
             loss, _ = detection_loss(model, batch, config.centre_radius)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

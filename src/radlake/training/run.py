@@ -126,7 +126,7 @@ def train_version(
         f"training on {len(train)} images, validating on {len(val)}, testing on {len(test)} "
         f"({', '.join(class_names)}), {settings.size} px, seed {settings.seed}"
     )
-    result = train_detector(train, val, len(class_names), settings, on_epoch)
+    result = train_detector(train, val, len(class_names), settings, on_epoch, class_names)
     folder = request.out or Path(tempfile.mkdtemp(prefix="radlake-train-"))
     exported = export_onnx(result.model, folder / "model.onnx", class_names)
     own_test = (
