@@ -20,6 +20,7 @@ from PIL import Image
 
 from radlake.domain import Box
 from radlake.formats.coords import ResizeTransform
+from radlake.inference import nms
 from radlake.inference.contract import InputContract, preprocess, square_size, to_stored
 from radlake.inference.decoders import decode
 from radlake.inference.errors import InferenceError, InferenceUnavailable, ModelFileError
@@ -181,18 +182,25 @@ def greedy_reference(
     return kept
 
 
+@pytest.mark.parametrize("block", [7, nms.BLOCK])
 @pytest.mark.parametrize("seed", range(40))
-def test_nms_equals_the_brute_force_reference(seed: int) -> None:
+def test_nms_equals_the_brute_force_reference(
+    seed: int, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small blocks: the hand-over between blocks is exercised on every case.
+    monkeypatch.setattr(nms, "BLOCK", block)
     rng = np.random.default_rng(seed)
-    count = int(rng.integers(0, 120))
+    count = int(rng.integers(0, 120)) if seed % 8 else int(rng.integers(300, 400))
     centres = rng.uniform(0, 100, size=(count, 2))
     sizes = rng.uniform(2, 40, size=(count, 2))
     boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
     scores = rng.choice([0.1, 0.2, 0.5, 0.9], size=count) if seed % 2 else rng.uniform(0, 1, count)
     classes = rng.integers(0, 3, size=count)
     threshold = float(rng.choice([0.0, 0.3, 0.45, 0.7, 1.0]))
-    kept = batched_nms(boxes, scores, classes, threshold)
-    assert kept.tolist() == greedy_reference(boxes, scores, classes, threshold)
+    expected = greedy_reference(boxes, scores, classes, threshold)
+    uncapped = batched_nms(boxes, scores, classes, threshold, max_detections=len(boxes) + 1)
+    assert uncapped.tolist() == expected
+    assert batched_nms(boxes, scores, classes, threshold).tolist() == expected[: nms.MAX_DETECTIONS]
 
 
 def test_nms_of_a_chain_and_of_max_detections() -> None:

@@ -1,25 +1,32 @@
 """Class-wise non-maximum suppression in numpy, exact and vectorised.
 
 Greedy NMS keeps a box unless a kept box of its class with a higher score overlaps
-it by more than the IoU threshold. Here it is computed in rounds, per class, over the
-boolean matrix "j outranks i and overlaps it": each round keeps at once every
-remaining box that no remaining box dominates (greedy keeps those whatever happens
-later) and removes what they overlap. Each box's count of remaining dominators is
-kept up to date as boxes are removed, so a round costs one pass over the rows of the
-boxes it settles: the whole suppression is O(K^2) array work, and the Python loop
-runs once per round (a few for real detections; never once per candidate pair).
-The result equals the textbook one-box-at-a-time loop; the tests compare them.
+it by more than the IoU threshold. Here the candidates, best first, are settled in
+blocks of BLOCK boxes:
+
+1. inside a block, greedy is solved on the block's "j outranks i, same class,
+   overlapping" matrix, in rounds: each round keeps every box no remaining box
+   dominates (greedy keeps those whatever happens later) and drops what they
+   overlap (dominator counts are updated, not recomputed);
+2. the block's kept boxes then remove, in one array operation, every later
+   candidate of their class they overlap.
+
+A block's boxes can only be suppressed by better boxes: earlier blocks' kept boxes
+have already removed what they overlap, so step 1 sees everything that matters. The
+Python loops run once per block and once per round, never once per box or pair;
+work is O(block^2 + kept x candidates) per block, so a cluster of thousands of
+near-identical boxes (a YOLO head at a low score threshold) costs one block. The
+result equals the textbook one-box-at-a-time loop; the tests compare them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Like torchvision's pre_nms_top_n and Ultralytics' max_nms: the matrix of the best
-# candidates stays small (3000^2 booleans = 9 MB).
+# Like torchvision's pre_nms_top_n and Ultralytics' max_nms.
 MAX_CANDIDATES = 3000
 MAX_DETECTIONS = 300
-_ROWS = 256  # IoU rows computed at a time: bounded temporary memory
+BLOCK = 128
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -34,23 +41,22 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def _dominance(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """[K, K] booleans: row j outranks (comes before) column i and overlaps it."""
-    count = len(boxes)
-    dominated = np.zeros((count, count), dtype=bool)
-    for start in range(0, count, _ROWS):
-        # Only columns after the rows' own positions can be outranked by them.
-        rows = boxes[start : start + _ROWS]
-        dominated[start : start + _ROWS, start:] = box_iou(rows, boxes[start:]) > iou_threshold
-    return np.triu(dominated, k=1)
+def _overlapping(
+    a: np.ndarray, a_classes: np.ndarray, b: np.ndarray, b_classes: np.ndarray, threshold: float
+) -> np.ndarray:
+    """[N, M]: a box of a overlaps a box of b of the same class above threshold."""
+    overlapping: np.ndarray = (box_iou(a, b) > threshold) & (
+        a_classes[:, None] == b_classes[None, :]
+    )
+    return overlapping
 
 
-def greedy_in_rounds(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Positions kept by greedy NMS of boxes already sorted best first (one class)."""
-    dominated = _dominance(boxes, iou_threshold)
-    alive = np.ones(len(boxes), dtype=bool)
+def greedy_in_rounds(dominated: np.ndarray) -> np.ndarray:
+    """Positions greedy keeps, given dominated[j, i] = "j outranks and overlaps i"
+    (strictly upper triangular: positions are in score order)."""
+    alive = np.ones(len(dominated), dtype=bool)
     dominators = dominated.sum(axis=0)
-    kept = np.zeros(len(boxes), dtype=bool)
+    kept = np.zeros(len(dominated), dtype=bool)
     while alive.any():
         free = alive & (dominators == 0)  # the best remaining box is always free
         kept |= free
@@ -82,10 +88,28 @@ def batched_nms(
     order = np.argsort(-scores, kind="stable")[:max_candidates]
     candidates = boxes[order].astype(np.float64)
     classes = class_ids[order]
+    remaining = np.arange(len(order))
     kept: list[np.ndarray] = []
-    for class_id in np.unique(classes):
-        members = np.flatnonzero(classes == class_id)  # still in score order
-        kept.append(members[greedy_in_rounds(candidates[members], iou_threshold)])
-    chosen = np.sort(np.concatenate(kept))[:max_detections]
+    kept_count = 0
+    while remaining.size and kept_count < max_detections:
+        block, rest = remaining[:BLOCK], remaining[BLOCK:]
+        inside = _overlapping(
+            candidates[block], classes[block], candidates[block], classes[block], iou_threshold
+        )
+        winners = block[greedy_in_rounds(np.triu(inside, k=1))]
+        kept.append(winners)
+        kept_count += winners.size
+        if rest.size:
+            over = _overlapping(
+                candidates[winners],
+                classes[winners],
+                candidates[rest],
+                classes[rest],
+                iou_threshold,
+            )
+            rest = rest[~over.any(axis=0)]
+        remaining = rest
+    # Blocks come in score order, so the first max_detections kept are the best.
+    chosen = np.concatenate(kept)[:max_detections]
     indices: np.ndarray = order[chosen]
     return indices
