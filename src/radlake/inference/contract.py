@@ -143,21 +143,26 @@ def square_size(value: object) -> int:
 def preprocess(image: Image.Image, contract: InputContract) -> tuple[np.ndarray, ResizeTransform]:
     """The CHW float32 input of one picture (at its stored size), and its transform."""
     transform = contract.transform(*image.size)
-    picture = image.convert("L" if contract.channels == 1 else "RGB")
+    grey = image.mode in ("L", "I;16", "I", "F") or contract.channels == 1
+    # A grey picture is resized once and shared by the channels (3x less resampling).
+    picture = image.convert("L" if grey else "RGB")
     size = (transform.content_width, transform.content_height)
     if picture.size != size:
         picture = picture.resize(size, Image.Resampling.BILINEAR)
-    content = np.asarray(picture, dtype=np.uint8).reshape(size[1], size[0], contract.channels)
-    canvas = np.full(
-        (contract.size, contract.size, contract.channels), contract.pad_value, dtype=np.uint8
-    )
-    top, left = transform.offset_y, transform.offset_x
-    canvas[top : top + size[1], left : left + size[0]] = content
-    values = canvas.astype(np.float32) * np.float32(contract.scale)
+    content = np.asarray(picture, dtype=np.uint8).reshape(size[1], size[0], -1)
+    # uint8 -> normalised float through a 256-entry table per channel: one lookup per
+    # value instead of a multiply, a subtract and a divide.
+    levels = np.arange(256, dtype=np.float32)[:, None] * np.float32(contract.scale)
     mean = np.asarray(contract.mean, dtype=np.float32)
     std = np.asarray(contract.std, dtype=np.float32)
-    values = (values - mean) / std
-    return np.ascontiguousarray(values.transpose(2, 0, 1)), transform
+    table = np.broadcast_to((levels - mean) / std, (256, contract.channels)).T
+    values = np.empty((contract.channels, contract.size, contract.size), dtype=np.float32)
+    values[...] = table[:, contract.pad_value, None, None]
+    top, left = transform.offset_y, transform.offset_x
+    for channel in range(contract.channels):
+        plane = content[:, :, channel if content.shape[2] > 1 else 0]
+        values[channel, top : top + size[1], left : left + size[0]] = table[channel][plane]
+    return values, transform
 
 
 def to_stored(boxes: np.ndarray, transform: ResizeTransform) -> np.ndarray:
