@@ -25,11 +25,16 @@ from radlake.catalog.model_registry import predictions_for_image
 from radlake.catalog.models import Image, Job, Label
 from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
-from radlake.curation.versions import VersionRequest, create_version
+from radlake.curation.versions import DatasetError, VersionRequest, create_version
 from radlake.domain import Box
 from radlake.errors import ImageNotFound
-from radlake.inference.errors import InferenceError
-from radlake.inference.evaluation import coco_scores, evaluate_version, mean_box_baseline
+from radlake.inference.errors import InferenceError, ModelNotFound
+from radlake.inference.evaluation import (
+    coco_scores,
+    evaluate_version,
+    latest_evaluation,
+    mean_box_baseline,
+)
 from radlake.inference.registry import register_version
 from radlake.inference.service import predict_images
 from radlake.inference.sessions import SessionCache
@@ -273,3 +278,23 @@ def test_cli_predict_and_evaluate(tmp_path: Path) -> None:
     )
     assert result.returncode == 1 and "threshold in [0, 1], got 11" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluation_refuses_what_it_cannot_score(lungs: Lake) -> None:
+    with pytest.raises(InferenceError, match="has no 'holdout' images"):
+        evaluate_version(lungs, model_ref="lungs", dataset="lungs", split="holdout")
+    with pytest.raises(InferenceError, match=r"threshold in \[0, 1\]"):
+        evaluate_version(lungs, model_ref="lungs", dataset="lungs", iou_threshold=2)
+    with pytest.raises(DatasetError):
+        evaluate_version(lungs, model_ref="lungs", dataset="nope")
+    with pytest.raises(ModelNotFound):
+        evaluate_version(lungs, model_ref="ribs", dataset="lungs")
+    # Evaluated twice: the newest report is the one shown, whatever the JSON key order.
+    evaluate_version(lungs, model_ref="lungs", dataset="lungs", split="training")
+    report = evaluate_version(lungs, model_ref="lungs", dataset="lungs", split="test")
+    with session_factory(lungs.engine)() as session:
+        metrics = session.scalars(select(ModelVersion.metrics)).one()
+    assert sorted(metrics["evaluations"]) == ["lungs@1/test", "lungs@1/training"]
+    latest = latest_evaluation(metrics)
+    assert latest is not None and latest["split"] == "test"
+    assert latest["evaluated_at"] == report.evaluated_at.isoformat()

@@ -23,7 +23,13 @@ from radlake.cli.ingest_cmd import JsonOption, progress_bar
 from radlake.cli.output import console, print_json
 from radlake.curation.versions import get_version
 from radlake.inference.errors import InferenceError
-from radlake.inference.evaluation import EVAL_IOU, EVAL_SCORE, EvaluationReport, evaluate_version
+from radlake.inference.evaluation import (
+    EVAL_IOU,
+    EVAL_SCORE,
+    EvaluationReport,
+    evaluate_version,
+    latest_evaluation,
+)
 from radlake.inference.registry import register_model
 from radlake.lake import load_settings, open_lake
 
@@ -173,8 +179,8 @@ def list_models(
         "model", "version", "aliases", "decoder", "classes", "input", "trained on", "mAP50-95"
     )
     for row in rows:
-        evaluations = row["metrics"].get("evaluations", {})
-        latest = list(evaluations.values())[-1]["model_scores"]["map50_95"] if evaluations else None
+        report = latest_evaluation(row["metrics"])
+        latest = None if report is None else report["model_scores"]["map50_95"]
         table.add_row(
             row["model"],
             str(row["version"]),

@@ -18,6 +18,7 @@ import io
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from sqlalchemy import select
 
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.inference_models import ModelVersion
-from radlake.catalog.models import Image
+from radlake.catalog.models import Image, utcnow
 from radlake.curation.versions import get_version, members, version_findings
 from radlake.domain import Box
 from radlake.inference.errors import INSTALL_HINT, InferenceError, InferenceUnavailable
@@ -194,6 +195,7 @@ class EvaluationReport:
     iou_threshold: float
     scores: Scores
     baseline: Scores
+    evaluated_at: datetime = field(default_factory=utcnow)
 
     @property
     def key(self) -> str:
@@ -213,7 +215,15 @@ class EvaluationReport:
             "iou_threshold": self.iou_threshold,
             "model_scores": self.scores.as_dict(),
             "mean_box_baseline": self.baseline.as_dict(),
+            "evaluated_at": self.evaluated_at.isoformat(),
         }
+
+
+def latest_evaluation(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The most recent report in a version's metrics (JSON key order is not kept by
+    every backend: MySQL sorts keys)."""
+    reports = list(metrics.get("evaluations", {}).values())
+    return max(reports, key=lambda report: str(report.get("evaluated_at", ""))) if reports else None
 
 
 def _boxes(findings: Mapping[int, Sequence[Any]]) -> dict[int, list[tuple[str, Box]]]:
