@@ -190,9 +190,9 @@ def _selection(request: Request, **values: Any) -> ImageFilter:
             raise HTTPException(422, detail=f"expected attr=NAME=VALUE, got {pair[:80]!r}")
         attributes.append((key, value))
     for name in SEVERAL_VALUES:
-        given = values.get(name)
-        if given is not None and len(given) == 1:
-            values[name] = given[0]  # one form control or ?view=PA,AP: blank is "any"
+        repeated = request.query_params.getlist(name)
+        if len(repeated) > 1:  # ?view=PA&view=AP, the same as ?view=PA,AP
+            values[name] = repeated
     try:
         # exclude=KEY=VALUE, repeatable; the web page's empty input adds nothing.
         excluded = [pair for pair in values.pop("exclude", None) or [] if pair]
@@ -214,9 +214,12 @@ def _query_parameters() -> list[inspect.Parameter]:
                 Query(alias="attr", description="NAME=VALUE: " + (field.description or "")),
             ]
             name = "attr"
-        elif name == "exclude" or name in SEVERAL_VALUES:
-            # Repeatable (?view=PA&view=AP) as well as comma-separated; the model checks.
+        elif name == "exclude":
             annotation = Annotated[list[str] | None, Query(description=field.description)]
+        elif name in SEVERAL_VALUES:
+            # Text, comma-separated; a repeated key is read in _selection. (Typed as an
+            # array, any single value would fit it, and the document would promise less.)
+            annotation = Annotated[str | None, Query(description=field.description)]
         else:
             query = Query(description=field.description)
             annotation = Annotated[(field.annotation, *field.metadata, query)]
