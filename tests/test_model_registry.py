@@ -308,3 +308,24 @@ def test_runs_and_predictions_on_every_backend(catalog: Engine, model_store: Obj
             )
             == set()
         )
+
+
+def test_concurrent_registrations_take_distinct_versions(
+    catalog: Engine, model_store: ObjectStore
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    if catalog.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: registrations cannot interleave")
+    files = [ultralytics_file(score) for score in (0.9, 0.8, 0.7, 0.6)]
+
+    def register(data: bytes) -> int:
+        with transaction(catalog) as session:
+            return register_version(session, model_store, name="lungs", onnx_bytes_or_path=data)[1]
+
+    with ThreadPoolExecutor(4) as pool:
+        numbers = list(pool.map(register, files))
+    assert sorted(numbers) == [1, 2, 3, 4]
+    for number, data in zip(numbers, files, strict=True):
+        # Each file is under its own version's key: none overwrote another's.
+        assert model_store.get_bytes(f"models/lungs/{number}/model.onnx") == data

@@ -187,7 +187,10 @@ def add_version(
     insert_missing(
         session, Model, [{"name": check_model_name(name), "created_at": utcnow()}], key="name"
     )
-    model = get_model(session, name=name)
+    # The model row is locked until commit: a concurrent registration of the same
+    # model waits here, then reads the version this one claimed (servers; SQLite has
+    # one writer at a time anyway).
+    model = session.scalars(select(Model).where(Model.name == name).with_for_update()).one()
     newest = session.scalar(
         select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
     )
