@@ -24,30 +24,30 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from fsspec.implementations.local import LocalFileSystem
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from radlake.catalog.db import batches, session_factory
-from radlake.catalog.models import Image, Label, Quarantine, Series, Source, Study
+from radlake.catalog.models import Image, Label, Series, Study
 from radlake.catalog.queries import apply_filter
 from radlake.curation.filters import ImageFilter
 from radlake.domain import ImageFormat, LabelOrigin
 from radlake.errors import ObjectNotFound, RadlakeError
 from radlake.lake import Lake
+from radlake.pipelines.group_excluded import EXCLUDED_FIELDS, excluded_image, excluded_rows
 from radlake.storage.store import ObjectStore
 
 Mode = Literal["copy", "hardlink", "symlink", "none"]
 IMAGES = "images"
 METADATA_CSV = "metadata.csv"
 EXCLUDED_CSV = "excluded.csv"
-EXCLUDED_FIELDS = ("kind", "id", "source", "source_key", "reason")
 # Our own file names in DIR/images: anything else there is left alone.
 _OURS = re.compile(r"^\.?\d+\.[a-z0-9]+(\.tmp)?$")
 # Columns of the image table not written as such: attributes become attr.NAME columns.
@@ -128,8 +128,8 @@ def write_group(
                 if report is not None:
                     report(len(rows) + len(missing), len(ids))
         excluded = [
-            *(_excluded_image(image, "original missing from the store") for image in missing),
-            *_excluded_by_selection(session, selection, ids),
+            *(excluded_image(image, "original missing from the store") for image in missing),
+            *excluded_rows(session, selection, ids),
         ]
     removed = _remove_stale(out / IMAGES, wanted)
     _write_csv(out / METADATA_CSV, _metadata_fields(rows), rows)
@@ -293,102 +293,3 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]
         for row in rows:
             writer.writerow([_text(row.get(field)) for field in fields])
     os.replace(temporary, path)
-
-
-# ----------------------------------------------------------------------- excluded
-
-
-def _excluded_image(image: Image, reason: str) -> dict[str, Any]:
-    return {
-        "kind": "image",
-        "id": image.id,
-        "source": image.source.name,
-        "source_key": image.source_key,
-        "reason": reason,
-    }
-
-
-def _conditions(selection: ImageFilter) -> Iterator[tuple[str, ImageFilter]]:
-    """Each condition of selection on its own: (its text, a filter of just it).
-
-    A dataset, its version and split are one condition (split needs its dataset).
-    """
-    values = selection.as_dict()
-    values.pop("exclude", None)
-    scope: dict[str, Any] = {
-        key: values.pop(key) for key in ("dataset", "version", "split") if key in values
-    }
-    if scope:
-        text = ", ".join(f"{k}={v}" for k, v in ImageFilter.from_dict(scope).as_pairs())
-        yield text, ImageFilter.from_dict(scope)
-    for name, value in values.pop("attributes", []):
-        yield f"attr.{name}={value}", ImageFilter(attributes=((name, value),))
-    for key, value in values.items():
-        one = ImageFilter.from_dict({key: value})
-        yield ", ".join(f"{k}={v}" for k, v in one.as_pairs()), one
-
-
-def _excluded_by_selection(
-    session: Session, selection: ImageFilter, selected: Sequence[int]
-) -> list[dict[str, Any]]:
-    """The images of the same source(s) the selection left out, with the conditions
-    each fails, and the inputs of those sources still quarantined (a file absent from
-    the source, unreadable bytes), with their reasons."""
-    source_ids = _scope_sources(session, selection, selected)
-    if not source_ids:
-        return []
-    scoped = select(Image.id).where(Image.source_id.in_(source_ids))
-    chosen = set(selected)
-    left_out = [i for i in session.scalars(scoped.order_by(Image.id)) if i not in chosen]
-    rows: list[dict[str, Any]] = []
-    if left_out:
-        matched = [(text, _ids(session, scoped, one)) for text, one in _conditions(selection)]
-        excluded_by = (
-            None if selection.exclude is None else _ids(session, scoped, selection.exclude)
-        )
-        exclude_text = (
-            ""
-            if selection.exclude is None
-            else ", ".join(f"{k}={v}" for k, v in selection.exclude.as_pairs())
-        )
-        for chunk in batches(left_out):
-            for image in _load(session, chunk):
-                reasons = [f"not {text}" for text, ids in matched if image.id not in ids]
-                if excluded_by is not None and image.id in excluded_by:
-                    reasons.append(f"matches exclude {exclude_text}")
-                rows.append(_excluded_image(image, "; ".join(reasons)))
-    quarantined = session.scalars(
-        select(Quarantine)
-        .where(Quarantine.source_id.in_(source_ids), Quarantine.resolved_at.is_(None))
-        .options(selectinload(Quarantine.source))
-        .order_by(Quarantine.id)
-    )
-    for entry in quarantined:
-        rows.append(
-            {
-                "kind": "quarantine",
-                "id": entry.id,
-                "source": entry.source.name,
-                "source_key": entry.source_key,
-                "reason": entry.reason,
-            }
-        )
-    return rows
-
-
-def _scope_sources(session: Session, selection: ImageFilter, selected: Sequence[int]) -> list[int]:
-    """The sources a group is compared with: those it names, else those its images
-    come from (comparing with the whole lake would list every unrelated image)."""
-    if selection.source:
-        found = session.scalars(select(Source.id).where(Source.name.in_(selection.source)))
-        return sorted(found)
-    sources: set[int] = set()
-    for chunk in batches(selected):
-        sources.update(
-            session.scalars(select(Image.source_id).where(Image.id.in_(chunk)).distinct())
-        )
-    return sorted(sources)
-
-
-def _ids(session: Session, scoped: Select[int], condition: ImageFilter) -> set[int]:
-    return set(session.scalars(apply_filter(scoped, condition)))
