@@ -224,7 +224,8 @@ def test_links_point_into_a_local_store_and_copies_replace_them(lake: Lake, tmp_
         assert not os.path.samefile(target, root / row["original_key"])
         assert sha256(target) == row["sha256"]
     only = write_group(lake, group_a, tmp_path / "meta", mode="none")
-    assert only.selected == 2 and not list((tmp_path / "meta" / "images").iterdir())
+    assert (only.selected, only.written, only.kept) == (2, 0, 0)
+    assert not list((tmp_path / "meta" / "images").iterdir())
     assert len(read_csv(tmp_path / "meta" / "metadata.csv")) == 2
 
 

@@ -61,7 +61,8 @@ class GroupError(RadlakeError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class GroupSummary:
-    """What one write did; selected = written + kept + missing."""
+    """What one write did: selected = written + kept + missing when files are written
+    (with mode "none", written = kept = 0)."""
 
     selected: int
     written: int
@@ -123,7 +124,7 @@ def write_group(
                     continue
                 wanted.add(name)
                 written += changed
-                kept += not changed
+                kept += not changed and mode != "none"
                 rows.append(_metadata_row(image, f"{IMAGES}/{name}", findings))
                 if report is not None:
                     report(len(rows) + len(missing), len(ids))
