@@ -14,7 +14,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import Engine, select
 
-from radlake.catalog.db import session_factory
+from radlake.catalog.db import make_engine, session_factory, upgrade
 from radlake.catalog.models import Image
 from radlake.catalog.queries import apply_filter
 from radlake.curation.filters import ImageFilter
@@ -25,7 +25,7 @@ from radlake.pipelines.group_files import GroupError, local_root, write_group
 from radlake.pipelines.source_load import load_source
 from radlake.sources.covid_cxr import read_covid_cxr
 from radlake.storage.store import open_store
-from tests.conftest import SECRET, run_radlake, shared
+from tests.conftest import SECRET, run_radlake, s3_options, shared
 
 IEEE_HEADER = "patientid,sex,age,finding,view,modality,folder,filename,license,clinical_notes,"
 BASE = ["modality=DX", "view=PA,AP,AP Supine"]
@@ -229,12 +229,18 @@ def test_links_point_into_a_local_store_and_copies_replace_them(lake: Lake, tmp_
     assert len(read_csv(tmp_path / "meta" / "metadata.csv")) == 2
 
 
-def test_a_remote_store_copies_but_refuses_links(tmp_path: Path, source_root: Path) -> None:
-    from radlake.catalog.db import make_engine, upgrade
-
+@pytest.mark.parametrize("kind", ["s3", "memory"])
+def test_a_remote_store_copies_but_refuses_links(
+    request: pytest.FixtureRequest, kind: str, tmp_path: Path, source_root: Path
+) -> None:
+    if kind == "s3":  # a real S3-protocol server (moto) on 127.0.0.1
+        bucket = request.getfixturevalue("s3_bucket")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        store = open_store(f"s3://{bucket}/lake", **s3_options(endpoint))
+    else:
+        store = open_store(f"memory://radlake-groups-{os.getpid()}-{id(tmp_path)}")
     engine = make_engine(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     upgrade(engine)
-    store = open_store(f"memory://radlake-groups-{os.getpid()}-{id(tmp_path)}")
     lake = Lake(engine, store, Pseudonymizer(SECRET))
     load(lake, source_root)
     group_a = ImageFilter.parse([*BASE, BIG])
