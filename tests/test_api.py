@@ -295,7 +295,8 @@ def test_auth_matrix_every_route_every_role(api: Api) -> None:
         # CT only: a viewer's zip of an image that may show burned-in patient data (the
         # Secondary Capture sample) is refused for that reason, not for the role.
         create_version(
-            session, VersionRequest("ds", ImageFilter(modality="CT"), SplitSpec.parse("only=1.0"))
+            session,
+            VersionRequest("ds", ImageFilter(modality=("CT",)), SplitSpec.parse("only=1.0")),
         )
     api.client.post(
         "/cohorts", json={"name": "all", "filter": {"modality": "CT"}}, headers=api.auth("curator")

@@ -122,7 +122,7 @@ def test_image_page_caps_the_total_and_pages_by_cursor(
         assert (capped.total, capped.total_exact) == (2, False)
         exact = image_page(session, selection=everything, limit=1, exact_count=True)
         assert (exact.total, exact.total_exact) == (4, True)
-        nothing = image_page(session, selection=ImageFilter(modality="XA"), limit=10)
+        nothing = image_page(session, selection=ImageFilter(modality=("XA",)), limit=10)
         assert (nothing.images, nothing.total, nothing.next_cursor) == ([], 0, None)
 
 
@@ -162,7 +162,7 @@ def test_labels_tallies_and_pixel_columns(filled: Lake) -> None:
         assert rendition_keys(session, image_ids=[image_id], name="deidentified") == {}
         previews = rendition_keys(session, image_ids=[image_id], name="preview")
         assert set(previews) == {image_id}
-        rows = zip_rows(session, selection=ImageFilter(modality="CT"))
+        rows = zip_rows(session, selection=ImageFilter(modality=("CT",)))
         assert [r.modality for r in rows] == ["CT"]
 
 
