@@ -15,7 +15,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
-    Float,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -139,11 +139,11 @@ class Image(Base):
     frames: Mapped[int] = mapped_column(default=1)
     slices: Mapped[int] = mapped_column(default=1)
     volumes: Mapped[int] = mapped_column(default=1)
-    pixel_spacing_row: Mapped[float | None] = mapped_column(Float)
-    pixel_spacing_col: Mapped[float | None] = mapped_column(Float)
-    slice_thickness: Mapped[float | None] = mapped_column(Float)
-    slice_location: Mapped[float | None] = mapped_column(Float)
-    slice_position: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing_row: Mapped[float | None] = mapped_column(Double)
+    pixel_spacing_col: Mapped[float | None] = mapped_column(Double)
+    slice_thickness: Mapped[float | None] = mapped_column(Double)
+    slice_location: Mapped[float | None] = mapped_column(Double)
+    slice_position: Mapped[float | None] = mapped_column(Double)
     photometric: Mapped[str | None] = mapped_column(String(32))
     bits_allocated: Mapped[int | None]
     bits_stored: Mapped[int | None]
@@ -172,8 +172,8 @@ class Rendition(Base):
     key: Mapped[str] = mapped_column(String(200))
     width: Mapped[int]
     height: Mapped[int]
-    window_center: Mapped[float | None] = mapped_column(Float)
-    window_width: Mapped[float | None] = mapped_column(Float)
+    window_center: Mapped[float | None] = mapped_column(Double)
+    window_width: Mapped[float | None] = mapped_column(Double)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     image: Mapped[Image] = relationship(back_populates="renditions")
 
@@ -191,7 +191,7 @@ class Job(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
-    seconds: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float | None] = mapped_column(Double)
     error: Mapped[str | None] = mapped_column(Text)
 
 
@@ -247,11 +247,11 @@ class Label(Base):
     class_id: Mapped[int | None]
     reader: Mapped[str | None] = mapped_column(String(64))
     origin: Mapped[str] = mapped_column(String(20))
-    confidence: Mapped[float | None] = mapped_column(Float)
-    x_min: Mapped[float | None] = mapped_column(Float)
-    y_min: Mapped[float | None] = mapped_column(Float)
-    x_max: Mapped[float | None] = mapped_column(Float)
-    y_max: Mapped[float | None] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Double)
+    x_min: Mapped[float | None] = mapped_column(Double)
+    y_min: Mapped[float | None] = mapped_column(Double)
+    x_max: Mapped[float | None] = mapped_column(Double)
+    y_max: Mapped[float | None] = mapped_column(Double)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -195,32 +195,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-
-    op.drop_table("rendition")
-    with op.batch_alter_table("image", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_image_source_id"))
-        batch_op.drop_index(batch_op.f("ix_image_sop_instance_uid"))
-        batch_op.drop_index("ix_image_series_order")
-        batch_op.drop_index(batch_op.f("ix_image_modality"))
-        batch_op.drop_index(batch_op.f("ix_image_manufacturer"))
-        batch_op.drop_index(batch_op.f("ix_image_format"))
-
-    op.drop_table("image")
-    with op.batch_alter_table("series", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_series_study_id"))
-
-    op.drop_table("series")
-    with op.batch_alter_table("study", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_study_patient_id"))
-
-    op.drop_table("study")
-    with op.batch_alter_table("quarantine", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_quarantine_source_id"))
-
-    op.drop_table("quarantine")
-    op.drop_table("source")
-    op.drop_table("patient")
-    with op.batch_alter_table("job", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_job_kind"))
-
-    op.drop_table("job")
+    # Dropping a table drops its indexes (MariaDB refuses to drop an index alone while
+    # a foreign key needs it); children before parents.
+    for table in (
+        "rendition",
+        "image",
+        "series",
+        "study",
+        "quarantine",
+        "source",
+        "patient",
+        "job",
+    ):
+        op.drop_table(table)

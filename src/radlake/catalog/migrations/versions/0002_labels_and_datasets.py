@@ -141,18 +141,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-
-    with op.batch_alter_table("label", schema=None) as batch_op:
-        batch_op.drop_index("ix_label_source_key")
-        batch_op.drop_index(batch_op.f("ix_label_image_id"))
-        batch_op.drop_index(batch_op.f("ix_label_class_name"))
-
-    op.drop_table("label")
-    with op.batch_alter_table("dataset_member", schema=None) as batch_op:
-        batch_op.drop_index("ix_dataset_member_split")
-
-    op.drop_table("dataset_member")
-    op.drop_table("export")
-    op.drop_table("label_class")
-    op.drop_table("dataset_version")
-    op.drop_table("dataset")
+    # Dropping a table drops its indexes (MariaDB refuses to drop an index alone while
+    # a foreign key needs it); children before parents.
+    for table in (
+        "label",
+        "dataset_member",
+        "export",
+        "label_class",
+        "dataset_version",
+        "dataset",
+    ):
+        op.drop_table(table)

@@ -63,12 +63,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-
-    with op.batch_alter_table("audit_event", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_audit_event_token_id"))
-        batch_op.drop_index(batch_op.f("ix_audit_event_created_at"))
-        batch_op.drop_index(batch_op.f("ix_audit_event_action"))
-
-    op.drop_table("audit_event")
-    op.drop_table("cohort")
-    op.drop_table("api_token")
+    # Dropping a table drops its indexes (MariaDB refuses to drop an index alone while
+    # a foreign key needs it); children before parents.
+    for table in (
+        "audit_event",
+        "cohort",
+        "api_token",
+    ):
+        op.drop_table(table)

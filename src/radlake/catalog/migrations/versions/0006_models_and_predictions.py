@@ -165,27 +165,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("prediction", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_prediction_run_id"))
-
-    op.drop_table("prediction")
-    with op.batch_alter_table("inference_run", schema=None) as batch_op:
-        batch_op.drop_index("ix_inference_run_version_image")
-        batch_op.drop_index(batch_op.f("ix_inference_run_image_id"))
-        batch_op.drop_index(batch_op.f("ix_inference_run_created_at"))
-
-    op.drop_table("inference_run")
-    with op.batch_alter_table("model_alias_event", schema=None) as batch_op:
-        batch_op.drop_index("ix_model_alias_event_alias")
-
-    op.drop_table("model_alias_event")
-    with op.batch_alter_table("model_alias", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_model_alias_version_id"))
-
-    op.drop_table("model_alias")
-    with op.batch_alter_table("model_version", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_model_version_trained_on_id"))
-        batch_op.drop_index(batch_op.f("ix_model_version_sha256"))
-
-    op.drop_table("model_version")
-    op.drop_table("model")
+    # Dropping a table drops its indexes; MariaDB refuses to drop an index on its own
+    # while a foreign key needs it.
+    for table in (
+        "prediction",
+        "inference_run",
+        "model_alias_event",
+        "model_alias",
+        "model_version",
+        "model",
+    ):
+        op.drop_table(table)
