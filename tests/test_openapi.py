@@ -33,7 +33,11 @@ ANSWERS = {
     ("post", "/datasets/{name}/versions"): "CreatedVersion",
     ("get", "/datasets/{name}/versions/{version}"): "DatasetVersion",
     ("get", "/health"): "Health",
+    ("post", "/predict"): "PredictionResult",
+    ("get", "/images/{image_id}/predictions"): "ImagePredictions",
 }
+# Routes that take an upload (a 413 beyond the server's limit).
+UPLOADS = {("post", "/images"), ("post", "/predict")}
 # Routes for curators or admins only (a viewer's token gets 403).
 PRIVILEGED = {
     ("post", "/images"),
@@ -104,7 +108,7 @@ def test_error_answers_listed_with_their_body(document: dict[str, Any]) -> None:
             assert schema_of["403"] == {"$ref": ref("ErrorDetail")}, where
         if "{" in path and where != ("post", "/datasets/{name}/versions"):  # makes its dataset
             assert schema_of["404"] == {"$ref": ref("ErrorDetail")}, where
-        assert ("413" in answers) == (where == ("post", "/images")), where
+        assert ("413" in answers) == (where in UPLOADS), where
     error = document["components"]["schemas"]["ErrorDetail"]
     assert error["required"] == ["detail"] and error["properties"]["detail"]["type"] == "string"
 

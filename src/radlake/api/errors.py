@@ -21,10 +21,16 @@ from radlake.errors import (
     RenderError,
     StorageError,
 )
+from radlake.inference.errors import InferenceUnavailable, ModelFileError, ModelNotFound
 from radlake.pipelines.ingest import IngestFault
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ImageNotFound, 404),
+    (ModelNotFound, 404),
+    # A registered model that cannot run is the server's fault, not the request's;
+    # its message names the model and ONNX Runtime's first line, no image data.
+    (ModelFileError, 500),
+    (InferenceUnavailable, 503),
     (ObjectNotFound, 404),
     (DatasetError, 404),
     (TokenError, 409),
