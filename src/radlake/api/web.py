@@ -36,6 +36,7 @@ from radlake.api.deps import (
     same_origin,
 )
 from radlake.api.routes.images import ImageId, labels, list_images, one_image
+from radlake.api.routes.predict import visible_runs
 from radlake.auth import Role, verify_token
 from radlake.catalog.queries import image_counts, list_dataset_versions
 from radlake.curation.filters import FILTER_FIELDS, ImageFilter, field_schemas
@@ -374,6 +375,11 @@ def image_page(
         presets=WINDOW_PRESETS if detail["format"] == "dicom" else (),
         window=chosen,
         render_url=render_url,
+        # Each model version's latest run, in palette colours from the other end.
+        predictions=[
+            run | {"colour": PALETTE[-1 - i % len(PALETTE)]}
+            for i, run in enumerate(visible_runs(session, image_id=image_id, caller=caller))
+        ],
     )
 
 
