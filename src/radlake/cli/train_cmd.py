@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from radlake.cli.ingest_cmd import JsonOption, progress_bar
 from radlake.cli.output import console, err_console, print_json
 from radlake.lake import load_settings, open_lake
-from radlake.training import TrainingError, require_torch
+from radlake.training import require_torch
+from radlake.training.config import TrainConfig
 from radlake.training.run import TrainRequest, train_version
 
 if TYPE_CHECKING:
     from radlake.training.loop import EpochReport
+
+DEFAULTS = TrainConfig()
 
 
 def _figure(value: object) -> str:
@@ -26,10 +29,14 @@ def train(
     name: Annotated[str, typer.Argument(help="Model name (lowercase letters, digits, _ . -).")],
     dataset: Annotated[str, typer.Option(help="Dataset whose version to train on.")],
     version: Annotated[int | None, typer.Option(help="Dataset version (default: newest).")] = None,
-    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 0,
-    size: Annotated[int, typer.Option(help="Square input size, a multiple of 32.")] = 0,
+    epochs: Annotated[
+        int, typer.Option(help="Most epochs (early stopping may end sooner).")
+    ] = DEFAULTS.epochs,
+    size: Annotated[int, typer.Option(help="Square input size, a multiple of 32.")] = DEFAULTS.size,
     seed: Annotated[int, typer.Option(help="Seed: the same seed and threads, the same model.")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads (part of determinism).")] = 0,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads (part of determinism).")
+    ] = DEFAULTS.threads,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "training",
     val_split: Annotated[str, typer.Option(help="Split for early stopping.")] = "validation",
     test_split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
@@ -40,17 +47,8 @@ def train(
 ) -> None:
     """Train from scratch on the training split (CPU, plain PyTorch), stop early on the
     validation split, export ONNX, register it with its lineage and evaluate on test."""
+    config = replace(DEFAULTS, epochs=epochs, size=size, seed=seed, threads=threads)
     require_torch()
-    from radlake.training.loop import TrainConfig
-
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in (("epochs", epochs), ("size", size), ("threads", threads))
-        if value
-    }
-    if min(epochs, size, threads) < 0:
-        raise TrainingError("expected --epochs, --size and --threads to be positive")
-    config = replace(TrainConfig(), seed=seed, **overrides)
     lake = open_lake(load_settings())
     request = TrainRequest(name, dataset, version, train_split, val_split, test_split, out=out)
     show = not as_json

@@ -35,6 +35,7 @@ from radlake.domain import Box
 from radlake.errors import ImageError, RenderError
 from radlake.formats.coords import ResizeTransform
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
+from radlake.training.config import Augment
 
 PAD_VALUE = 114  # ultralytics' letterbox grey: the contract's pad_value
 # The stored original at its own size, rows x columns as its boxes refer to (the
@@ -101,22 +102,6 @@ def make_sample(
         transform,
         truth,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Augment:
-    """Ranges of the random changes (0 turns one off)."""
-
-    scale: float = 0.15
-    aspect: float = 0.05
-    translate: float = 0.08
-    brightness: float = 0.1
-    contrast: float = 0.25
-    mirror: float = 0.5  # probability, where the classes allow it
-
-    @classmethod
-    def none(cls) -> Augment:
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 _SIDE = re.compile(r"\b(left|right)\b")

@@ -12,54 +12,17 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.nn import functional
 
 from radlake.training import TrainingError
-from radlake.training.data import Augment, Batch, Sample, augment, collate, mirror_classes
+from radlake.training.config import TrainConfig
+from radlake.training.data import Batch, Sample, augment, collate, mirror_classes
 from radlake.training.metrics import coco_map, predict
 from radlake.training.model import STRIDE, Detector, ModelConfig, sides_to_xyxy
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    """Every setting of a run (recorded with the registered version)."""
-
-    epochs: int = 100
-    size: int = 192
-    seed: int = 0
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 3
-    width: int = 16
-    channels: int = 1
-    centre_radius: float = 2.5
-    ema_decay: float = 0.99
-    eval_every: int = 5
-    patience: int = 40  # epochs without a better validation mAP
-    # One thread by default: the budget is CPU minutes (issue 10), and a second
-    # thread on a busy machine mostly spins; the same count everywhere also keeps
-    # a seed's model the same on any machine.
-    threads: int = 1
-    augment: Augment = field(default_factory=Augment)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise TrainingError(f"expected at least 1 epoch, got {self.epochs}")
-        if self.size % 32 or not 64 <= self.size <= 1024:
-            raise TrainingError(
-                f"expected a size that is a multiple of 32 in 64..1024, got {self.size}"
-            )
-        if self.batch_size < 1 or self.threads < 1:
-            raise TrainingError("expected a positive batch size and thread count")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ class ModelConfig:
     """What fixes a network's shape (stored with the model so it can be rebuilt)."""
 
     num_classes: int
-    size: int = 192
+    size: int = 256
     channels: int = 1
     width: int = 16
 

@@ -21,6 +21,7 @@ from radlake.curation.versions import get_version
 from radlake.lake import Lake
 from radlake.pipelines.stored_images import StoredImages
 from radlake.training import TrainingError, require_torch
+from radlake.training.config import TrainConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def _cpu_seconds() -> float:
 def train_version(
     lake: Lake,
     request: TrainRequest,
-    config: Any = None,
+    config: TrainConfig | None = None,
     *,
     on_epoch: Callable[[Any, int], None] | None = None,
     log: Log | None = None,
@@ -65,7 +66,7 @@ def train_version(
     """Train on the version's training split, stop early on its validation split,
     export ONNX, register it (lineage: the dataset version) and evaluate on test.
 
-    config is a `loop.TrainConfig` (default settings when None).
+    config: the run's settings (the defaults when None).
 
     Raises:
         TrainingError: torch is missing, the version has no training boxes, or the
@@ -76,10 +77,10 @@ def train_version(
     require_torch()
     from radlake.training.data import load_split
     from radlake.training.export import contract, export_onnx
-    from radlake.training.loop import TrainConfig, train_detector
+    from radlake.training.loop import train_detector
     from radlake.training.metrics import coco_map, predict
 
-    settings: TrainConfig = config or TrainConfig()
+    settings = config or TrainConfig()
     say = log or (lambda _: None)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     images = StoredImages(lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes)
