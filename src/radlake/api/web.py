@@ -35,10 +35,13 @@ from radlake.api.deps import (
     PageSelection,
     same_origin,
 )
-from radlake.api.routes.images import ImageId, labels, list_images, one_image
+from radlake.api.routes.images import ImageId
 from radlake.api.routes.predict import visible_runs
+from radlake.api.serialize import image_full, image_listing, label_item
 from radlake.auth import Role, verify_token
-from radlake.catalog.queries import image_counts, list_dataset_versions
+from radlake.catalog.image_reads import image_labels
+from radlake.catalog.image_reads import image_page as image_page_of
+from radlake.catalog.queries import get_image, image_counts, list_dataset_versions
 from radlake.curation.filters import FILTER_FIELDS, ImageFilter, field_schemas
 from radlake.errors import ImageNotFound
 from radlake.imaging.pixels import Window
@@ -292,7 +295,9 @@ def browse(
     if isinstance(selection, str):
         message = f"This filter is not valid: {selection}."
         return _page(request, "error.html", caller, 422, message=message)
-    page = list_images(caller, session, selection, limit=limit, cursor=cursor)
+    page = image_listing(
+        image_page_of(session, selection=selection, limit=limit, after_id=cursor), caller.role
+    )
     counts = image_counts(session)
     names = list(dict.fromkeys(v.dataset.name for v in list_dataset_versions(session)))
     values = dict(selection.as_pairs())  # several values read as the text PA,AP
@@ -347,11 +352,11 @@ def image_page(
     if caller is None:
         return _to_signin(request)
     try:
-        detail = one_image(image_id, caller, session)
+        detail = image_full(get_image(session, image_id=image_id), caller.role)
     except ImageNotFound:
         message = f"There is no image with id {image_id}."
         return _page(request, "error.html", caller, 404, message=message)
-    rows = labels(image_id, caller, session)["labels"]
+    rows = [label_item(label) for label in image_labels(session, image_id=image_id)]
     try:
         chosen = window if window and Window.parse(window) else None
     except ValueError:
