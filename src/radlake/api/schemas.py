@@ -278,6 +278,9 @@ class VersionInfo(BaseModel):
     classes: list[Any]
     splits: dict[str, Any]
     leakage: dict[str, Any]
+    warnings: list[str] = Field(
+        default_factory=list, description="Why a split is empty or smaller than asked"
+    )
     manifest_hash: str
     created_at: datetime
 

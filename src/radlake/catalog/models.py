@@ -304,7 +304,7 @@ class Export(Base):
     __tablename__ = "export"
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("dataset_version.id"))
-    format: Mapped[str] = mapped_column(String(10))
+    format: Mapped[str] = mapped_column(String(20))  # "classification" is 14
     location: Mapped[str] = mapped_column(String(1024))
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     manifest_hash: Mapped[str] = mapped_column(SHA256)

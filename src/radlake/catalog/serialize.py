@@ -89,6 +89,7 @@ def version_row(version: DatasetVersion) -> dict[str, Any]:
         "classes": version.classes.get("names", []),
         "splits": version.counts,
         "leakage": version.leakage,
+        "warnings": list(version.split_spec.get("warnings", [])),
         "manifest_hash": version.manifest_hash,
         "created_at": version.created_at,
     }

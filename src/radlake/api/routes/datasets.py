@@ -96,10 +96,15 @@ def export(
     caller: Viewer,
     session: DbSession,
     lake: LakeDep,
-    format: Literal["coco", "yolo"] = "coco",
+    format: Literal["coco", "yolo", "classification"] = "coco",
     split: Annotated[str | None, Query(max_length=40)] = None,
+    attribute: Annotated[
+        list[str] | None,
+        Query(max_length=64, description="classification: source fields as labels.csv columns"),
+    ] = None,
 ) -> StreamingResponse:
-    """The version's labels in COCO or YOLO form (no images), as a zip with its manifest."""
+    """The version's labels (no images) as a zip with its manifest: COCO, YOLO, or
+    classification (a labels.csv per split: one 0/1 column per class)."""
     get_version(session, name, version)
     folder = FilePath(tempfile.mkdtemp(prefix="radlake-export-"))
     try:
@@ -113,6 +118,7 @@ def export(
             location=f"api:{caller.name}",
             split=split,
             labels_only=True,
+            attributes=attribute or (),
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # a failed request leaves nothing behind

@@ -1,10 +1,13 @@
-"""every real-valued column as double precision
+"""every real-valued column as double precision; export formats up to 20 characters
 
 MySQL and MariaDB store SQLAlchemy's plain Float as a 4-byte FLOAT: boxes, pixel
 spacing and slice positions came back with about 6 significant digits (a box at
 1234.567 px read as 1234.57), so coordinates were not exact on those backends.
 PostgreSQL's FLOAT and SQLite's REAL were already 8 bytes; the change is a no-op there
 but keeps the schema one and the same on every backend.
+
+export.format was 10 characters: "classification" and "imagefolder" (issue 9) failed
+on PostgreSQL and MariaDB, which enforce the length.
 
 Revision ID: 0007
 Revises: 0006
@@ -63,9 +66,18 @@ def _retype(old: sa.types.TypeEngine[float], new: sa.types.TypeEngine[float]) ->
                 batch_op.alter_column(name, existing_type=old, type_=new, nullable=nullable)
 
 
+def _format_length(old: int, new: int) -> None:
+    with op.batch_alter_table("export", schema=None) as batch_op:
+        batch_op.alter_column(
+            "format", existing_type=sa.String(old), type_=sa.String(new), nullable=False
+        )
+
+
 def upgrade() -> None:
     _retype(sa.Float(), sa.Double())
+    _format_length(10, 20)
 
 
 def downgrade() -> None:
+    _format_length(20, 10)
     _retype(sa.Double(), sa.Float())
