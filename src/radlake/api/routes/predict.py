@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from radlake.api import audit, schemas
+from radlake.api import schemas
 from radlake.api.decoding import decode_slot
 from radlake.api.deps import Caller, DbSession, LakeDep, Viewer
 from radlake.api.privacy import pixels_withheld, sees_paths, withheld
@@ -247,8 +247,7 @@ def predict(request: Request, caller: Viewer, lake: LakeDep, ask: Ask) -> dict[s
     """Run a model on a catalogued image or on an upload (stored first, once, through
     the ingest pipeline; curators), record the run and answer its boxes."""
     fields = ask.fields
-    # The model first: an unknown one is refused before an upload is stored.
-    model = served_model(lake, fields.model)
+    model_ref = fields.model
     uploaded: dict[str, Any] | None = None
     if ask.file is not None:
         if caller.role < UPLOAD_ROLE:
@@ -257,6 +256,9 @@ def predict(request: Request, caller: Viewer, lake: LakeDep, ask: Ask) -> dict[s
                 detail="uploading needs the curator role; send the image_id of a "
                 "catalogued image instead",
             )
+        # The model first: an unknown one is refused before an upload is stored; the
+        # version found is the one run, even if an alias moves meanwhile.
+        model_ref = served_model(lake, fields.model).ref
         # The upload route reads only .file and .filename, which Starlette's has too.
         uploaded = upload(request, caller, lake, cast(UploadFile, ask.file))
         image_id = int(uploaded["id"])
@@ -266,16 +268,14 @@ def predict(request: Request, caller: Viewer, lake: LakeDep, ask: Ask) -> dict[s
     _check_pixels(lake, caller, image_id)
     (result,) = predict_images(
         lake,
-        model_ref=model.ref,  # the version resolved above, even if an alias moves meanwhile
+        model_ref=model_ref,
         image_ids=[image_id],
         score_threshold=fields.score_threshold,
         iou_threshold=fields.iou_threshold,
+        # The run row is the record of who ran what, when (no separate audit event).
         caller=f"api:{caller.name}",
         batch_size=1,
         images=_guarded_images(lake),
-    )
-    audit.record(
-        lake, caller, "predict", f"image/{image_id}", model=model.ref, boxes=len(result.detections)
     )
     return _answer(result, uploaded)
 
