@@ -26,7 +26,10 @@ What it does (about 3 minutes on a 2-core machine):
    - API: client threads each with a keep-alive httpx.Client send `POST /predict`
      {"image_id", "model"} to uvicorn (`radlake.api.app:create_app`, one process) on
      127.0.0.1: the same work plus HTTP, auth, the catalog reads and the run's record.
-   Images are taken in turn, the same order for both. Prints requests/s, p50 and p95
+   - direct, decode guard: the same as direct, under the API's bound on decodes at
+     once (api/decoding.py, DECODE_SLOTS), which keeps a server's memory in bounds;
+     it shows how much of any gap is that bound rather than HTTP.
+   Images are taken in turn, the same order for each. Prints requests/s, p50 and p95
    latency, and the API/direct throughput ratio per client count (target >= 0.85).
 4. Batch: `radlake predict --model bench-detector --select source=bench-cxr` (the CLI
    as a user types it, one process, batches of 8), images/s over the command's time
@@ -51,6 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +66,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from api import api_server, percentile  # benchmarks/api.py: uvicorn in a child process
+from radlake.api.decoding import DECODE_SLOTS, decode_slot
 from radlake.auth import Role, create_token
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Image, Source
@@ -285,8 +290,11 @@ def run_clients(
     return latencies, time.perf_counter() - started
 
 
-def direct_caller(lake: Lake, image_ids: Sequence[int]) -> Callable[[], Callable[[int], None]]:
-    """What the service does for one image, without HTTP and the catalog."""
+def direct_caller(
+    lake: Lake, image_ids: Sequence[int], guard: Callable[[], AbstractContextManager[object]] | None
+) -> Callable[[], Callable[[int], None]]:
+    """What the service does for one image, without HTTP and the catalog (and, with
+    guard, under the API's bound on decodes at once)."""
     model = served_model(lake, MODEL)
     loaded = model.load(lake.store)
     with session_factory(lake.engine)() as session:
@@ -298,7 +306,9 @@ def direct_caller(lake: Lake, image_ids: Sequence[int]) -> Callable[[], Callable
                 )
             )
         }
-    images = StoredImages(lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes)
+    images = StoredImages(
+        lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes, decode_guard=guard
+    )
 
     def setup() -> Callable[[int], None]:
         def call(number: int) -> None:
@@ -379,17 +389,17 @@ def batch_predict(home: Path, count: int) -> tuple[float, float]:
 # -- main --------------------------------------------------------------------------
 
 
-def table(pairs: Sequence[tuple[Result, Result]]) -> str:
+def table(rows: Sequence[tuple[Result, Result, Result]]) -> str:
     lines = [
-        "| clients | direct req/s | direct p50 / p95 ms | /predict req/s | /predict p50 / p95 ms "
-        "| ratio | target |",
-        "|---|---|---|---|---|---|---|",
+        "| clients | direct req/s | direct p50 / p95 ms | direct, decode guard req/s "
+        "| /predict req/s | /predict p50 / p95 ms | ratio | target |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for direct, api in pairs:
+    for direct, guarded, api in rows:
         ratio = api.per_second / direct.per_second
         lines.append(
             f"| {direct.clients} | {direct.per_second:.1f} "
-            f"| {direct.ms(50):.0f} / {direct.ms(95):.0f} "
+            f"| {direct.ms(50):.0f} / {direct.ms(95):.0f} | {guarded.per_second:.1f} "
             f"| {api.per_second:.1f} | {api.ms(50):.0f} / {api.ms(95):.0f} | {ratio:.2f} "
             f"| {'met' if ratio >= RATIO_TARGET else 'MISSED'} (>= {RATIO_TARGET}) |"
         )
@@ -410,17 +420,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     home = args.keep or work / "home"
     prepared = prepare(home, args.images)
     say(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} before measuring")
-    pairs: list[tuple[Result, Result]] = []
+    rows: list[tuple[Result, Result, Result]] = []
     http_clients: list[httpx.Client] = []
     try:
-        direct = direct_caller(prepared.lake, prepared.image_ids)
+        direct = direct_caller(prepared.lake, prepared.image_ids, None)
+        guarded = direct_caller(prepared.lake, prepared.image_ids, decode_slot)
         with api_server(home) as url:
             over_http = api_caller(url, prepared.token, prepared.image_ids, http_clients)
             for clients in counts:
                 # Back to back, so a change in the machine's load hits both alike.
-                pairs.append(
+                rows.append(
                     (
                         measured("direct", clients, args.seconds, direct),
+                        measured("direct, decode guard", clients, args.seconds, guarded),
                         measured("POST /predict", clients, args.seconds, over_http),
                     )
                 )
@@ -432,10 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared.lake.engine.dispose()
     print(
         f"\n{len(prepared.image_ids)} {prepared.described}; model {MODEL} "
-        f"(640 px letterbox, 1.4 GMAC); {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.2f} after measuring\n"
+        f"(640 px letterbox, 1.4 GMAC); decode guard {DECODE_SLOTS} slots; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} after measuring\n"
     )
-    print(table(pairs))
+    print(table(rows))
     print(
         f"\nbatch `radlake predict` (batches of 8, one process): {per_command:.1f} images/s "
         f"over the command, {per_job:.1f} images/s predicting"
@@ -444,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    ratios = [api.per_second / direct.per_second for direct, api in pairs]
+    ratios = [api.per_second / direct.per_second for direct, _, api in rows]
     return 0 if all(ratio >= RATIO_TARGET for ratio in ratios) else 1
 
 
