@@ -149,3 +149,35 @@ def test_revalidation_follows_rfc_9110_and_originals_serve_ranges(
         render, headers=curator | {"If-None-Match": f'"a", {first.headers["etag"]}'}
     )
     assert listed.status_code == 304
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # JSON's 1e400 is infinity and "\ud800" a lone surrogate: quoting either back in
+        # the 422 made it a 500.
+        ("/cohorts", '{"name": "c", "filter": {"min_rows": 1e400}}'),
+        ("/cohorts", '{"name": "\\ud800", "filter": {}}'),
+        ("/datasets/ds/versions", '{"selection": {"min_rows": -1e400}}'),
+        ("/datasets/ds/versions", '{"selection": {"view": "\\ud800"}}'),
+        ("/cohorts", '{"name": "c", "filter": {"attr": 1}, "\\udfff": 1}'),
+        # PostgreSQL refuses NUL in text: a filter value holding one was a 500 there.
+        ("/datasets/ds/versions", '{"selection": {"view": "P\\u0000A"}}'),
+        ("/cohorts", '{"name": "c", "filter": {"attributes": [["k\\u0000", "v"]]}}'),
+        # An unknown key of the body is reported, not dropped: with "selecton" a
+        # version of the whole lake was made, with "fliter" a cohort of everything.
+        ("/datasets/ds/versions", '{"selecton": {"modality": "CT"}}'),
+        ("/cohorts", '{"name": "c", "fliter": {"modality": "CT"}}'),
+    ],
+)
+def test_hostile_json_bodies_are_a_422_that_json_can_carry(
+    api: Api,  # noqa: F811
+    path: str,
+    body: str,
+) -> None:
+    headers = api.auth("curator") | {"Content-Type": "application/json"}
+    answer = api.client.post(path, content=body.encode(), headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"]
+    assert api.client.get("/cohorts", headers=headers).json() == []
+    assert api.client.get("/datasets", headers=headers).json() == []

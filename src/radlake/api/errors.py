@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -54,14 +55,27 @@ LOG = logging.getLogger("radlake.api")
 ECHO_LIMIT = 80  # characters of a client's own input quoted back in an error
 
 
+def _encodable(text: str) -> str:
+    # A lone surrogate ("\\ud800" in a JSON body) cannot be written out as UTF-8: quoting
+    # it raw turned the 422 into a 500.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def short(value: object) -> object:
-    """A client's input as an error may quote it: cut to ECHO_LIMIT characters."""
+    """A client's input as an error may quote it: cut to ECHO_LIMIT characters, and
+    always something JSON can carry."""
+    if isinstance(value, bool | None):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no inf or nan: 1e400 in a body made the 422 a 500
     if isinstance(value, str | bytes) and len(value) > ECHO_LIMIT:
-        return f"{value[:ECHO_LIMIT]!s}… ({len(value)} characters)"
+        return _encodable(f"{value[:ECHO_LIMIT]!s}… ({len(value)} characters)")
+    if isinstance(value, str):
+        return _encodable(value)
     if isinstance(value, int) and abs(value) >= 10**ECHO_LIMIT:
         return f"an integer of {len(str(abs(value)))} digits"
-    if isinstance(value, dict | list | tuple):
-        text = str(value)
+    if isinstance(value, dict | list | tuple | bytes):
+        text = _encodable(str(value))
         return text if len(text) <= ECHO_LIMIT else f"{text[:ECHO_LIMIT]}… ({len(text)} characters)"
     return value
 
@@ -74,7 +88,7 @@ def install(app: FastAPI) -> None:
         errors = exc.errors() if isinstance(exc, RequestValidationError) else []
         detail = [
             {
-                "loc": list(error.get("loc", ())),
+                "loc": [short(part) for part in error.get("loc", ())],
                 "msg": str(short(str(error.get("msg", "")))),
                 "type": error.get("type"),
                 **({"input": short(error["input"])} if "input" in error else {}),

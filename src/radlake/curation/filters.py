@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,9 +36,18 @@ MAX_ATTRIBUTES = 50  # each is one SQL condition; 1,000 overflowed SQLite's expr
 MAX_PIXELS = 100_000
 MAX_VALUES = 50  # values of one key: each is one bound parameter of an IN (...)
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-AttributeValue = Annotated[str, StringConstraints(max_length=200)]
+
+def _storable(text: str) -> str:
+    """Text a catalog can hold: PostgreSQL refuses NUL in text (a 500, not a 422)."""
+    if "\x00" in text:
+        raise ValueError("a NUL character is not allowed")
+    return text
+
+
+Storable = AfterValidator(_storable)
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), Storable]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=100), Storable]
+AttributeValue = Annotated[str, StringConstraints(max_length=200), Storable]
 Pixels = Annotated[int, Field(ge=0, le=MAX_PIXELS)]
 
 
@@ -76,7 +86,9 @@ def _one_or_list(values: tuple[str, ...]) -> str | list[str]:
     return values[0] if len(values) == 1 else list(values)
 
 
-Value = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Value = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Storable
+]
 Values = Annotated[
     Annotated[tuple[Value, ...], Field(min_length=1, max_length=MAX_VALUES)] | None,
     BeforeValidator(_split_values),

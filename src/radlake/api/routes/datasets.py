@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from radlake.api import audit, schemas
 from radlake.api.deps import Curator, DbSession, LakeDep, Viewer
@@ -39,6 +39,9 @@ def datasets(caller: Viewer, session: DbSession) -> list[dict[str, Any]]:
 
 
 class VersionIn(BaseModel):
+    # An unknown key is reported: {"selecton": ...} made a version of the whole lake.
+    model_config = ConfigDict(extra="forbid")
+
     selection: ImageFilter = Field(default_factory=ImageFilter)
     splits: str | None = Field(default=None, max_length=500, examples=["training=0.8,test=0.2"])
     seed: int = Field(default=0, ge=0, le=2**31 - 1)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
 from radlake.api import audit, schemas
@@ -60,6 +60,9 @@ CSV_FIELDS = (
 
 
 class CohortIn(BaseModel):
+    # An unknown key is a mistake to report, not to drop ({"fliter": ...} saved everything).
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     filter: ImageFilter = Field(default_factory=ImageFilter)
 
