@@ -181,3 +181,24 @@ def test_hostile_json_bodies_are_a_422_that_json_can_carry(
     assert answer.json()["detail"]
     assert api.client.get("/cohorts", headers=headers).json() == []
     assert api.client.get("/datasets", headers=headers).json() == []
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "-rf", "_x"])
+def test_new_dataset_and_cohort_names_start_with_a_letter_or_digit(
+    api: Api,  # noqa: F811
+    name: str,
+) -> None:
+    # '..' was accepted as a dataset name and could then not be exported to the store
+    # (exports/<dataset>/...); as a cohort it downloaded as '...zip'.
+    from urllib.parse import quote
+
+    curator = api.auth("curator")
+    path = "/datasets/" + quote(name, safe="").replace(".", "%2E") + "/versions"
+    made = api.client.post(path, json={"selection": {"modality": "CT"}}, headers=curator)
+    assert made.status_code == 422, made.text
+    saved = api.client.post("/cohorts", json={"name": name, "filter": {}}, headers=curator)
+    assert saved.status_code == 422, saved.text
+    assert api.client.get("/datasets", headers=curator).json() == []
+    assert api.client.get("/cohorts", headers=curator).json() == []
+    fine = api.client.post("/cohorts", json={"name": "x." + name, "filter": {}}, headers=curator)
+    assert fine.status_code == 201, fine.text

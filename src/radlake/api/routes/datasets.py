@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from radlake.api import audit, schemas
-from radlake.api.deps import Curator, DbSession, LakeDep, Viewer
+from radlake.api.deps import NEW_NAME, Curator, DbSession, LakeDep, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import transaction
 from radlake.catalog.queries import list_dataset_versions
@@ -26,6 +26,7 @@ from radlake.pipelines.export import export_version
 
 router = APIRouter(tags=["datasets"], responses=schemas.errors(401, 422))
 Name = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+NewName = Annotated[str, Path(max_length=100, pattern=NEW_NAME)]
 Version = Annotated[int, Path(ge=1, le=1_000_000)]
 
 
@@ -54,7 +55,7 @@ class VersionIn(BaseModel):
     response_model=schemas.CreatedVersion,
     responses=schemas.errors(400, 403),
 )
-def create(name: Name, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
+def create(name: NewName, body: VersionIn, caller: Curator, lake: LakeDep) -> dict[str, Any]:
     """Create a version (curators); the newest one is returned unchanged if nothing changed."""
     try:
         request = VersionRequest(

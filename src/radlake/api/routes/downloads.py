@@ -20,7 +20,7 @@ from sqlalchemy import Row
 
 from radlake.api import audit, schemas
 from radlake.api.decoding import decode_slot
-from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.deps import NEW_NAME, Caller, Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.privacy import (
     BURNED_IN_REASON,
     DEIDENTIFIED,
@@ -63,7 +63,8 @@ class CohortIn(BaseModel):
     # An unknown key is a mistake to report, not to drop ({"fliter": ...} saved everything).
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    # Starts with a letter or digit, as dataset names do ('..' saved as '...zip').
+    name: str = Field(pattern=NEW_NAME)
     filter: ImageFilter = Field(default_factory=ImageFilter)
 
 

@@ -57,8 +57,8 @@ function setupCohort() {
   const filter = JSON.parse(document.getElementById("cohort-filter").textContent);
   button.addEventListener("click", async () => {
     const name = nameInput.value.trim();
-    if (!/^[A-Za-z0-9_.-]{1,100}$/.test(name)) {
-      result.textContent = "A cohort name is 1-100 letters, digits, '_', '.' or '-'.";
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/.test(name)) {
+      result.textContent = "A cohort name is 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit.";
       result.className = "error";
       return;
     }
