@@ -28,8 +28,9 @@ from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.inference_models import ModelVersion
 from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
-from radlake.curation.versions import VersionRequest, create_version
+from radlake.curation.versions import DatasetError, VersionRequest, create_version
 from radlake.domain import Box
+from radlake.errors import RadlakeError
 from radlake.formats.label_readers import read_label_file
 from radlake.inference.metadata import read_metadata
 from radlake.lake import Lake
@@ -286,3 +287,10 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0] == "error: no dataset 'nope'"
+
+
+def test_a_bad_model_name_or_dataset_is_refused_before_training(lake: Lake) -> None:
+    with pytest.raises(RadlakeError, match="name"):
+        train_version(lake, TrainRequest("Bad Name!", "things"), TINY)
+    with pytest.raises(DatasetError, match="no dataset 'things'"):
+        train_version(lake, TrainRequest("det", "things"), TINY)

@@ -11,7 +11,6 @@ import typer
 from radlake.cli.ingest_cmd import JsonOption, progress_bar
 from radlake.cli.output import console, err_console, print_json
 from radlake.lake import load_settings, open_lake
-from radlake.training import require_torch
 from radlake.training.config import TrainConfig
 from radlake.training.run import TrainRequest, train_version
 
@@ -48,7 +47,6 @@ def train(
     """Train from scratch on the training split (CPU, plain PyTorch), stop early on the
     validation split, export ONNX, register it with its lineage and evaluate on test."""
     config = replace(DEFAULTS, epochs=epochs, size=size, seed=seed, threads=threads)
-    require_torch()
     lake = open_lake(load_settings())
     request = TrainRequest(name, dataset, version, train_split, val_split, test_split, out=out)
     show = not as_json

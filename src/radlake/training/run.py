@@ -11,12 +11,14 @@ import json
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.model_registry import check_model_name
 from radlake.curation.versions import get_version
 from radlake.lake import Lake
 from radlake.pipelines.stored_images import StoredImages
@@ -74,13 +76,9 @@ def train_version(
         DatasetError: no such dataset or version.
         InferenceError, ModelFileError: the registry refuses the file.
     """
-    require_torch()
-    from radlake.training.data import load_split
-    from radlake.training.export import contract, export_onnx
-    from radlake.training.loop import train_detector
-    from radlake.training.metrics import coco_map, predict
-
     settings = config or TrainConfig()
+    if request.register:
+        check_model_name(request.name)  # refused now, not after minutes of training
     say = log or (lambda _: None)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     images = StoredImages(lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes)
@@ -89,6 +87,13 @@ def train_version(
         class_names = [str(n) for n in (version.classes or {}).get("names", [])]
         if not class_names:
             raise TrainingError(f"{request.dataset} v{version.version} has no classes with boxes")
+        # torch only once the request is known to be good (it takes seconds to import).
+        require_torch()
+        from radlake.training.data import load_split
+        from radlake.training.export import contract, export_onnx
+        from radlake.training.loop import train_detector
+        from radlake.training.metrics import coco_map, predict
+
         splits = {
             role: load_split(
                 session,
@@ -128,66 +133,73 @@ def train_version(
         f"({', '.join(class_names)}), {settings.size} px, seed {settings.seed}"
     )
     result = train_detector(train, val, len(class_names), settings, on_epoch, class_names)
-    folder = request.out or Path(tempfile.mkdtemp(prefix="radlake-train-"))
-    exported = export_onnx(result.model, folder / "model.onnx", class_names)
-    own_test = (
-        coco_map([s.truth for s in test], predict(result.model, test), len(class_names))
-        if test
-        else None
-    )
-    metrics: dict[str, Any] = {
-        "trainer": "radlake.training (anchor-free, plain PyTorch)",
-        "dataset": f"{request.dataset}@{version_number}",
-        "splits": {
-            "training": len(train),
-            "validation": len(val),
-            "test": len(test),
-        },
-        "config": settings.as_dict(),
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "val_map50_95": result.best_val_map50_95,
-        "test_map50_95": None if own_test is None else own_test.map50_95,
-        "test_map50": None if own_test is None else own_test.map50,
-        "onnx_max_difference": exported.max_difference,
-        "cpu_seconds": round(_cpu_seconds() - cpu_started, 1),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "contract": contract(settings.size, settings.channels),
-    }
-    outcome = TrainOutcome(metrics, exported.path if request.out else None, notes=notes)
-    if request.register:
-        from radlake.inference.registry import register_version
+    with _folder(request.out) as folder:
+        exported = export_onnx(result.model, folder / "model.onnx", class_names)
+        own_test = (
+            coco_map([s.truth for s in test], predict(result.model, test), len(class_names))
+            if test
+            else None
+        )
+        metrics: dict[str, Any] = {
+            "trainer": "radlake.training (anchor-free, plain PyTorch)",
+            "dataset": f"{request.dataset}@{version_number}",
+            "splits": {
+                "training": len(train),
+                "validation": len(val),
+                "test": len(test),
+            },
+            "config": settings.as_dict(),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "val_map50_95": result.best_val_map50_95,
+            "test_map50_95": None if own_test is None else own_test.map50_95,
+            "test_map50": None if own_test is None else own_test.map50,
+            "onnx_max_difference": exported.max_difference,
+            "cpu_seconds": round(_cpu_seconds() - cpu_started, 1),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "contract": contract(settings.size, settings.channels),
+        }
+        outcome = TrainOutcome(metrics, exported.path if request.out else None, notes=notes)
+        if request.register:
+            from radlake.inference.registry import register_version
 
-        with transaction(lake.engine) as session:
-            _, number = register_version(
-                session,
-                lake.store,
-                name=request.name,
-                onnx_bytes_or_path=exported.path,
-                class_names=class_names,
-                metrics=metrics,
-                trained_on_version_id=version_id,
-            )
-        outcome.model_version = number
-        if test:
-            from radlake.inference.evaluation import evaluate_version
+            with transaction(lake.engine) as session:
+                _, number = register_version(
+                    session,
+                    lake.store,
+                    name=request.name,
+                    onnx_bytes_or_path=exported.path,
+                    class_names=class_names,
+                    metrics=metrics,
+                    trained_on_version_id=version_id,
+                )
+            outcome.model_version = number
+            if test:
+                from radlake.inference.evaluation import evaluate_version
 
-            report = evaluate_version(
-                lake,
-                model_ref=f"{request.name}:{number}",
-                dataset=request.dataset,
-                dataset_version=version_number,
-                split=request.test_split,
-                baseline_split=request.train_split,
-            )
-            outcome.evaluation = report.as_dict()
-        else:
-            notes.append(f"no test images ({request.test_split!r}): not evaluated")
-    if request.out is not None:
-        document = {"metrics": metrics, "evaluation": outcome.evaluation, "notes": notes}
-        (folder / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
-    else:
-        exported.path.unlink(missing_ok=True)
-        folder.rmdir()
-    return outcome
+                report = evaluate_version(
+                    lake,
+                    model_ref=f"{request.name}:{number}",
+                    dataset=request.dataset,
+                    dataset_version=version_number,
+                    split=request.test_split,
+                    baseline_split=request.train_split,
+                )
+                outcome.evaluation = report.as_dict()
+            else:
+                notes.append(f"no test images ({request.test_split!r}): not evaluated")
+        if request.out is not None:
+            document = {"metrics": metrics, "evaluation": outcome.evaluation, "notes": notes}
+            (folder / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
+        return outcome
+
+
+@contextmanager
+def _folder(out: Path | None) -> Iterator[Path]:
+    """out, or a scratch folder removed afterwards (also when registration fails)."""
+    if out is not None:
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="radlake-train-") as scratch:
+        yield Path(scratch)
