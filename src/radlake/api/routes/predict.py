@@ -15,7 +15,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -23,91 +23,24 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from radlake.api import schemas
 from radlake.api.decoding import decode_slot
 from radlake.api.deps import Caller, DbSession, LakeDep, Viewer
+from radlake.api.predict_schemas import (
+    MODEL_REF,
+    ImagePredictions,
+    PredictById,
+    PredictFields,
+    PredictionResult,
+)
 from radlake.api.privacy import pixels_withheld, sees_paths, withheld
 from radlake.api.routes.images import ImageId, upload
 from radlake.auth import Role
 from radlake.catalog.db import session_factory
 from radlake.catalog.image_reads import pixel_columns
 from radlake.catalog.model_registry import predictions_for_image, resolve_version, runs_for_image
-from radlake.inference.runner import DEFAULT_IOU, DEFAULT_SCORE
 from radlake.inference.service import InferenceResult, predict_images, served_model
 from radlake.pipelines.stored_images import StoredImages
 
 router = APIRouter(tags=["predictions"], responses=schemas.errors(401, 422))
 UPLOAD_ROLE = Role.CURATOR  # the role POST /images asks for
-MODEL_REF = (
-    "A model: NAME (its production alias, else its newest version), NAME:VERSION or NAME@ALIAS"
-)
-
-
-class PredictFields(BaseModel):
-    """What a prediction request names besides an uploaded file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1, max_length=200, description=MODEL_REF)
-    image_id: int | None = Field(
-        default=None, ge=1, le=2**62, description="A catalogued image (or upload a file)"
-    )
-    score_threshold: float = Field(default=DEFAULT_SCORE, ge=0.0, le=1.0)
-    iou_threshold: float = Field(default=DEFAULT_IOU, ge=0.0, le=1.0, description="NMS IoU")
-
-
-class PredictById(PredictFields):
-    """The JSON body: a catalogued image and a model."""
-
-    image_id: int = Field(ge=1, le=2**62, description="A catalogued image")
-
-
-class Detection(BaseModel):
-    class_id: int
-    class_name: str
-    score: float
-    box: schemas.Box = Field(description="In the stored image's pixels")
-
-
-class PredictionResult(BaseModel):
-    """One run: the boxes, the run id, the model version and the latency."""
-
-    image_id: int
-    run_id: int
-    model: str
-    version: int
-    latency_ms: float = Field(description="Decode, preprocessing, the model and NMS")
-    width: int = Field(description="The stored image's width in pixels")
-    height: int
-    score_threshold: float
-    iou_threshold: float
-    uploaded: schemas.Uploaded | None = Field(description="The upload, when one was sent")
-    detections: list[Detection]
-
-
-class StoredBox(BaseModel):
-    class_name: str
-    score: float
-    box: schemas.Box
-
-
-class ImageRunItem(BaseModel):
-    """A model version's latest run on the image and its boxes."""
-
-    run_id: int
-    model: str
-    version: int
-    model_version_id: int
-    score_threshold: float
-    iou_threshold: float
-    latency_ms: float
-    caller: str | None = Field(description="Who ran it; curators and admins only")
-    created_at: str
-    predictions: list[StoredBox]
-
-
-class ImagePredictions(BaseModel):
-    """Predictions, never labels: GET /images/{id}/labels has the ground truth."""
-
-    image_id: int
-    runs: list[ImageRunItem]
 
 
 _FILE_FIELD = "file"
