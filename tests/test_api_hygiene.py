@@ -202,3 +202,39 @@ def test_new_dataset_and_cohort_names_start_with_a_letter_or_digit(
     assert api.client.get("/cohorts", headers=curator).json() == []
     fine = api.client.post("/cohorts", json={"name": "x." + name, "filter": {}}, headers=curator)
     assert fine.status_code == 201, fine.text
+
+
+def test_a_dead_catalog_is_a_503_fault_and_the_log_holds_no_sql(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A PostgreSQL catalog on a port where nothing listens: every route that reads the
+    # catalog answered 500 "internal error", as if radlake had a bug.
+    from fastapi.testclient import TestClient
+
+    from radlake.api.app import create_app
+    from radlake.catalog.db import make_engine
+    from radlake.imaging.deid import Pseudonymizer
+    from radlake.lake import Lake
+    from radlake.storage.store import open_store
+    from tests.conftest import SECRET
+
+    engine = make_engine("postgresql://radlake@127.0.0.1:1/test")
+    lake = Lake(engine, open_store((tmp_path / "store").as_uri()), Pseudonymizer(SECRET))
+    bearer = {"Authorization": "Bearer rl_" + "x" * 43}
+    with TestClient(create_app(lake)) as client, caplog.at_level("DEBUG"):
+        assert client.get("/health").status_code == 200
+        answers = [
+            client.get("/images", params={"modality": "CT"}, headers=bearer),
+            client.get("/images/1/original", headers=bearer),
+            client.post("/cohorts", json={"name": "c", "filter": {}}, headers=bearer),
+            client.get("/ui", headers={"Cookie": "radlake_session=rs_" + "y" * 43}),
+            client.post("/ui/signin", data={"token": "rl_" + "z" * 43}),
+        ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["detail"].startswith("fault: the catalog")
+        assert answer.headers["retry-after"]
+    assert "catalog fault (OperationalError)" in caplog.text
+    assert "SELECT" not in caplog.text and "rl_" not in caplog.text
+    engine.dispose()

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 
 from radlake.auth import TokenError
 from radlake.curation.versions import DatasetError
@@ -52,6 +53,14 @@ def status_for(exc: Exception) -> int:
 
 
 LOG = logging.getLogger("radlake.api")
+# What a database that is down, unreachable or out of connections raises.
+CATALOG_FAULTS = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
+CATALOG_FAULT = "fault: the catalog database cannot be reached now; try again shortly"
 ECHO_LIMIT = 80  # characters of a client's own input quoted back in an error
 
 
@@ -111,6 +120,16 @@ def install(app: FastAPI) -> None:
         # on); the server log gets its type only, the client "internal error".
         try:
             return await call_next(request)
+        except CATALOG_FAULTS as exc:
+            # The database is down or unreachable: the server's fault, for a while, not
+            # a bug (it was a 500 "internal error"). The message names the server and
+            # port at most; logged by type only all the same.
+            LOG.error(
+                "catalog fault (%s) on %s %s", type(exc).__name__, request.method, request.url.path
+            )
+            return JSONResponse(
+                {"detail": CATALOG_FAULT}, status_code=503, headers={"Retry-After": "5"}
+            )
         except Exception as exc:
             LOG.error(
                 "internal error (%s) on %s %s", type(exc).__name__, request.method, request.url.path
