@@ -1,9 +1,10 @@
 """Training: loss, optimiser, EMA, early stopping on the validation split's mAP.
 
-Determinism: one seed fixes the weights' initialisation, the batch order and every
-augmentation (torch.Generator and NumPy streams derived from it); the thread count
-is fixed (recorded with the model) and `torch.use_deterministic_algorithms` is on,
-so the same seed, data and thread count give the same weights bit for bit.
+Determinism: one seed fixes the weights' initialisation (torch.manual_seed), the
+batch order and every augmentation (one torch.Generator seeded with it); the thread
+count is fixed (recorded with the model) and `torch.use_deterministic_algorithms`
+is on, so the same seed, data and thread count give the same weights bit for bit.
+Both settings are process-wide: training belongs in its own process (the CLI).
 """
 
 from __future__ import annotations
