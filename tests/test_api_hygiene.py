@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.faultproxy import fault_proxy_fixture  # noqa: F401 (the fault_proxy fixture)
 from tests.test_api import Api, api  # noqa: F401 (the api fixture)
 
 
@@ -238,3 +240,43 @@ def test_a_dead_catalog_is_a_503_fault_and_the_log_holds_no_sql(
     assert "catalog fault (OperationalError)" in caplog.text
     assert "SELECT" not in caplog.text and "rl_" not in caplog.text
     engine.dispose()
+
+
+def test_a_catalog_server_that_never_answers_is_a_503_in_bounded_time(
+    tmp_path: Path,
+    fault_proxy: Any,
+) -> None:
+    # A PostgreSQL that accepts connections and never answers held every request (and
+    # its worker thread) forever: connecting has a timeout now.
+    import time
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy.engine import make_url
+
+    from radlake.api.app import create_app
+    from radlake.auth import Role, create_token
+    from radlake.catalog.db import CONNECT_TIMEOUT_SECONDS, make_engine, transaction, upgrade
+    from radlake.imaging.deid import Pseudonymizer
+    from radlake.lake import Lake
+    from radlake.storage.store import open_store
+    from tests.conftest import POSTGRES_URL, SECRET, server_database
+
+    for url in server_database(POSTGRES_URL):
+        real = make_url(url)
+        proxy = fault_proxy((real.host or "127.0.0.1", real.port or 5432))
+        engine = make_engine(real.set(port=proxy.port).render_as_string(hide_password=False))
+        upgrade(engine)
+        with transaction(engine) as session:
+            token = create_token(session, name="v", role=Role.VIEWER)
+        lake = Lake(engine, open_store((tmp_path / "store").as_uri()), Pseudonymizer(SECRET))
+        bearer = {"Authorization": f"Bearer {token}"}
+        with TestClient(create_app(lake)) as client:
+            assert client.get("/images", headers=bearer).status_code == 200
+            proxy.set_mode("stall")  # cuts pooled connections; new ones hang
+            started = time.monotonic()
+            answer = client.get("/images", headers=bearer)
+            took = time.monotonic() - started
+        assert answer.status_code == 503, answer.text
+        assert took < CONNECT_TIMEOUT_SECONDS * 2 + 5
+        assert proxy.counts["stall"] > 0
+        engine.dispose()

@@ -72,6 +72,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+CONNECT_TIMEOUT_SECONDS = 10
+
+
 def make_engine(url: str) -> Engine:
     """An engine for a catalog URL.
 
@@ -90,6 +93,10 @@ def make_engine(url: str) -> Engine:
             # snapshot would hide a row another writer committed after our first read,
             # so "insert unless present, then read its id" could find nothing.
             options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+            if "connect_timeout" not in make_url(normalized).query:
+                # A server that accepts and never answers held each API request (and
+                # its thread) forever; now it is a catalog fault after this long.
+                options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
             if normalized.startswith("mysql"):
                 options["isolation_level"] = "READ COMMITTED"
             engine = create_engine(normalized, **options)
