@@ -28,12 +28,14 @@ from radlake.formats.classification import (
     single_class,
 )
 from radlake.formats.coco import export_coco
+from radlake.formats.label_readers import read_label_file
 from radlake.formats.manifest import MANIFEST_NAME, read_manifest
 from radlake.formats.model import ExportImage, FormatError
 from radlake.formats.sink import FolderSink
 from radlake.formats.yolo import data_yaml, export_yolo
 from radlake.lake import Lake
 from radlake.pipelines.export import export_version
+from radlake.pipelines.label_import import ImportRequest, import_labels
 from radlake.sources.covid_cxr import finding_levels, normalise_view, read_covid_cxr
 from tests.conftest import run_radlake
 from tests.test_splits_reproducible import IEEE8023, load, write_covid
@@ -414,3 +416,45 @@ def test_cli_warns_and_exports_classification(tmp_path: Path) -> None:
     wrong = run_radlake(home, "dataset", "export", "tiny", "--format", "yolo",
                         "--attribute", "view", "--out", str(tmp_path / "w"))  # fmt: skip
     assert wrong.returncode == 1 and "--attribute goes with --format classification" in wrong.stderr
+
+
+def test_odd_source_file_names_still_export_and_import_back(lake: Lake, tmp_path: Path) -> None:
+    """A metadata.csv may name a file anything: a newline, ':', a leading dot, 300
+    characters. One such name used to stop every export of the version; the export
+    now writes a safe stem and an import of its labels finds the image again."""
+    root = tmp_path / "odd"
+    (root / "images").mkdir(parents=True)
+    names = ["new\nline.png", "a:b.png", ".hidden.png", "é" * 120 + ".png", "plain.png"]
+    lines = [["patientid", "finding", "view", "modality", "filename"]]
+    for n, name in enumerate(names):
+        Image.fromarray(np.full((20, 30 + n), n * 40, dtype=np.uint8)).save(root / "images" / name)
+        lines.append([f"P{n}", "COVID-19", "PA", "X-ray", name])
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(lines)
+    (root / "metadata.csv").write_text(buffer.getvalue())
+    load(lake, read_covid_cxr(root))
+    with transaction(lake.engine) as session:
+        create_version(session, VersionRequest("odd", ImageFilter(), SplitSpec.parse("all=1.0")))
+    for fmt in ("classification", "yolo", "coco"):
+        out = tmp_path / fmt
+        summary = export_version(
+            engine=lake.engine, store=lake.store, dataset="odd", version=None, fmt=fmt,
+            sink=FolderSink(out), location=str(out), size=32,
+        )  # fmt: skip
+        assert summary.images_written == 5
+    written = sorted(p.name for p in (tmp_path / "classification" / "all" / "images").iterdir())
+    assert "new_line.png" in written and "a_b.png" in written and "hidden.png" in written
+    assert all(len(name.encode()) <= 255 and "\n" not in name for name in written)
+    rows = list(
+        csv.DictReader(io.StringIO((tmp_path / "classification/all/labels.csv").read_text()))
+    )
+    assert len(rows) == 5 and all((tmp_path / "classification" / r["file"]).is_file() for r in rows)
+    # A label file that names the exported files finds the images they came from.
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{Path(r['file']).name},Left Lung,1,1,5,5\n" for r in rows))
+    labels.write_text("file,class,x_min,y_min,x_max,y_max\n" + labels.read_text())
+    parsed = read_label_file(labels, "csv")
+    imported = import_labels(parsed, ImportRequest(source="back"), engine=lake.engine)
+    assert (imported.written, imported.unmatched, imported.ambiguous) == (5, 0, 0), (
+        imported.examples
+    )

@@ -22,6 +22,7 @@ from radlake.catalog.fit import fit_row
 from radlake.catalog.models import Image, Label, LabelClass, Source
 from radlake.catalog.upsert import insert_missing
 from radlake.domain import Box, Finding, LabelOrigin
+from radlake.pipelines.discover import path_of_key  # pure key decoding, no catalog
 
 LabelKey = tuple[int, str, str | None, str]  # image, class, reader, origin
 
@@ -37,6 +38,12 @@ class ImageRef:
     rows: int
 
 
+def _base_name(key: str) -> str:
+    """The file name a source key stands for: keys of odd paths (a newline in a name)
+    are quoted and escaped, and a label file names the file, not its key."""
+    return PurePosixPath(path_of_key(key).replace("\\", "/")).name
+
+
 def image_refs(session: Session, *, source: str | None = None) -> list[ImageRef]:
     """Every catalogued image (of one source when given), as plain rows."""
     statement = select(Image.id, Image.sha256, Image.source_key, Image.columns, Image.rows)
@@ -45,7 +52,7 @@ def image_refs(session: Session, *, source: str | None = None) -> list[ImageRef]
             Source.name == source
         )
     return [
-        ImageRef(image_id, sha, PurePosixPath(key.replace("\\", "/")).name, columns, rows)
+        ImageRef(image_id, sha, _base_name(key), columns, rows)
         for image_id, sha, key, columns, rows in session.execute(statement.order_by(Image.id))
     ]
 

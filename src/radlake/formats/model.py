@@ -12,6 +12,7 @@ import io
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Literal
 
 from PIL import Image
@@ -31,6 +32,19 @@ _SPLIT_RANK = {name: rank for rank, name in enumerate(TRAINER_SPLIT_KEYS)}
 # break a label or listing line.
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UNSAFE_STEM = re.compile(r"^\.|[/\\:\x00-\x1f\x7f]")
+_UNSAFE_STEM_CHARS = re.compile(r"[/\\:\x00-\x1f\x7f]")
+# File systems cap a name at 255 bytes; a stem leaves room for "-<id>" and ".png".
+_MAX_STEM_BYTES = 200
+
+
+def safe_stem(name: str) -> str:
+    """The export file stem for a source file name: its stem with spaces and the
+    characters a path component cannot hold (separators, ':', control characters) as
+    '_', no leading dot, at most 200 UTF-8 bytes. A source may name a file anything
+    (a newline, a 300-character title); the export must still be writable."""
+    stem = PurePosixPath(name.replace("\\", "/")).stem
+    stem = _UNSAFE_STEM_CHARS.sub("_", stem.replace(" ", "_")).lstrip(".")
+    return stem.encode()[:_MAX_STEM_BYTES].decode(errors="ignore")
 
 
 class FormatError(RadlakeError, ValueError):

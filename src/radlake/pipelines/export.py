@@ -24,7 +24,7 @@ from radlake.domain import Finding
 from radlake.formats.classification import export_classification, export_imagefolder
 from radlake.formats.coco import export_coco
 from radlake.formats.manifest import canonical_json
-from radlake.formats.model import ExportImage, ExportSummary
+from radlake.formats.model import ExportImage, ExportSummary, safe_stem
 from radlake.formats.sink import Sink
 from radlake.formats.yolo import export_yolo
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
@@ -72,7 +72,7 @@ def _stems(images: Sequence[Row[Any]]) -> dict[int, str]:
     seen: set[str] = set()
     for image in images:
         key = str(image.attributes.get("source_key") or PurePosixPath(image.source_key).name)
-        stem = PurePosixPath(key).stem.replace(" ", "_") or image.sha256[:16]
+        stem = safe_stem(key) or image.sha256[:16]
         if stem in seen:
             stem = f"{stem}-{image.id}"
         seen.add(stem)
