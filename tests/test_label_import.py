@@ -224,6 +224,41 @@ def test_hostile_coco_entries_are_reported_never_written(fresh: Lake, exported: 
             read_coco_entries(bad)
 
 
+def test_coco_wrong_types_clashing_ids_and_boxes_off_the_image(fresh: Lake, exported: Path) -> None:
+    """Strings and booleans for numbers, an id given twice with other contents, and a
+    box off its (256 x 200) image are reported, never written or resolved silently."""
+    document = {
+        "images": [
+            {"id": 1, "file_name": "img0001.png", "width": 256, "height": 200},
+            {"id": 2, "file_name": "img0002.png", "width": 256, "height": 200},
+            {"id": 2, "file_name": "img0004.png", "width": 256, "height": 200},
+        ],
+        "categories": [{"id": 1, "name": "Nodule/Mass"}, {"id": 3, "name": "ILD"},
+                       {"id": 3, "name": "Other"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": ["10", "20", "30", "40"]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [True, 20, 30, 40]},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [10, 20, 30, 40]},
+            {"id": 4, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40]},
+            {"id": 5, "image_id": 1, "category_id": 1, "bbox": [-50, -50, 10, 10]},
+            {"id": 6, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1e300, 1e300]},
+            {"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 256.5, 200]},  # edge
+        ],
+    }  # fmt: skip
+    parsed = read_coco_entries(json.dumps(document).encode())
+    summary = import_labels(parsed, ImportRequest(source="types"), engine=fresh.engine)
+    assert (summary.written, summary.invalid) == (1, 6), summary.examples
+    reasons = " | ".join(summary.examples["invalid"])
+    assert '["10", "20", "30", "40"] is not four numbers' in reasons
+    assert "[true, 20, 30, 40] is not four numbers" in reasons
+    assert "image_id 2 names two different images" in reasons
+    assert "category_id 3 names two classes" in reasons
+    assert "lies outside the 256x200 image" in reasons
+    with session_factory(fresh.engine)() as session:
+        stored = [(r.x_min, r.y_min, r.x_max, r.y_max) for r in session.scalars(select(Label))]
+    assert stored == [(0, 0, 256.5, 200)]
+
+
 def test_frames_place_boxes_exactly() -> None:
     entry = LabelEntry("x", "a.png", None, "c", None, (0.5, 0.5, 0.25, 0.5), Frame(True))
     box = place_box(entry, 200, 100)

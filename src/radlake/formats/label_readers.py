@@ -98,10 +98,19 @@ def base_name(name: str) -> str:
     return PureWindowsPath(PurePosixPath(name).name).name
 
 
-def _four_numbers(values: Sequence[Any]) -> tuple[tuple[float, float, float, float] | None, str]:
-    """Four finite floats, or None and the reason."""
+def _four_numbers(
+    values: Sequence[Any], *, json_numbers: bool = False
+) -> tuple[tuple[float, float, float, float] | None, str]:
+    """Four finite floats, or None and the reason. json_numbers: JSON gives numbers
+    as numbers, so a string or a boolean there ("12", true) is a wrong type, not 12 or 1."""
     if len(values) != 4:
         return None, f"expected 4 numbers, got {len(values)}"
+    if json_numbers and any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        shown = ", ".join(
+            json.dumps(v)[:20] if v is None or isinstance(v, bool | str) else str(v)[:20]
+            for v in values
+        )
+        return None, f"box [{shown}] is not four numbers"
     try:
         a, b, c, d = (float(v) for v in values)
     except (TypeError, ValueError):
@@ -170,14 +179,21 @@ def read_coco_entries(data: bytes) -> LabelFile:
     info = document.get("info")
     export = _export_frame(info) if isinstance(info, dict) else None
     categories: dict[int | str, str] = {}
+    # An id given twice with different contents names nothing for sure: its entries
+    # are reported, not resolved to one of them.
+    clashing: set[int | str] = set()
     for category in document["categories"]:
         if (
             isinstance(category, dict)
             and _key(category.get("id")) is not None
             and category.get("name")
         ):
-            categories[category["id"]] = str(category["name"])
+            key, class_name = category["id"], str(category["name"])
+            if categories.get(key, class_name) != class_name:
+                clashing.add(key)
+            categories[key] = class_name
     frames: dict[int | str, tuple[str | None, str | None, Frame]] = {}
+    clashing_images: set[int | str] = set()
     for image in document["images"]:
         if not isinstance(image, dict) or _key(image.get("id")) is None:
             continue
@@ -198,11 +214,14 @@ def read_coco_entries(data: bytes) -> LabelFile:
             source_size=source,
         )
         sha = image.get("sha256")
-        frames[image["id"]] = (
+        entry = (
             base_name(str(name)) if name else None,
             str(sha).lower() if isinstance(sha, str) else None,
             frame,
         )
+        if frames.get(image["id"], entry) != entry:
+            clashing_images.add(image["id"])
+        frames[image["id"]] = entry
     entries: list[LabelEntry] = []
     for position, annotation in enumerate(document["annotations"], start=1):
         if not isinstance(annotation, dict):
@@ -227,14 +246,20 @@ def read_coco_entries(data: bytes) -> LabelFile:
         class_id = category_id if isinstance(category_id, int) else None
         problem = ""
         numbers = None
-        if name is None and sha is None:
+        if image_key in clashing_images:
+            problem = f"image_id {str(image_key)[:20]} names two different images in 'images'"
+        elif category_key in clashing:
+            problem = f"category_id {str(category_key)[:20]} names two classes in 'categories'"
+        elif name is None and sha is None:
             problem = f"image_id {str(annotation.get('image_id'))[:20]} is not in 'images'"
         elif not class_name:
             problem = f"category_id {str(category_id)[:20]} is not in 'categories'"
         else:
             bbox = annotation.get("bbox")
             if bbox is not None:  # no bbox at all: an image-level label
-                xywh, problem = _four_numbers(bbox if isinstance(bbox, list) else [bbox])
+                xywh, problem = _four_numbers(
+                    bbox if isinstance(bbox, list) else [bbox], json_numbers=True
+                )
                 if xywh is not None:
                     box = coco_to_box(xywh)  # x, y, w, h -> corners, exact arithmetic
                     numbers, problem = _check_corners((box.x_min, box.y_min, box.x_max, box.y_max))

@@ -46,9 +46,11 @@ from radlake.catalog.persist import ensure_source, lock_source
 from radlake.domain import Box, LabelOrigin
 from radlake.errors import RadlakeError
 from radlake.formats.label_readers import FrameMismatch, LabelEntry, LabelFile, place_box
+from radlake.formats.model import safe_stem
 
 SOURCE_KIND = "label_import"
 EXAMPLES = 5
+OUTSIDE_SLACK_PX = 1.0
 
 
 class LabelImportError(RadlakeError, ValueError):
@@ -127,8 +129,9 @@ class ImageMatcher:
             self.by_name[image.name].append(image)
             stem = PurePosixPath(image.name).stem
             self.by_stem[stem].append(image)
-            if " " in stem:  # radlake exports write stems with spaces as underscores
-                self.by_stem[stem.replace(" ", "_")].append(image)
+            exported = safe_stem(image.name)  # radlake exports rename odd characters
+            if exported != stem:
+                self.by_stem[exported].append(image)
 
     def match(self, entry: LabelEntry) -> list[ImageRef]:
         """The images the entry may name: one is a match, none or several are not."""
@@ -193,6 +196,10 @@ def import_labels(
             except FrameMismatch as exc:
                 summary.note("frame_mismatch", f"{entry.where} ({label}): {exc}")
                 continue
+            outside = _outside(box, image.columns, image.rows)
+            if outside:
+                summary.note("invalid", f"{entry.where} ({label}): {outside}")
+                continue
             rows.append(_row(entry, request, source_id, image, label, box))
         write_classes(session, source_id=source_id, taxonomy=parsed.taxonomy)
         new = _new_rows(session, source_id, request.origin.value, rows)
@@ -204,6 +211,24 @@ def import_labels(
         return summary
 
     return run_transaction(engine, write, retry_seconds=retry_seconds)
+
+
+def _outside(box: Box | None, columns: int, rows: int) -> str:
+    """Why a box does not lie on its image ("" when it does). Nothing is clipped: a box
+    far off the image is a wrong file or frame, not a finding. A pixel of slack keeps
+    boxes drawn to the edge (x_max = width + 1) and round-trip noise (1e-7)."""
+    if box is None:
+        return ""
+    slack = OUTSIDE_SLACK_PX
+    if (
+        box.x_min < -slack
+        or box.y_min < -slack
+        or box.x_max > columns + slack
+        or box.y_max > rows + slack
+    ):
+        corners = ", ".join(f"{v:.6g}" for v in (box.x_min, box.y_min, box.x_max, box.y_max))
+        return f"box [{corners}] lies outside the {columns}x{rows} image"
+    return ""
 
 
 def _row(
