@@ -268,6 +268,17 @@ def test_a_remote_store_copies_but_refuses_links(
         write_group(lake, group_a, tmp_path / "a-file")
 
 
+def test_an_out_folder_that_cannot_be_made_is_one_error_line(lake: Lake, tmp_path: Path) -> None:
+    """A parent that is a file, a name too long for the file system, a path under
+    /proc: a clear GroupError (one CLI error line), not an internal error."""
+    load(lake, write_source(tmp_path / "ieee-like"))
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file" / "sub", tmp_path / ("y" * 300), Path("/proc/radlake-x")):
+        with pytest.raises(GroupError, match="cannot create the folder"):
+            write_group(lake, ImageFilter.parse(BASE), out)
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
 # --------------------------------------------------------------------- the CLI
 
 

@@ -103,9 +103,12 @@ def write_group(
         raise GroupError(
             "--link/--symlink need a store in a local folder; this store is remote: use --copy"
         )
-    if out.exists() and not out.is_dir():
-        raise GroupError(f"expected a folder to write the group into, got a file: {out.name}")
-    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    try:
+        if out.exists() and not out.is_dir():
+            raise GroupError(f"expected a folder to write the group into, got a file: {out.name}")
+        (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, a name too long, a read-only mount
+        raise GroupError(f"cannot create the folder {out}: {exc.strerror}") from None
     with session_factory(lake.engine)() as session:
         ids = list(session.scalars(apply_filter(select(Image.id), selection).order_by(Image.id)))
         rows: list[dict[str, Any]] = []
