@@ -149,6 +149,10 @@ class TestFigure1:
                 select(Label.class_name).where(Label.source_image_key == "COVID-00001")
             ).all()
         assert classes == ["COVID-19"]
+        # A re-run finds every present file catalogued and says so, not that none is there.
+        again = load(lake, read_covid_cxr(root))
+        assert again.ingest is None and again.linked == 3
+        assert again.line().endswith("images: all 3 present files already catalogued")
 
     def test_two_files_for_one_name_are_reported(self, lake: Lake, tmp_path: Path) -> None:
         root = tmp_path / "figure1"

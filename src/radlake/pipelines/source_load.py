@@ -69,7 +69,12 @@ class SourceSummary:
     layout: str | None = None
 
     def line(self) -> str:
-        ingest_line = self.ingest.line() if self.ingest else "no image files present"
+        if self.ingest:
+            ingest_line = self.ingest.line()
+        elif self.linked:  # a re-run: every present file is catalogued already
+            ingest_line = f"all {self.linked} present files already catalogued"
+        else:
+            ingest_line = "no image files present"
         return (
             f"{self.source}: {self.records} records, {self.linked} linked to images, "
             f"{len(self.missing)} without an image file, {self.labels} labels "
