@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radlake.auth import TokenError
 from radlake.curation.versions import DatasetError
@@ -89,6 +89,52 @@ def short(value: object) -> object:
     return value
 
 
+class Unexpected:
+    """ASGI middleware for what no handler answered: a bug is a 500 "internal error",
+    a catalog database that is down a 503 fault, and the log gets the error's type and
+    the route only (a database error quotes the key it clashed on: patient data).
+
+    A failure after the status line went out (a zip whose store read fails halfway)
+    ends the request without its last body message, so the server cuts the connection
+    and the client sees a broken transfer, never a finished-looking file. (Starlette's
+    BaseHTTPMiddleware, used here before, finished such a response normally, and
+    uvicorn printed the whole traceback into the log.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            # Starlette wraps an error its handlers could not answer once started.
+            cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
+            where = (type(cause).__name__, scope["method"], scope["path"])
+            if started:
+                LOG.error("response cut short (%s) on %s %s", *where)
+                return
+            if isinstance(cause, CATALOG_FAULTS):
+                LOG.error("catalog fault (%s) on %s %s", *where)
+                answer = JSONResponse(
+                    {"detail": CATALOG_FAULT}, status_code=503, headers={"Retry-After": "5"}
+                )
+            else:
+                LOG.error("internal error (%s) on %s %s", *where)
+                answer = JSONResponse({"detail": "internal error"}, status_code=500)
+            await answer(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on app."""
 
@@ -114,24 +160,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RadlakeError, domain)
     app.add_exception_handler(RequestValidationError, invalid)
 
-    @app.middleware("http")
-    async def unexpected(request: Request, call_next: Any) -> Any:
-        # A bug's message may quote data (a database error quotes the key it clashed
-        # on); the server log gets its type only, the client "internal error".
-        try:
-            return await call_next(request)
-        except CATALOG_FAULTS as exc:
-            # The database is down or unreachable: the server's fault, for a while, not
-            # a bug (it was a 500 "internal error"). The message names the server and
-            # port at most; logged by type only all the same.
-            LOG.error(
-                "catalog fault (%s) on %s %s", type(exc).__name__, request.method, request.url.path
-            )
-            return JSONResponse(
-                {"detail": CATALOG_FAULT}, status_code=503, headers={"Retry-After": "5"}
-            )
-        except Exception as exc:
-            LOG.error(
-                "internal error (%s) on %s %s", type(exc).__name__, request.method, request.url.path
-            )
-            return JSONResponse({"detail": "internal error"}, status_code=500)
+    app.add_middleware(Unexpected)

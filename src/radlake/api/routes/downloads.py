@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -187,8 +188,12 @@ def _zip(
     ]
     entries.append(ZipEntry("metadata.csv", _metadata_csv(lake, rows, names, caller.role)))
     audit.record(lake, caller, "download.zip", target, images=len(rows), content=content)
+    # The first chunk is made before the status line: a store that is down is a 503
+    # fault here, not a 200 whose body breaks off (and a traceback in the log).
+    chunks = stream_zip(entries)
+    first = next(chunks, b"")
     return StreamingResponse(
-        stream_zip(entries),
+        itertools.chain((first,), chunks),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
