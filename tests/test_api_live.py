@@ -179,3 +179,74 @@ def test_no_valid_token_gets_401_with_a_challenge(
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"] == "Bearer"
     assert "detail" in answer.json()
+
+
+def test_a_zip_that_breaks_off_is_cut_and_logged_in_one_line(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A store read failing halfway through a zip: the status line is out, so the
+    # connection is cut (the client must not get a finished-looking file) and the log
+    # gets one line, not uvicorn's traceback "Exception in ASGI application".
+    import logging
+
+    from sqlalchemy import select
+
+    from radlake.catalog.db import session_factory
+    from radlake.catalog.models import Image
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    for api in build(f"sqlite:///{tmp_path / 'catalog.sqlite'}", tmp_path):
+        # Enough originals (about 150 kB) that the zip is on the wire before the last.
+        copies = replicas(tmp_path / "replicas", 3)
+        ingest(
+            copies,
+            engine=api.lake.engine,
+            store=api.lake.store,
+            pseudonymizer=api.lake.pseudonymizer,
+            executor=SerialExecutor(),
+        )
+        with session_factory(api.lake.engine)() as session:
+            last = session.scalars(select(Image).order_by(Image.id.desc()).limit(1)).one()
+            api.lake.store.delete(last.original_key)
+        keep = Keep()
+        logging.getLogger("uvicorn.error").addHandler(keep)
+        try:
+            with serve(api.app) as url, httpx.Client(base_url=url, timeout=60) as client:
+                params = {"content": "original"}
+                with pytest.raises(httpx.RemoteProtocolError):  # cut, not finished
+                    client.get("/images.zip", params=params, headers=api.auth(CURATOR))
+                assert client.get("/health").status_code == 200  # the server lives on
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(keep)
+    assert "response cut short (ObjectNotFound) on GET /images.zip" in caplog.text
+    assert not [r for r in records if r.exc_info], [r.getMessage() for r in records]
+
+
+def test_concurrent_first_versions_of_a_new_dataset_all_succeed(tmp_path: Path) -> None:
+    # Eight curators creating the first version of one new dataset at once: all but
+    # one hit the dataset's unique name and got a 500.
+    from concurrent.futures import ThreadPoolExecutor
+
+    built = build(f"sqlite:///{tmp_path / 'catalog.sqlite'}", tmp_path)
+    api = next(built)
+    body = {"selection": {"modality": "CT,MR"}, "seed": 4}
+    curator = api.auth(CURATOR)
+    with serve(api.app) as url, httpx.Client(base_url=url, timeout=120) as client:
+
+        def create(_: int) -> httpx.Response:
+            return client.post("/datasets/racing/versions", json=body, headers=curator)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(create, range(8)))
+        datasets = client.get("/datasets", headers=curator).json()
+    built.close()
+    assert [a.status_code for a in answers] == [201] * 8, [a.text for a in answers]
+    assert sorted(a.json()["created"] for a in answers) == [False] * 7 + [True]
+    assert {a.json()["version"] for a in answers} == {1}
+    assert [(d["name"], len(d["versions"])) for d in datasets] == [("racing", 1)]

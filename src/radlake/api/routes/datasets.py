@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 
 from radlake.api import audit, schemas
 from radlake.api.deps import NEW_NAME, Curator, DbSession, LakeDep, Viewer
@@ -22,6 +23,7 @@ from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import DatasetError, VersionRequest, create_version, get_version
 from radlake.formats.sink import FolderSink
+from radlake.lake import Lake
 from radlake.pipelines.export import export_version
 
 router = APIRouter(tags=["datasets"], responses=schemas.errors(401, 422))
@@ -49,6 +51,25 @@ class VersionIn(BaseModel):
     labels: Literal["readers", "consensus"] = "readers"
 
 
+def _create_once_more_on_a_clash(lake: Lake, request: VersionRequest, name: str) -> dict[str, Any]:
+    """create_version in its own transaction. Concurrent requests for a new dataset
+    all insert its row and all but one hit the unique name (8 at once gave six 500s);
+    the second try finds the row and goes on (the version itself is race-safe)."""
+    for attempt in (1, 2):
+        try:
+            with transaction(lake.engine) as session:
+                try:
+                    version, created = create_version(session, request)
+                except DatasetError as exc:
+                    raise HTTPException(422, detail=str(exc)) from None
+                return {"name": name, "created": created} | version_row(version)
+        except IntegrityError:
+            if attempt == 2:
+                detail = "another request changed this dataset at the same moment: try again"
+                raise HTTPException(409, detail=detail) from None
+    raise AssertionError("unreachable")
+
+
 @router.post(
     "/datasets/{name}/versions",
     status_code=201,
@@ -67,12 +88,7 @@ def create(name: NewName, body: VersionIn, caller: Curator, lake: LakeDep) -> di
         )
     except (TypeError, ValueError) as exc:
         raise HTTPException(422, detail=str(exc)) from None
-    with transaction(lake.engine) as session:
-        try:
-            version, created = create_version(session, request)
-        except DatasetError as exc:
-            raise HTTPException(422, detail=str(exc)) from None
-        answer = {"name": name, "created": created} | version_row(version)
+    answer = _create_once_more_on_a_clash(lake, request, name)
     audit.record(lake, caller, "dataset.create", f"dataset/{name}/{answer['version']}")
     return answer
 
