@@ -17,10 +17,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Double, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from radlake.catalog.models import SHA256, Base, DatasetVersion, Id, utcnow
+from radlake.catalog.models import SHA256, Base, DatasetVersion, Id, Real, utcnow
 
 
 class Model(Base):
@@ -89,9 +89,9 @@ class InferenceRun(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
     image_id: Mapped[int] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"), index=True)
-    score_threshold: Mapped[float] = mapped_column(Double)
-    iou_threshold: Mapped[float] = mapped_column(Double)
-    latency_ms: Mapped[float] = mapped_column(Double)
+    score_threshold: Mapped[float] = mapped_column(Real)
+    iou_threshold: Mapped[float] = mapped_column(Real)
+    latency_ms: Mapped[float] = mapped_column(Real)
     caller: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     model_version: Mapped[ModelVersion] = relationship()
@@ -107,8 +107,8 @@ class Prediction(Base):
     )
     class_id: Mapped[int]
     class_name: Mapped[str] = mapped_column(String(100))
-    score: Mapped[float] = mapped_column(Double)
-    x_min: Mapped[float] = mapped_column(Double)
-    y_min: Mapped[float] = mapped_column(Double)
-    x_max: Mapped[float] = mapped_column(Double)
-    y_max: Mapped[float] = mapped_column(Double)
+    score: Mapped[float] = mapped_column(Real)
+    x_min: Mapped[float] = mapped_column(Real)
+    y_min: Mapped[float] = mapped_column(Real)
+    x_max: Mapped[float] = mapped_column(Real)
+    y_max: Mapped[float] = mapped_column(Real)

@@ -15,7 +15,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
-    Double,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.mysql import DOUBLE
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -39,6 +40,10 @@ NAMING_CONVENTION = {
 Id = BigInteger().with_variant(Integer(), "sqlite")
 UID = String(64)  # PS3.5 9.1: a UID is at most 64 characters
 SHA256 = String(64)
+# A real number in 8 bytes everywhere: MySQL/MariaDB's plain FLOAT is 4 bytes (about six
+# digits: a box at 1234.5678 px read back as 1234.57); PostgreSQL's FLOAT and SQLite's
+# REAL already are 8.
+Real = Float().with_variant(DOUBLE(asdecimal=False), "mysql", "mariadb")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -139,11 +144,11 @@ class Image(Base):
     frames: Mapped[int] = mapped_column(default=1)
     slices: Mapped[int] = mapped_column(default=1)
     volumes: Mapped[int] = mapped_column(default=1)
-    pixel_spacing_row: Mapped[float | None] = mapped_column(Double)
-    pixel_spacing_col: Mapped[float | None] = mapped_column(Double)
-    slice_thickness: Mapped[float | None] = mapped_column(Double)
-    slice_location: Mapped[float | None] = mapped_column(Double)
-    slice_position: Mapped[float | None] = mapped_column(Double)
+    pixel_spacing_row: Mapped[float | None] = mapped_column(Real)
+    pixel_spacing_col: Mapped[float | None] = mapped_column(Real)
+    slice_thickness: Mapped[float | None] = mapped_column(Real)
+    slice_location: Mapped[float | None] = mapped_column(Real)
+    slice_position: Mapped[float | None] = mapped_column(Real)
     photometric: Mapped[str | None] = mapped_column(String(32))
     bits_allocated: Mapped[int | None]
     bits_stored: Mapped[int | None]
@@ -172,8 +177,8 @@ class Rendition(Base):
     key: Mapped[str] = mapped_column(String(200))
     width: Mapped[int]
     height: Mapped[int]
-    window_center: Mapped[float | None] = mapped_column(Double)
-    window_width: Mapped[float | None] = mapped_column(Double)
+    window_center: Mapped[float | None] = mapped_column(Real)
+    window_width: Mapped[float | None] = mapped_column(Real)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     image: Mapped[Image] = relationship(back_populates="renditions")
 
@@ -191,7 +196,7 @@ class Job(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
-    seconds: Mapped[float | None] = mapped_column(Double)
+    seconds: Mapped[float | None] = mapped_column(Real)
     error: Mapped[str | None] = mapped_column(Text)
 
 
@@ -247,11 +252,11 @@ class Label(Base):
     class_id: Mapped[int | None]
     reader: Mapped[str | None] = mapped_column(String(64))
     origin: Mapped[str] = mapped_column(String(20))
-    confidence: Mapped[float | None] = mapped_column(Double)
-    x_min: Mapped[float | None] = mapped_column(Double)
-    y_min: Mapped[float | None] = mapped_column(Double)
-    x_max: Mapped[float | None] = mapped_column(Double)
-    y_max: Mapped[float | None] = mapped_column(Double)
+    confidence: Mapped[float | None] = mapped_column(Real)
+    x_min: Mapped[float | None] = mapped_column(Real)
+    y_min: Mapped[float | None] = mapped_column(Real)
+    x_max: Mapped[float | None] = mapped_column(Real)
+    y_max: Mapped[float | None] = mapped_column(Real)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

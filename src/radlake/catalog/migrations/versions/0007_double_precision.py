@@ -17,9 +17,11 @@ Create Date: 2026-12-01 05:40:00
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -59,7 +61,11 @@ COLUMNS: dict[str, tuple[tuple[str, bool], ...]] = {
 }
 
 
-def _retype(old: sa.types.TypeEngine[float], new: sa.types.TypeEngine[float]) -> None:
+def _retype(old: sa.types.TypeEngine[Any], new: sa.types.TypeEngine[Any]) -> None:
+    if op.get_bind().dialect.name not in ("mysql", "mariadb"):
+        # PostgreSQL's FLOAT and SQLite's REAL are 8 bytes already (and SQLite could only
+        # retype by copying every table: slow on a big lake).
+        return
     for table, columns in COLUMNS.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
             for name, nullable in columns:
@@ -73,11 +79,14 @@ def _format_length(old: int, new: int) -> None:
         )
 
 
+DOUBLE = mysql.DOUBLE(asdecimal=False)
+
+
 def upgrade() -> None:
-    _retype(sa.Float(), sa.Double())
+    _retype(sa.Float(), DOUBLE)
     _format_length(10, 20)
 
 
 def downgrade() -> None:
     _format_length(20, 10)
-    _retype(sa.Double(), sa.Float())
+    _retype(DOUBLE, sa.Float())
