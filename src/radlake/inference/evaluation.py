@@ -315,6 +315,12 @@ def evaluate_version(
         dict.fromkeys([*model.class_names, *sorted({n for f in truth.values() for n, _ in f})])
     )
     training_sizes = {i: (int(rows[i].columns), int(rows[i].rows)) for i in known}
+    # pycocotools breaks score ties (every baseline box scores 1) by image id: number the
+    # images by content, so a figure never depends on the order a lake ingested them in.
+    rank = {i: n for n, i in enumerate(sorted(wanted, key=lambda i: rows[i].sha256), start=1)}
+    truth = {rank[i]: found for i, found in truth.items()}
+    predicted = {rank[i]: found for i, found in predicted.items()}
+    sizes = {rank[i]: size for i, size in sizes.items()}
     report = EvaluationReport(
         model=model.name,
         version=model.version,
