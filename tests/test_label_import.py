@@ -426,7 +426,6 @@ def test_ambiguous_names_sha256_and_images_of(fresh: Lake, tmp_path: Path) -> No
     # The name alone fits two images: reported, not written on either. A sha256 decides.
     assert (summary.ambiguous, summary.written, summary.unmatched) == (1, 1, 1)
     assert summary.examples["ambiguous"] == ["line 2: same.png"]
-    elsewhere = import_labels(
-        parsed, ImportRequest(source="csv", images_of="nowhere"), engine=fresh.engine
-    )
-    assert (elsewhere.unmatched, elsewhere.written) == (3, 0)
+    # A source that does not exist is a typo, not "every entry unmatched" and exit 0.
+    with pytest.raises(LabelImportError, match="--images-of: no source named 'nowhere'"):
+        import_labels(parsed, ImportRequest(source="csv", images_of="nowhere"), engine=fresh.engine)

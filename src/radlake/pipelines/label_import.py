@@ -174,6 +174,9 @@ def import_labels(
 
     def write(session: Session) -> ImportSummary:
         _check_source(session, request.source)
+        if request.images_of is not None and source_kind(session, name=request.images_of) is None:
+            # Matching against no image would report every entry unmatched and exit 0.
+            raise LabelImportError(f"--images-of: no source named {request.images_of[:100]!r}")
         source_id = ensure_source(session, name=request.source, kind=SOURCE_KIND)
         lock_source(session, source_id)  # a second import waits, then finds these rows
         summary = ImportSummary(request.source, request.origin.value)
