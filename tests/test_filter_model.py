@@ -172,6 +172,9 @@ def test_api_query_rejects_unknown_keys_types_loose_split_and_many_attrs(site: S
             ({"split": "test"}, "split needs dataset"),
             ({"min_rows": "abc"}, None),
             ([("attr", f"k{n}=v") for n in range(1000)], "attributes"),
+            # A key that takes one value, given twice, silently meant one of them.
+            ([("min_rows", "1"), ("min_rows", "99999")], "min_rows given twice"),
+            ([("dataset", "a"), ("dataset", "b")], "dataset given twice"),
         ):
             answer = client.get(path, params=params, headers=headers)
             assert answer.status_code == 422, (path, params, answer.text[:200])
@@ -360,6 +363,9 @@ def test_bad_values_lists_bounds_and_excludes_are_one_line_errors() -> None:
         assert reason in message and "\n" not in message and len(message) < 300, message
     with pytest.raises(FilterError, match="exclude: unknown filter key 'modalty'"):
         ImageFilter.parse(["exclude.modalty=CR"])
+    for empty in ("view=", "exclude.view= "):  # "view=$UNSET" must not select everything
+        with pytest.raises(FilterError, match="has no value"):
+            ImageFilter.parse([empty])
     assert {"modality", "view", "finding", "format", "source", "split"} <= SEVERAL_VALUES
     assert not SEVERAL_VALUES & {"min_size", "dataset", "version", "patient", "exclude"}
 

@@ -199,6 +199,10 @@ def _selection(request: Request, **values: Any) -> ImageFilter:
         repeated = request.query_params.getlist(name)
         if len(repeated) > 1:  # ?view=PA&view=AP, the same as ?view=PA,AP
             values[name] = repeated
+    for name in _ONE_VALUE:
+        if len(request.query_params.getlist(name)) > 1:
+            # ?dataset=a&dataset=b silently meant one of them (as --select says too).
+            raise HTTPException(422, detail=f"{name} given twice: it takes one value")
     try:
         # exclude=KEY=VALUE, repeatable; the web page's empty input adds nothing.
         excluded = [pair for pair in values.pop("exclude", None) or [] if pair]
@@ -208,6 +212,13 @@ def _selection(request: Request, **values: Any) -> ImageFilter:
         raise HTTPException(422, detail=f"exclude: {exc}") from None
     except ValidationError as exc:
         raise HTTPException(422, detail=describe(exc)) from None
+
+
+_ONE_VALUE = tuple(
+    name
+    for name in ImageFilter.model_fields
+    if name not in SEVERAL_VALUES and name not in ("attributes", "exclude")
+)
 
 
 def _query_parameters() -> list[inspect.Parameter]:
