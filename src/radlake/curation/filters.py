@@ -267,6 +267,9 @@ class ImageFilter(BaseModel):
                 attributes.append((key[5:], value))
                 continue
             key = key.replace("-", "_")
+            if not value:
+                # "view=$UNSET" would otherwise select the whole lake without a word.
+                raise FilterError(f"{key[:40]} has no value: leave it out to select any")
             if key.startswith("exclude."):
                 excluded.append(f"{key[8:]}={value}")
             elif key in values:
