@@ -262,6 +262,10 @@ ROUTES = {
     ("GET", "/images/{id}/original"): "curator",  # full identifying headers (issue 8)
     ("GET", "/images/{id}/render"): "viewer",
     ("GET", "/images/{id}/labels"): "viewer",
+    ("GET", "/images/{id}/predictions"): "viewer",
+    # Any role runs a model on an image it may see; uploading one needs a curator
+    # (tests/test_predict_api.py).
+    ("POST", "/predict"): "viewer",
     ("GET", "/series/{series}"): "viewer",
     ("GET", "/studies/{study}"): "viewer",
     ("GET", "/jobs"): "viewer",

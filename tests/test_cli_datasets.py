@@ -43,6 +43,10 @@ def test_source_agreement_dataset_diff_export(tmp_path: Path) -> None:
     assert second["version"] == 2
     diff = json.loads(ok(radlake(home, "dataset", "diff", "vin", "1", "2", "--json")))
     assert diff["added"] == 0 and diff["settings"]["seed"] == {"a": 0, "b": 5}
+    for bad in (".x", "a b", "..", "_x"):  # the API's rule for new names, in the CLI too
+        refused = radlake(home, "dataset", "create", bad, "--splits", spec)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "a new dataset's name" in refused.stderr
 
     out = tmp_path / "coco"
     exported = json.loads(

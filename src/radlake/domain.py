@@ -150,3 +150,9 @@ class RejectedInput:
     sha256: str | None = None
     size_bytes: int | None = None
     stored_key: str | None = None
+
+
+# A name a user gives a new dataset or cohort: starts with a letter or digit. '..' and
+# '.' were accepted and then could not be exported to the store (exports/<dataset>/...),
+# '-x' reads as an option in the CLI, '..' as a cohort downloaded as '...zip'.
+NEW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"

@@ -54,12 +54,6 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-# A name a client gives a new dataset or cohort: starts with a letter or digit. '..' and
-# '.' were accepted and then could not be exported to the store (exports/<dataset>/...),
-# '-x' reads as an option in the CLI, '..' as a cohort downloaded as '...zip'.
-NEW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-
-
 def same_origin(request: Request) -> bool:
     """True when the request's Origin (else Referer) is this server itself, port
     included: SameSite cookies still ride along from another port of the same host."""

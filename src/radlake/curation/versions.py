@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from radlake.curation.splits import (
     check_leakage,
     empty_split_warnings,
 )
-from radlake.domain import Box, Finding, LabelOrigin
+from radlake.domain import NEW_NAME, Box, Finding, LabelOrigin
 from radlake.errors import CatalogError, RadlakeError
 
 LABEL_SETS = ("readers", "consensus")
@@ -273,6 +274,11 @@ def create_version(session: Session, request: VersionRequest) -> tuple[DatasetVe
         return previous, False
     dataset = session.scalar(select(Dataset).where(Dataset.name == request.dataset))
     if dataset is None:
+        if not re.fullmatch(NEW_NAME, request.dataset):
+            raise DatasetError(
+                f"a new dataset's name is 1-100 letters, digits, '_', '.' or '-' starting with "
+                f"a letter or digit, got {request.dataset[:100]!r}"
+            )
         dataset = Dataset(name=request.dataset)
         session.add(dataset)
         session.flush()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from radlake.api import audit, schemas
-from radlake.api.deps import NEW_NAME, Curator, DbSession, LakeDep, Viewer
+from radlake.api.deps import Curator, DbSession, LakeDep, Viewer
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.catalog.db import transaction
 from radlake.catalog.queries import list_dataset_versions
@@ -22,6 +22,7 @@ from radlake.catalog.serialize import version_row
 from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import DatasetError, VersionRequest, create_version, get_version
+from radlake.domain import NEW_NAME
 from radlake.formats.sink import FolderSink
 from radlake.lake import Lake
 from radlake.pipelines.export import export_version

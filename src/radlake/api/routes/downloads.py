@@ -21,7 +21,7 @@ from sqlalchemy import Row
 
 from radlake.api import audit, schemas
 from radlake.api.decoding import decode_slot
-from radlake.api.deps import NEW_NAME, Caller, Curator, DbSession, LakeDep, Selection, Viewer
+from radlake.api.deps import Caller, Curator, DbSession, LakeDep, Selection, Viewer
 from radlake.api.privacy import (
     BURNED_IN_REASON,
     DEIDENTIFIED,
@@ -37,7 +37,7 @@ from radlake.catalog.image_reads import label_tallies, rendition_keys, zip_rows
 from radlake.catalog.serialize import cohort_row
 from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import get_version
-from radlake.domain import ImageFormat
+from radlake.domain import NEW_NAME, ImageFormat
 from radlake.lake import Lake
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
 from radlake.storage.keys import preview_key
