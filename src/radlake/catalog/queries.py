@@ -193,6 +193,23 @@ def finding_classes(session: Session, *, image_ids: Sequence[int]) -> dict[int, 
     return found
 
 
+def patient_pseudonyms(session: Session, *, image_ids: Sequence[int]) -> dict[int, str]:
+    """Image id -> its patient's keyed pseudonym (images without a patient absent)."""
+    found: dict[int, str] = {}
+    for chunk in batches(image_ids):
+        found.update(
+            (image_id, pseudonym)
+            for image_id, pseudonym in session.execute(
+                select(Image.id, Patient.pseudonym)
+                .join(Series, Image.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id)
+                .join(Patient, Study.patient_id == Patient.id)
+                .where(Image.id.in_(chunk))
+            )
+        )
+    return found
+
+
 def get_image(session: Session, *, image_id: int) -> Image:
     """One image with its series, study, patient and renditions.
 

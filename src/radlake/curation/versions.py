@@ -32,12 +32,9 @@ from radlake.catalog.models import (
     Image,
     Label,
     LabelClass,
-    Patient,
-    Series,
     Source,
-    Study,
 )
-from radlake.catalog.queries import apply_filter
+from radlake.catalog.queries import apply_filter, patient_pseudonyms
 from radlake.curation.agreement import MATCH_IOU
 from radlake.curation.consensus import FUSION_NAME, consensus_findings
 from radlake.curation.filters import ImageFilter
@@ -76,18 +73,7 @@ def selected_images(session: Session, selection: ImageFilter) -> list[tuple[int,
     chosen = list(
         session.execute(apply_filter(select(Image.id, Image.sha256), selection).order_by(Image.id))
     )
-    pseudonyms: dict[int, str] = {}
-    for chunk in batches([image_id for image_id, _ in chosen]):
-        pseudonyms.update(
-            (image_id, pseudonym)
-            for image_id, pseudonym in session.execute(
-                select(Image.id, Patient.pseudonym)
-                .join(Series, Image.series_id == Series.id)
-                .join(Study, Series.study_id == Study.id)
-                .join(Patient, Study.patient_id == Patient.id)
-                .where(Image.id.in_(chunk))
-            )
-        )
+    pseudonyms = patient_pseudonyms(session, image_ids=[image_id for image_id, _ in chosen])
     return [(image_id, sha, pseudonyms.get(image_id)) for image_id, sha in chosen]
 
 

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from PIL import Image as PILImage
 from sqlalchemy import Engine, Row, select
-from sqlalchemy.orm import Session
 
 from radlake.catalog.db import batches, session_factory, transaction
-from radlake.catalog.models import Export, Image, Patient, Series, Study
+from radlake.catalog.models import Export, Image
+from radlake.catalog.queries import patient_pseudonyms
 from radlake.curation.versions import DatasetError, get_version, members, version_findings
 from radlake.domain import Finding
 from radlake.formats.classification import export_classification, export_imagefolder
@@ -78,23 +78,6 @@ def _stems(images: Sequence[Row[Any]]) -> dict[int, str]:
         seen.add(stem)
         stems[image.id] = stem
     return stems
-
-
-def _patients(session: Session, ids: Sequence[int]) -> dict[int, str]:
-    """Image id -> its patient's keyed pseudonym (images without a patient absent)."""
-    found: dict[int, str] = {}
-    for chunk in batches(ids):
-        found.update(
-            (image_id, pseudonym)
-            for image_id, pseudonym in session.execute(
-                select(Image.id, Patient.pseudonym)
-                .join(Series, Image.series_id == Series.id)
-                .join(Study, Series.study_id == Study.id)
-                .join(Patient, Study.patient_id == Patient.id)
-                .where(Image.id.in_(chunk))
-            )
-        )
-    return found
 
 
 def _text(value: object) -> str:
@@ -191,7 +174,7 @@ def export_version(
         class_names = list(chosen.classes.get("names", []))
         number, version_id = chosen.version, chosen.id
         classify = fmt in ("classification", "imagefolder")
-        patients = _patients(session, ids) if classify else {}
+        patients = patient_pseudonyms(session, image_ids=ids) if classify else {}
     if classify:
         class_names = classification_classes(class_names, findings)
     asked = attribute_values(images, attributes) if fmt == "classification" else {}
