@@ -47,7 +47,7 @@ from radlake.training.data import (
 )
 from radlake.training.export import export_onnx
 from radlake.training.loop import TrainConfig, TrainResult, train_detector
-from radlake.training.metrics import coco_map, predict
+from radlake.training.metrics import MapScore, coco_map, predict
 from radlake.training.run import TrainRequest, train_version
 from tests.conftest import run_radlake
 
@@ -157,8 +157,32 @@ def test_training_lowers_the_loss_and_finds_the_blocks(
     losses = [r.loss for r in result.history]
     assert losses[-1] < 0.7 * losses[0]
     assert result.best_epoch in {r.epoch for r in result.history if r.val_map50_95 is not None}
-    score = coco_map([s.truth for s in samples[8:]], predict(result.model, samples[8:]), 2)
+    score = coco_map(samples[8:], predict(result.model, samples[8:]), 2)
     assert score.map50 > 0.3  # a few dozen steps of a tiny net: it has started to find them
+
+
+def test_predictions_are_capped_and_the_score_is_the_registry_s(
+    trained: tuple[TrainResult, TrainResult, TrainResult],
+    samples: list,  # type: ignore[type-arg]
+) -> None:
+    held_out = samples[8:]
+    found = predict(trained[0].model, held_out, max_detections=3)
+    assert all(0 < len(f) <= 3 for f in found)
+    assert all([d[1] for d in f] == sorted((d[1] for d in f), reverse=True) for f in found)
+    perfect = [[(c, 1.0, b) for c, b in s.truth] for s in held_out]
+    assert coco_map(held_out, perfect, 2) == MapScore(1.0, 1.0)
+    assert coco_map(held_out, [[] for _ in held_out], 2) == MapScore(0.0, 0.0)
+    # Shifted by 3/4 of a box, every box misses at IoU 0.5: no credit, not an error.
+    missed = [
+        [
+            (c, 1.0, Box(b.x_min + 0.75 * b.width, b.y_min, b.x_max + 0.75 * b.width, b.y_max))
+            for c, b in s.truth
+        ]
+        for s in held_out
+    ]
+    assert coco_map(held_out, missed, 2) == MapScore(0.0, 0.0)
+    no_truth = [replace(s, truth=()) for s in held_out]
+    assert coco_map(no_truth, perfect, 2) == MapScore(0.0, 0.0)
 
 
 def test_the_same_seed_gives_the_same_weights(

@@ -4,7 +4,7 @@
                 letterboxed, and the augmentations that keep boxes exact
     model.py    a small anchor-free single-stage detector in plain PyTorch
     loop.py     training with early stopping on the validation split
-    metrics.py  COCO mAP with pycocotools, and the mean-box baseline
+    metrics.py  predictions in stored pixels, scored with inference's NMS and COCO mAP
     export.py   ONNX in the YOLOv8 layout radlake's decoders read, verified
 
 torch is an optional extra: only this package imports it (`require_torch`).

@@ -203,7 +203,7 @@ def train_detector(
             losses.append(float(loss.detach()))
         val_map = val_map50 = None
         if val and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            score = coco_map([s.truth for s in val], predict(ema.model, val), num_classes)
+            score = coco_map(val, predict(ema.model, val), num_classes)
             val_map, val_map50 = score.map50_95, score.map50
             if val_map > best_map:
                 best_map, best_epoch = val_map, epoch

@@ -135,11 +135,7 @@ def train_version(
     result = train_detector(train, val, len(class_names), settings, on_epoch, class_names)
     with _folder(request.out) as folder:
         exported = export_onnx(result.model, folder / "model.onnx", class_names)
-        own_test = (
-            coco_map([s.truth for s in test], predict(result.model, test), len(class_names))
-            if test
-            else None
-        )
+        own_test = coco_map(test, predict(result.model, test), len(class_names)) if test else None
         metrics: dict[str, Any] = {
             "trainer": "radlake.training (anchor-free, plain PyTorch)",
             "dataset": f"{request.dataset}@{version_number}",
