@@ -4,6 +4,7 @@ the store layout and sha256; refusals of bad files, names and settings."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -329,3 +330,59 @@ def test_concurrent_registrations_take_distinct_versions(
     for number, data in zip(numbers, files, strict=True):
         # Each file is under its own version's key: none overwrote another's.
         assert model_store.get_bytes(f"models/lungs/{number}/model.onnx") == data
+
+
+def test_promoting_to_the_current_version_leaves_rollback_alone(
+    catalog: Engine, model_store: ObjectStore
+) -> None:
+    with transaction(catalog) as session:
+        for score in (0.9, 0.8):
+            register_version(
+                session, model_store, name="lungs", onnx_bytes_or_path=ultralytics_file(score)
+            )
+        assert promote(session, name="lungs", version=1) is None
+        assert promote(session, name="lungs", version=2) == 1
+        # Found by a hostile tester: a second promote to 2 was an event, so the next
+        # rollback "moved" production from 2 to 2 instead of back to 1.
+        assert promote(session, name="lungs", version=2) == 2
+    with transaction(catalog) as session:
+        assert rollback(session, name="lungs") == (2, 1)
+        history = session.scalars(select(ModelAliasEvent.action).order_by(ModelAliasEvent.id))
+        assert list(history) == ["promote", "promote", "rollback"]
+
+
+def test_concurrent_first_promotes_of_an_alias(catalog: Engine, model_store: ObjectStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    if catalog.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: promotes cannot interleave")
+    with transaction(catalog) as session:
+        for score in (0.9, 0.8):
+            register_version(
+                session, model_store, name="lungs", onnx_bytes_or_path=ultralytics_file(score)
+            )
+
+    def move(version: int) -> int | None:
+        with transaction(catalog) as session:
+            return promote(session, name="lungs", version=version, alias="race")
+
+    # Found on PostgreSQL: 4 concurrent first promotes of one alias, one of them an
+    # "internal error (IntegrityError)" on the alias's unique key.
+    with ThreadPoolExecutor(8) as pool:
+        befores = list(pool.map(move, [1, 2] * 4))
+    assert befores.count(None) == 1  # exactly one created the alias
+    with session_factory(catalog)() as session:
+        model_id = list_versions(session, name="lungs")[0].model_id
+        final = aliases(session, model_ids=[model_id])[model_id]["race"]
+        events = list(
+            session.scalars(
+                select(ModelAliasEvent.version_id)
+                .where(ModelAliasEvent.alias == "race")
+                .order_by(ModelAliasEvent.id)
+            )
+        )
+        version_of = {v.id: v.version for v in list_versions(session, name="lungs")}
+    # Each answer is the version it really replaced: the events form one chain.
+    chain = [version_of[event] for event in events]
+    assert chain[-1] == final
+    assert all(a != b for a, b in itertools.pairwise(chain))

@@ -220,6 +220,7 @@ def _alias_history(session: Session, *, model_id: int, alias: str) -> list[int]:
         select(ModelAliasEvent.action, ModelAliasEvent.version_id)
         .where(ModelAliasEvent.model_id == model_id, ModelAliasEvent.alias == alias)
         .order_by(ModelAliasEvent.id)
+        .with_for_update()  # a locking read: the latest events (see _alias_row)
     )
     for action, version_id in events:
         if action == "promote":
@@ -229,14 +230,27 @@ def _alias_history(session: Session, *, model_id: int, alias: str) -> list[int]:
     return stack
 
 
+def _lock_model(session: Session, *, model: Model) -> None:
+    # Alias moves of one model take turns on its row: two first promotes of an alias
+    # would otherwise both insert it (a unique-key error on PostgreSQL and MariaDB),
+    # and a move must read where the alias points and its history under the lock.
+    session.execute(select(Model.id).where(Model.id == model.id).with_for_update())
+
+
+def _alias_row(session: Session, *, model_id: int, alias: str) -> ModelAlias | None:
+    # A locking read: it sees the latest committed row also under MariaDB's
+    # REPEATABLE READ, whose plain reads keep the transaction's first snapshot.
+    return session.scalar(
+        select(ModelAlias)
+        .where(ModelAlias.model_id == model_id, ModelAlias.alias == alias)
+        .with_for_update()
+    )
+
+
 def _point(
     session: Session, *, model: Model, alias: str, version: ModelVersion, action: str
 ) -> None:
-    row = session.scalar(
-        select(ModelAlias)
-        .where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
-        .with_for_update()
-    )
+    row = _alias_row(session, model_id=model.id, alias=alias)
     if row is None:
         session.add(ModelAlias(model_id=model.id, alias=alias, version_id=version.id))
     else:
@@ -257,7 +271,12 @@ def promote(session: Session, *, name: str, version: int, alias: str = DEFAULT_A
     check_alias(alias)
     target = resolve_version(session, ref=ModelRef(name, version=version))
     model = target.model
-    before = aliases(session, model_ids=[model.id]).get(model.id, {}).get(alias)
+    _lock_model(session, model=model)
+    row = _alias_row(session, model_id=model.id, alias=alias)
+    before = None if row is None else session.get_one(ModelVersion, row.version_id).version
+    if before == target.version:
+        # Already there: no event, or a rollback would "return" to the same version.
+        return before
     _point(session, model=model, alias=alias, version=target, action="promote")
     return before
 
@@ -272,6 +291,7 @@ def rollback(session: Session, *, name: str, alias: str = DEFAULT_ALIAS) -> tupl
     """
     check_alias(alias)
     model = get_model(session, name=name)
+    _lock_model(session, model=model)
     stack = _alias_history(session, model_id=model.id, alias=alias)
     if not stack:
         raise ModelNotFound(f"model {name!r} has no alias {alias!r}")
