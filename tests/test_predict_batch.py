@@ -298,3 +298,12 @@ def test_evaluation_refuses_what_it_cannot_score(lungs: Lake) -> None:
     latest = latest_evaluation(metrics)
     assert latest is not None and latest["split"] == "test"
     assert latest["evaluated_at"] == report.evaluated_at.isoformat()
+
+
+def test_an_unknown_split_is_refused_not_an_empty_success(lungs: Lake) -> None:
+    # Found by a hostile tester: `radlake predict --dataset lungs --split tset` printed
+    # "0 selected, ... 0 predicted" and exited 0.
+    with pytest.raises(InferenceError, match=r"lungs@1 has no split 'tset' \(its splits: "):
+        select_image_ids(lungs, dataset="lungs", split="tset")
+    assert len(select_image_ids(lungs, dataset="lungs", split="training")) == IMAGES // 2
+    assert len(select_image_ids(lungs, dataset="lungs")) == IMAGES

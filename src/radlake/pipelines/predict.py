@@ -101,7 +101,7 @@ def select_image_ids(
     """Image ids of a selection, or of a dataset version's split (all splits when None).
 
     Raises:
-        InferenceError: neither or both of selection and dataset.
+        InferenceError: neither or both of selection and dataset; no such split.
         DatasetError: no such dataset or version.
     """
     if (selection is None) == (dataset is None):
@@ -110,6 +110,13 @@ def select_image_ids(
         if dataset is not None:
             version = get_version(session, dataset, dataset_version)
             split_of = members(session, version.id)
+            names = list(dict.fromkeys([*version.split_spec.get("names", []), *split_of.values()]))
+            if split is not None and split not in names:
+                # A typo used to predict nothing and report success ("0 selected").
+                raise InferenceError(
+                    f"{dataset}@{version.version} has no split {split!r:.60} "
+                    f"(its splits: {', '.join(names) or 'none'})"
+                )
             return sorted(i for i, s in split_of.items() if split is None or s == split)
         assert selection is not None
         return list(session.scalars(apply_filter(select(Image.id), selection).order_by(Image.id)))
