@@ -352,3 +352,22 @@ def test_a_model_with_a_fixed_batch_of_one_gets_one_image_at_a_time() -> None:
     assert model.io.fixed_batch == 1
     found = detect(model, served("boxes-scores-labels"), [picture()] * 3, batch_size=8)
     assert [len(image) for image in found] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_non_finite_scores_and_boxes_are_not_detections(
+    bad: float, recwarn: pytest.WarningsRecorder
+) -> None:
+    # Found by a hostile tester: a model answering score inf had it stored and the API
+    # answered "score": null; inf box sides printed a RuntimeWarning on stderr.
+    scores = np.array([[bad, 0.0], [0.0, 0.75]])
+    model = load_model(constant_head(yolov8_head(INPUT_BOXES, scores)))
+    (image,) = detect(model, served("yolov8"), [picture()], score_threshold=0.25)
+    assert [(d.class_name, d.score, vars_of(d.box)) for d in image] == [
+        ("Right Lung", 0.75, STORED_BOXES[1])
+    ]
+    sides = [(INPUT_BOXES[0][0], INPUT_BOXES[0][1], bad, bad), INPUT_BOXES[1]]
+    model = load_model(constant_head(yolov8_head(sides, np.array([[0.9, 0.0], [0.0, 0.75]]))))
+    (image,) = detect(model, served("yolov8"), [picture()], score_threshold=0.25)
+    assert [d.class_name for d in image] == ["Right Lung"]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -35,14 +35,19 @@ class Candidates:
 
 
 def _xywh_to_xyxy(values: np.ndarray) -> np.ndarray:
-    half = values[:, 2:4] / 2
-    return np.concatenate([values[:, 0:2] - half, values[:, 0:2] + half], axis=1)
+    # inf - inf is NaN, dropped in _kept: no RuntimeWarning on a broken model's stderr.
+    with np.errstate(invalid="ignore", over="ignore"):
+        half = values[:, 2:4] / 2
+        return np.concatenate([values[:, 0:2] - half, values[:, 0:2] + half], axis=1)
 
 
 def _kept(
     boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: float
 ) -> Candidates:
-    keep = scores >= threshold
+    # A model answering NaN or inf (a broken export, an overflow) has found nothing
+    # there: an infinite score passed every threshold and was stored, then answered
+    # as "score": null by the API.
+    keep = (scores >= threshold) & np.isfinite(scores) & np.isfinite(boxes).all(axis=1)
     return Candidates(
         boxes[keep].astype(np.float64),
         scores[keep].astype(np.float64),
