@@ -163,7 +163,8 @@ def test_thresholds_outside_zero_one_are_refused(bad: object) -> None:
     with pytest.raises(InferenceError, match=r"threshold in \[0, 1\]"):
         check_threshold("score", bad)
     model = load_model(constant_head(yolov8_head(INPUT_BOXES, np.eye(2))))
-    with pytest.raises(InferenceError):
+    # One line a user reads ("expected a IoU threshold" before).
+    with pytest.raises(InferenceError, match=r"^expected the IoU threshold in \[0, 1\], got "):
         detect(model, served("yolov8"), [picture()], iou_threshold=bad)  # type: ignore[arg-type]
 
 

@@ -38,9 +38,9 @@ def check_threshold(name: str, value: object) -> float:
         InferenceError: anything else (the API answers 422, the CLI exits 1).
     """
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InferenceError(f"expected a {name} threshold in [0, 1], got {value!r:.40}")
+        raise InferenceError(f"expected the {name} threshold in [0, 1], got {value!r:.40}")
     if not 0.0 <= value <= 1.0:
-        raise InferenceError(f"expected a {name} threshold in [0, 1], got {value}")
+        raise InferenceError(f"expected the {name} threshold in [0, 1], got {value}")
     return float(value)
 
 
