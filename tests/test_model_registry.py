@@ -110,14 +110,30 @@ def test_unknown_models_versions_and_aliases(catalog: Engine, model_store: Objec
             ("ribs", "no model 'ribs'"),
             ("lungs:9", "no version 9"),
             ("lungs@staging", "no alias 'staging'"),
+            # Found by a hostile tester: beyond any integer column, a 500 from the driver.
+            ("lungs:99999999999999999999", "no version 99999999999999999999"),
+            (f"lungs:{2**31}", f"no version {2**31}"),
         ):
             with pytest.raises(ModelNotFound, match=message):
                 resolve_version(session, ref=ref)
-        for ref in ("", "Lungs", "lungs@", "lungs:0", "lungs:x", "a@b:1", "../x", "lungs@Prod"):
+        for ref in (
+            "",
+            "Lungs",
+            "lungs@",
+            "lungs:0",
+            "lungs:x",
+            "a@b:1",
+            "../x",
+            "lungs@Prod",
+            "lungs:\u00b2",
+            "lungs:\u0661",
+        ):
             with pytest.raises(InferenceError):
                 resolve_version(session, ref=ref)
     with transaction(catalog) as session, pytest.raises(ModelNotFound, match="no version 4"):
         promote(session, name="lungs", version=4)
+    with transaction(catalog) as session, pytest.raises(ModelNotFound, match="no version"):
+        promote(session, name="lungs", version=10**20)
     with transaction(catalog) as session, pytest.raises(ModelNotFound, match="no alias"):
         rollback(session, name="lungs")
     assert str(ModelRef.parse("lungs:3")) == "lungs:3"

@@ -69,6 +69,9 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+_MAX_VERSION = 2**31 - 1  # the largest value of a 4-byte INTEGER column
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRef:
     """A parsed reference: a version number, an alias, or neither (the default)."""
@@ -93,7 +96,9 @@ class ModelRef:
         if match["alias"] is not None:
             return cls(name, alias=check_alias(match["alias"]))
         if match["version"] is not None:
-            if not match["version"].isdigit() or int(match["version"]) < 1:
+            # ASCII digits only: "²".isdigit() is true and int("²") raises.
+            digits = match["version"]
+            if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
                 raise InferenceError(
                     f"expected a positive version after ':', got {match['version'][:20]!r}"
                 )
@@ -131,8 +136,15 @@ def resolve_version(session: Session, *, ref: ModelRef | str) -> ModelVersion:
     model = get_model(session, name=ref.name)
     statement = select(ModelVersion).options(selectinload(ModelVersion.model))
     if ref.version is not None:
-        found = session.scalar(
-            statement.where(ModelVersion.model_id == model.id, ModelVersion.version == ref.version)
+        # A number no integer column holds is no version (the driver raised: a 500).
+        found = (
+            session.scalar(
+                statement.where(
+                    ModelVersion.model_id == model.id, ModelVersion.version == ref.version
+                )
+            )
+            if 1 <= ref.version <= _MAX_VERSION
+            else None
         )
         if found is None:
             raise ModelNotFound(f"model {ref.name!r} has no version {ref.version}")
