@@ -307,3 +307,19 @@ def test_an_unknown_split_is_refused_not_an_empty_success(lungs: Lake) -> None:
         select_image_ids(lungs, dataset="lungs", split="tset")
     assert len(select_image_ids(lungs, dataset="lungs", split="training")) == IMAGES // 2
     assert len(select_image_ids(lungs, dataset="lungs")) == IMAGES
+
+
+def test_a_lost_original_is_one_unreadable_image_not_a_failed_job(lungs: Lake) -> None:
+    # Found by a hostile tester: one original missing from the store stopped
+    # `radlake predict` over 98 films with "error: no object under key ...".
+    ids = select_image_ids(lungs, dataset="lungs")
+    with session_factory(lungs.engine)() as session:
+        lost = session.get_one(Image, ids[2]).original_key
+    moved = lungs.store.get_bytes(lost)
+    lungs.store.delete(lost)
+    summary = predict_batch(lungs, model_ref="lungs", image_ids=ids, batch_size=4)
+    assert summary.predicted == IMAGES - 1
+    assert summary.unreadable == {ids[2]: "its original is missing from the store"}
+    lungs.store.put_bytes(lost, moved)  # found again: the next run predicts just it
+    again = predict_batch(lungs, model_ref="lungs", image_ids=ids, batch_size=4)
+    assert (again.predicted, again.skipped, again.unreadable) == (1, IMAGES - 1, {})

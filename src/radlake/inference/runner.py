@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from radlake.domain import Box
-from radlake.errors import ImageError, RenderError
+from radlake.errors import ImageError, ObjectNotFound, RenderError
 from radlake.inference.contract import InputContract, preprocess, to_stored
 from radlake.inference.decoders import decode
 from radlake.inference.errors import InferenceError
@@ -192,6 +192,10 @@ def load_pictures(
             pictures.append((image_id, images.render(stored, STORED_PIXELS).image))
         except (ImageError, RenderError) as exc:
             failed.append(ImageOutcome(image_id, error=str(exc)[:300]))
+        except ObjectNotFound:
+            # One lost original is this image's problem: the job goes on (a store that
+            # fails outright still stops it, as StorageError).
+            failed.append(ImageOutcome(image_id, error="its original is missing from the store"))
     return pictures, failed
 
 
