@@ -372,3 +372,14 @@ def test_non_finite_scores_and_boxes_are_not_detections(
     (image,) = detect(model, served("yolov8"), [picture()], score_threshold=0.25)
     assert [d.class_name for d in image] == ["Right Lung"]
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("bad", [5.0, -0.5])
+def test_scores_outside_zero_one_are_a_broken_model(bad: float) -> None:
+    # Found by a hostile tester: a head answering logits stored "score": 5.0, which
+    # passed every threshold; registration's dry run on a blank input now refuses it.
+    model = load_model(
+        constant_head(yolov8_head(INPUT_BOXES, np.array([[bad, -1.0], [0.0, 0.75]])))
+    )
+    with pytest.raises(ModelFileError, match=r"not in \[0, 1\]"):
+        detect(model, served("yolov8"), [picture()], score_threshold=0.25)

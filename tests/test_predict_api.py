@@ -380,6 +380,13 @@ def test_a_model_file_that_does_not_match_is_a_server_fault_with_a_reason(site: 
     assert answer.status_code == 500
     assert "sha256" in answer.json()["detail"] and "Traceback" not in answer.text
     assert runs(site.lake) == 0
+    # A file gone from the store is the lake's fault too, never a 404 to the caller.
+    register(site.lake, "gone", model_file(scores=(0.65, 0.6)))
+    with session_factory(site.lake.engine)() as session:
+        key = resolve_version(session, ref="gone").store_key
+    site.lake.store.delete(key)
+    answer = site.predict(model="gone", image_id=site.ids["a"])
+    assert answer.status_code == 500 and "missing from the store" in answer.json()["detail"]
 
 
 def test_concurrent_requests_share_one_session(site: Site) -> None:

@@ -47,7 +47,14 @@ def _kept(
     # A model answering NaN or inf (a broken export, an overflow) has found nothing
     # there: an infinite score passed every threshold and was stored, then answered
     # as "score": null by the API.
-    keep = (scores >= threshold) & np.isfinite(scores) & np.isfinite(boxes).all(axis=1)
+    finite = np.isfinite(scores)
+    if ((scores[finite] < 0) | (scores[finite] > 1)).any():
+        # Logits, not probabilities: a score of 5.0 passed every threshold and was
+        # stored. Registration's dry run meets this first and refuses the file.
+        raise ModelFileError(
+            "the model's scores are not in [0, 1] (raw logits? export it with its sigmoid)"
+        )
+    keep = (scores >= threshold) & finite & np.isfinite(boxes).all(axis=1)
     return Candidates(
         boxes[keep].astype(np.float64),
         scores[keep].astype(np.float64),

@@ -18,7 +18,7 @@ from radlake.domain import Box
 from radlake.errors import ImageError, ObjectNotFound, RenderError
 from radlake.inference.contract import InputContract, preprocess, to_stored
 from radlake.inference.decoders import decode
-from radlake.inference.errors import InferenceError
+from radlake.inference.errors import InferenceError, ModelFileError
 from radlake.inference.nms import batched_nms
 from radlake.inference.sessions import SESSIONS, LoadedModel, SessionCache
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
@@ -83,8 +83,18 @@ class ServedModel:
         return f"{self.name}:{self.version}"
 
     def load(self, store: ObjectStore, sessions: SessionCache = SESSIONS) -> LoadedModel:
-        """This process's session of the model (built from the store on first use)."""
-        return sessions.get(self.sha256, lambda: store.get_bytes(self.store_key))
+        """This process's session of the model (built from the store on first use).
+
+        Raises:
+            ModelFileError: the registered file is gone from the store, or does not load
+                (the lake's fault, not the caller's: never a 404).
+        """
+        try:
+            return sessions.get(self.sha256, lambda: store.get_bytes(self.store_key))
+        except ObjectNotFound:
+            raise ModelFileError(
+                f"the file of model {self.ref} is missing from the store ({self.store_key})"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
