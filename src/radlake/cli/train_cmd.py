@@ -98,5 +98,13 @@ def train(
             f"mAP50 {_figure(baseline.get('map50'))}",
             highlight=False,
         )
+        model_figure, baseline_figure = scores.get("map50_95"), baseline.get("map50_95")
+        # A version that does not beat a constant box learned nothing usable.
+        if None not in (model_figure, baseline_figure) and model_figure <= baseline_figure:
+            err_console.print(
+                "warning: this version does not beat the mean-box baseline on mAP50-95: "
+                "train longer (--epochs) or on more data before promoting it",
+                highlight=False,
+            )
     for note in outcome.notes:
         console.print(f"note: {note}", highlight=False)
