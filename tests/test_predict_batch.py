@@ -323,3 +323,26 @@ def test_a_lost_original_is_one_unreadable_image_not_a_failed_job(lungs: Lake) -
     lungs.store.put_bytes(lost, moved)  # found again: the next run predicts just it
     again = predict_batch(lungs, model_ref="lungs", image_ids=ids, batch_size=4)
     assert (again.predicted, again.skipped, again.unreadable) == (1, IMAGES - 1, {})
+
+
+def test_a_killed_run_is_marked_interrupted_by_the_next(lungs: Lake) -> None:
+    """SIGKILL leaves no chance to close the job row: the next run on this host marks
+    it (found by the hostile pass: it stayed 'running' for ever)."""
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process id that no longer exists
+    dead_pid = child.pid
+    with transaction(lungs.engine) as session:
+        killed = Job(kind="predict", status="running", host=socket.gethostname(), pid=dead_pid)
+        session.add(killed)
+        session.flush()
+        killed_id = killed.id
+    everything = select_image_ids(lungs, dataset="lungs")
+    predict_batch(lungs, model_ref="lungs:1", image_ids=everything[:1])
+    with session_factory(lungs.engine)() as session:
+        jobs = {job.id: job.status for job in session.scalars(select(Job))}
+    assert jobs[killed_id] == "interrupted"
+    assert list(jobs.values()).count("running") == 0

@@ -41,6 +41,7 @@ from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.discover import discover, input_key
 from radlake.pipelines.executor import Executor, default_executor
+from radlake.pipelines.jobs import ACTIVE_JOBS, mark_interrupted
 from radlake.pipelines.worker import (
     DEFAULT_MAX_INPUT_BYTES,
     WorkerContext,
@@ -133,7 +134,7 @@ class IngestSession:
         self.counts = {"catalogued": 0, "already_present": 0, "quarantined": 0, "bytes_read": 0}
         self.last_flush = time.monotonic()
         self.last_inserted: set[str] = set()  # sha256 this job inserted in its last batch
-        self._transaction(_mark_interrupted)
+        self._transaction(mark_interrupted)
 
         def open_job(session: Session) -> tuple[int, int]:
             source_id = ensure_source(session, name=source, kind=source_kind)
@@ -148,7 +149,7 @@ class IngestSession:
             session.flush()
             # Active before its row is visible: another thread of this process (the
             # API runs uploads side by side) must never take it for an abandoned job.
-            _ACTIVE_JOBS.add(job.id)
+            ACTIVE_JOBS.add(job.id)
             return source_id, job.id
 
         self.source_id, self.job_id = self._transaction(open_job)
@@ -212,7 +213,7 @@ class IngestSession:
         # leaves the active set only once closed, so no thread marks it meanwhile.
         with contextlib.suppress(CatalogError):
             self._transaction(close)
-        _ACTIVE_JOBS.discard(self.job_id)
+        ACTIVE_JOBS.discard(self.job_id)
         self.summary = IngestSummary(
             job_id=self.job_id,
             inputs=inputs,
@@ -223,31 +224,6 @@ class IngestSession:
             seconds=seconds,
         )
         return self.summary
-
-
-_ACTIVE_JOBS: set[int] = set()
-"""Jobs this process is running now (a long-lived API process runs many in turn)."""
-
-
-def _mark_interrupted(session: Session) -> None:
-    """Jobs left 'running' by a process of this host that no longer exists, or by
-    this process when it no longer runs them (the catalog failed as they ended)."""
-    host, me = socket.gethostname(), os.getpid()
-    for job in session.scalars(select(Job).where(Job.status == "running", Job.host == host)):
-        ended = job.pid is not None and not _alive(job.pid)
-        if ended or (job.pid == me and job.id not in _ACTIVE_JOBS):
-            job.status = "interrupted"
-            job.error = "the process running this job ended before it finished"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fault(exc: StorageError | CatalogError) -> IngestFault:

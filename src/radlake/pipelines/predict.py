@@ -46,6 +46,7 @@ from radlake.inference.runner import (
 from radlake.inference.service import InferenceResult, run_record, served_model
 from radlake.lake import Lake
 from radlake.pipelines.executor import Executor, LocalProcessExecutor, SerialExecutor
+from radlake.pipelines.jobs import ACTIVE_JOBS, mark_interrupted
 from radlake.pipelines.stored_images import StoredImage
 
 
@@ -240,6 +241,7 @@ def predict_batch(
         error = f"{type(exc).__name__}: {str(exc)[:300]}"
         raise
     finally:
+        ACTIVE_JOBS.discard(job_id)
         result = summary()
         # Best effort: when the catalog itself is the fault, the job row keeps "running".
         with contextlib.suppress(CatalogError, SQLAlchemyError):
@@ -252,6 +254,7 @@ def predict_batch(
 
 
 def _open_job(session: Session, *, parameters: dict[str, Any]) -> int:
+    mark_interrupted(session)  # a run killed before it could close its row
     job = Job(
         kind="predict",
         status="running",
@@ -261,6 +264,7 @@ def _open_job(session: Session, *, parameters: dict[str, Any]) -> int:
     )
     session.add(job)
     session.flush()
+    ACTIVE_JOBS.add(job.id)  # before its row is visible: never taken for an abandoned job
     return job.id
 
 
