@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.inference_models import ModelVersion
+from radlake.catalog.models import DatasetVersion
 from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import DatasetError, VersionRequest, create_version
@@ -36,12 +37,14 @@ from radlake.inference.metadata import read_metadata
 from radlake.lake import Lake
 from radlake.pipelines.ingest import ingest
 from radlake.pipelines.label_import import ImportRequest, import_labels
+from radlake.pipelines.stored_images import StoredImages
 from radlake.training import TrainingError
 from radlake.training.data import (
     PAD_VALUE,
     Augment,
     augment,
     collate,
+    load_split,
     make_sample,
     mirror_classes,
 )
@@ -287,6 +290,13 @@ def test_train_version_registers_with_lineage_and_evaluates(lake: Lake, tmp_path
             ),
         )
         version_id = version.id
+    with session_factory(lake.engine)() as session:
+        version_row = session.get_one(DatasetVersion, version_id)
+        loaded = load_split(
+            session, StoredImages(lake.store), version_row, "training", NAMES, size=64
+        )
+    # Content order, whatever order the lake ingested in (the batches follow it).
+    assert [s.key for s in loaded.samples] == sorted(s.key for s in loaded.samples)
     out = tmp_path / "out"
     outcome = train_version(lake, TrainRequest("things-det", "things", out=out), TINY)
     assert outcome.model_version == 1

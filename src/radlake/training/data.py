@@ -251,6 +251,10 @@ def load_split(
             )
         )
     }
+    # Content order, not catalog ids: ids follow the order a lake happened to ingest in
+    # (a process pool finishes files in any order), and the sample order decides the
+    # batches, so the same seed trained differently in two lakes.
+    ids = sorted(ids, key=lambda image_id: str(rows[image_id].sha256))
     samples: list[Sample] = []
     unreadable = 0
     for done, image_id in enumerate(ids, 1):
