@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from radlake.catalog.db import session_factory, transaction
+from radlake.catalog.db import batches, session_factory, transaction
 from radlake.catalog.model_registry import PredictedBox, RunRecord, record_runs, resolve_version
 from radlake.catalog.models import Image
 from radlake.errors import ImageNotFound
@@ -72,6 +73,28 @@ def served_model(lake: Lake, model_ref: str) -> ServedModel:
         return ServedModel.of(resolve_version(session, ref=model_ref))
 
 
+def catalogued_images(session: Session, image_ids: Sequence[int]) -> dict[int, StoredImage]:
+    """The stored images of these ids, read in IN lists of the size the catalog allows.
+
+    Raises:
+        ImageNotFound: an id is not catalogued (the first such, in the given order).
+    """
+    found: dict[int, StoredImage] = {}
+    for chunk in batches(image_ids):
+        found.update(
+            (row.id, StoredImage.of(row))
+            for row in session.execute(
+                select(Image.id, Image.sha256, Image.format, Image.original_key).where(
+                    Image.id.in_(chunk)
+                )
+            )
+        )
+    missing = [image_id for image_id in image_ids if image_id not in found]
+    if missing:
+        raise ImageNotFound(f"no image with id {missing[0]}")
+    return found
+
+
 def predict_images(
     lake: Lake,
     *,
@@ -105,17 +128,7 @@ def predict_images(
     model = served_model(lake, model_ref)
     wanted = list(dict.fromkeys(image_ids))
     with session_factory(lake.engine)() as session:
-        rows = {
-            row.id: StoredImage.of(row)
-            for row in session.execute(
-                select(Image.id, Image.sha256, Image.format, Image.original_key).where(
-                    Image.id.in_(wanted)
-                )
-            )
-        }
-    missing = [image_id for image_id in wanted if image_id not in rows]
-    if missing:
-        raise ImageNotFound(f"no image with id {missing[0]}")
+        rows = catalogued_images(session, wanted)
     service = images or StoredImages(lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes)
     loaded = model.load(lake.store, sessions)
     results: list[InferenceResult] = []

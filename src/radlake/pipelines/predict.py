@@ -24,13 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from radlake.catalog.db import batches, run_transaction, session_factory
+from radlake.catalog.db import run_transaction, session_factory
 from radlake.catalog.model_registry import predicted_image_ids, record_runs
 from radlake.catalog.models import Image, Job, utcnow
 from radlake.catalog.queries import apply_filter
 from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import get_version, members
-from radlake.errors import CatalogError, ImageNotFound
+from radlake.errors import CatalogError
 from radlake.inference.errors import InferenceError
 from radlake.inference.runner import (
     DEFAULT_BATCH,
@@ -43,11 +43,15 @@ from radlake.inference.runner import (
     check_threshold,
     run_task,
 )
-from radlake.inference.service import InferenceResult, run_record, served_model
+from radlake.inference.service import (
+    InferenceResult,
+    catalogued_images,
+    run_record,
+    served_model,
+)
 from radlake.lake import Lake
 from radlake.pipelines.executor import Executor, LocalProcessExecutor, SerialExecutor
 from radlake.pipelines.jobs import ACTIVE_JOBS, mark_interrupted
-from radlake.pipelines.stored_images import StoredImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,19 +169,7 @@ def predict_batch(
             iou_threshold=iou_threshold,
         )
         todo = [image_id for image_id in wanted if image_id not in done]
-        stored: dict[int, StoredImage] = {}
-        for chunk in batches(todo):
-            stored.update(
-                (row.id, StoredImage.of(row))
-                for row in session.execute(
-                    select(Image.id, Image.sha256, Image.format, Image.original_key).where(
-                        Image.id.in_(chunk)
-                    )
-                )
-            )
-    missing = [image_id for image_id in todo if image_id not in stored]
-    if missing:
-        raise ImageNotFound(f"no image with id {missing[0]}")
+        stored = catalogued_images(session, todo)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     tasks = [
         BatchTask(
