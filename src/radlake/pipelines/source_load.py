@@ -31,7 +31,8 @@ from radlake.catalog.db import (
     session_factory,
 )
 from radlake.catalog.fit import fit_row
-from radlake.catalog.models import Image, Label, LabelClass, Quarantine, Source, utcnow
+from radlake.catalog.labels import write_classes
+from radlake.catalog.models import Image, Label, Quarantine, Source, utcnow
 from radlake.catalog.persist import (
     HierarchyEntry,
     add_quarantined,
@@ -40,7 +41,6 @@ from radlake.catalog.persist import (
     quarantine_fingerprint,
     upsert_hierarchy,
 )
-from radlake.catalog.upsert import insert_missing
 from radlake.domain import Box, CataloguedInput, ImageMetadata, LabelOrigin, RejectedInput
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.discover import input_key, path_of_key
@@ -224,7 +224,7 @@ def load_source(
         # Two loads of one source at once: the second waits here until the first has
         # committed, then replaces its labels instead of adding a second copy.
         lock_source(session, source_id)
-        _write_taxonomy(session, source_id, load.taxonomy)
+        write_classes(session, source_id=source_id, taxonomy=load.taxonomy)
         rejects = [RejectedInput(row.key, row.reason) for row in load.rejected_rows]
         if load.quarantine_missing:
             rejects += [
@@ -326,16 +326,6 @@ def _already_catalogued(engine: Engine, keys: Sequence[str]) -> dict[str, str]:
                     if os.stat(path_of_key(key)).st_size == size:
                         found[key] = sha
     return found
-
-
-def _write_taxonomy(session: Session, source_id: int, taxonomy: Mapping[str, int | None]) -> None:
-    known = set(session.scalars(select(LabelClass.name).where(LabelClass.source_id == source_id)))
-    rows = [
-        {"source_id": source_id, "name": name, "class_id": class_id}
-        for name, class_id in sorted(taxonomy.items())
-        if name not in known
-    ]
-    insert_missing(session, LabelClass, rows, key="name")
 
 
 @dataclass(slots=True)
