@@ -99,17 +99,6 @@ def existing_labels(
     return found
 
 
-def same_box(a: Box | None, b: Box | None) -> bool:
-    """Whether a stored box is the one written. MariaDB keeps FLOAT columns in 4 bytes
-    and returns about 6 significant digits, so "the same" allows a relative 1e-5."""
-    if a is None or b is None:
-        return a is b
-    pairs = zip(
-        (a.x_min, a.y_min, a.x_max, a.y_max), (b.x_min, b.y_min, b.x_max, b.y_max), strict=True
-    )
-    return all(abs(u - v) <= 1e-5 * max(1.0, abs(u)) for u, v in pairs)
-
-
 def add_labels(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
     """Insert label rows (every row with every column: one statement shape)."""
     for batch in batches(rows, WRITE_BATCH):

@@ -8,7 +8,6 @@ one) and returns the alias to where it pointed before.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -38,8 +37,6 @@ MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 DEFAULT_ALIAS = "production"
 _REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>[^@:]+))?$")
-# Thresholds stored as MySQL FLOAT come back as the nearest float32.
-_THRESHOLD_TOLERANCE = 1e-6
 
 
 def check_model_name(name: str) -> str:
@@ -401,10 +398,6 @@ def record_runs(session: Session, *, runs: Sequence[RunRecord]) -> list[int]:
     return run_ids
 
 
-def _same(a: float, b: float) -> bool:
-    return math.isclose(a, b, abs_tol=_THRESHOLD_TOLERANCE)
-
-
 def predicted_image_ids(
     session: Session,
     *,
@@ -416,17 +409,16 @@ def predicted_image_ids(
     """Which of image_ids this version already predicted with these thresholds."""
     done: set[int] = set()
     for chunk in batches(sorted(set(image_ids))):
-        rows = session.execute(
-            select(
-                InferenceRun.image_id, InferenceRun.score_threshold, InferenceRun.iou_threshold
-            ).where(
-                InferenceRun.model_version_id == model_version_id, InferenceRun.image_id.in_(chunk)
-            )
-        )
+        # Thresholds are 8-byte reals on every backend (migration 0007): equality is exact.
         done.update(
-            image_id
-            for image_id, score, iou in rows
-            if _same(score, score_threshold) and _same(iou, iou_threshold)
+            session.scalars(
+                select(InferenceRun.image_id).where(
+                    InferenceRun.model_version_id == model_version_id,
+                    InferenceRun.image_id.in_(chunk),
+                    InferenceRun.score_threshold == score_threshold,
+                    InferenceRun.iou_threshold == iou_threshold,
+                )
+            )
         )
     return done
 

@@ -37,7 +37,6 @@ from radlake.catalog.labels import (
     add_labels,
     existing_labels,
     image_refs,
-    same_box,
     source_kind,
     write_classes,
 )
@@ -275,7 +274,8 @@ def _new_rows(
         key = (row["image_id"], row["class_name"], row["reader"], origin)
         box = _box(row)
         candidates = stored.get(key, [])
-        match = next((i for i, old in enumerate(candidates) if same_box(old, box)), None)
+        # Boxes are 8-byte reals on every backend (migration 0007): they read back exactly.
+        match = next((i for i, old in enumerate(candidates) if old == box), None)
         if match is None:
             new.append(row)
         else:
