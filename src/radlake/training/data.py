@@ -22,25 +22,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch import Tensor
 from torch.nn import functional
 
-from radlake.catalog.db import batches
 from radlake.catalog.models import DatasetVersion
-from radlake.catalog.models import Image as ImageRow
 from radlake.curation.versions import members, version_findings
 from radlake.domain import Box
 from radlake.errors import ImageError, RenderError
 from radlake.formats.coords import ResizeTransform
-from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
+from radlake.inference.runner import STORED_PIXELS
+from radlake.inference.service import catalogued_images
+from radlake.pipelines.stored_images import StoredImages
 from radlake.training.config import Augment
 
 PAD_VALUE = 114  # ultralytics' letterbox grey: the contract's pad_value
-# The stored original at its own size, rows x columns as its boxes refer to (the
-# rendering exports and inference use).
-STORED_PIXELS = RenderOptions(size=None, true_aspect=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,24 +238,18 @@ def load_split(
     ids = sorted(i for i, s in members(session, version.id).items() if s == split)
     findings = version_findings(session, version, ids)
     index = class_index(class_names)
-    rows = {
-        row.id: row
-        for chunk in batches(ids)
-        for row in session.execute(
-            select(ImageRow.id, ImageRow.sha256, ImageRow.format, ImageRow.original_key).where(
-                ImageRow.id.in_(chunk)
-            )
-        )
-    }
+    rows = catalogued_images(session, ids)
     # Content order, not catalog ids: ids follow the order a lake happened to ingest in
     # (a process pool finishes files in any order), and the sample order decides the
     # batches, so the same seed trained differently in two lakes.
-    ids = sorted(ids, key=lambda image_id: str(rows[image_id].sha256))
+    ids = sorted(ids, key=lambda image_id: rows[image_id].sha256)
     samples: list[Sample] = []
     unreadable = 0
     for done, image_id in enumerate(ids, 1):
         try:
-            picture = images.render(StoredImage.of(rows[image_id]), STORED_PIXELS).image
+            # The stored grid, as the boxes refer to: inference's own rendering, so a
+            # model trains on the pixels it will be served.
+            picture = images.render(rows[image_id], STORED_PIXELS).image
         except (ImageError, RenderError):
             unreadable += 1
             continue
@@ -268,7 +258,7 @@ def load_split(
             for f in findings.get(image_id, ())
             if f.box is not None and f.class_name in index
         ]
-        samples.append(make_sample(str(rows[image_id].sha256), picture, boxes, size, channels))
+        samples.append(make_sample(rows[image_id].sha256, picture, boxes, size, channels))
         if progress is not None:
             progress(done, len(ids))
     return SplitSamples(samples, unreadable)
