@@ -44,14 +44,16 @@ def _conditions(selection: ImageFilter) -> Iterator[tuple[str, ImageFilter]]:
     scope: dict[str, Any] = {
         key: values.pop(key) for key in ("dataset", "version", "split") if key in values
     }
-    if scope:
-        text = ", ".join(f"{k}={v}" for k, v in ImageFilter.from_dict(scope).as_pairs())
-        yield text, ImageFilter.from_dict(scope)
-    for name, value in values.pop("attributes", []):
-        yield f"attr.{name}={value}", ImageFilter(attributes=((name, value),))
-    for key, value in values.items():
-        one = ImageFilter.from_dict({key: value})
-        yield ", ".join(f"{k}={v}" for k, v in one.as_pairs()), one
+    parts = [ImageFilter.from_dict(scope)] if scope else []
+    parts += [ImageFilter(attributes=(tuple(pair),)) for pair in values.pop("attributes", [])]
+    parts += [ImageFilter.from_dict({key: value}) for key, value in values.items()]
+    for one in parts:
+        yield _described(one), one
+
+
+def _described(selection: ImageFilter) -> str:
+    """A filter as the text a user wrote: `view=PA,AP, attr.sex=F`."""
+    return ", ".join(f"{k}={v}" for k, v in selection.as_pairs())
 
 
 def excluded_rows(
@@ -71,11 +73,7 @@ def excluded_rows(
         excluded_by = (
             None if selection.exclude is None else _ids(session, scoped, selection.exclude)
         )
-        exclude_text = (
-            ""
-            if selection.exclude is None
-            else ", ".join(f"{k}={v}" for k, v in selection.exclude.as_pairs())
-        )
+        exclude_text = "" if selection.exclude is None else _described(selection.exclude)
         for chunk in batches(left_out):
             images = session.scalars(
                 select(Image)
