@@ -31,7 +31,7 @@ from radlake.inference.evaluation import (
     latest_evaluation,
 )
 from radlake.inference.registry import register_model
-from radlake.lake import load_settings, open_lake
+from radlake.lake import Lake, load_settings, open_lake
 
 app = typer.Typer(help="Register, promote, roll back and evaluate detection models (ONNX).")
 app.command("train")(train_cmd.train)
@@ -51,11 +51,10 @@ def _floats(flag: str, text: str) -> list[float]:
         ) from None
 
 
-def _dataset_version_id(text: str) -> int:
+def _dataset_version_id(lake: Lake, text: str) -> int:
     name, _, number = text.partition("@")
     if number and not number.isdigit():
         raise InferenceError(f"expected --dataset NAME@VERSION, got {text[:80]!r}")
-    lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
         return get_version(session, name, int(number) if number else None).id
 
@@ -125,8 +124,8 @@ def register(
     if std is not None:
         contract["std"] = _floats("--std", std)
     names = [part.strip() for part in classes.split(",")] if classes is not None else None
-    trained_on = _dataset_version_id(dataset) if dataset else None
     lake = open_lake(load_settings())
+    trained_on = _dataset_version_id(lake, dataset) if dataset else None
     with transaction(lake.engine) as session:
         registered = register_model(
             session,
