@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -58,17 +58,22 @@ def progress_bar(description: str, enabled: bool) -> Iterator[Progress | None]:
         yield progress
 
 
+@contextmanager
+def progress_reporter(description: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A (done, total) callback that drives `progress_bar` (does nothing when it is off)."""
+    with progress_bar(description, enabled) as progress:
+        if progress is None:
+            yield lambda done, total: None
+            return
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
 def ingest_with_progress(
     lake: Lake, paths: Sequence[Path], *, workers: int | None, source: str, show: bool
 ) -> IngestSummary:
     """Run ingest with a progress bar; used by `ingest` and `quickstart`."""
-    with progress_bar("ingesting", show) as progress:
-        task = progress.add_task("ingesting", total=None) if progress else None
-
-        def report(done: int, total: int) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, completed=done, total=total)
-
+    with progress_reporter("ingesting", show) as report:
         return run_ingest(
             paths,
             engine=lake.engine,

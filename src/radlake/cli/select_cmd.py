@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from radlake.cli.filter_options import with_filter_options
-from radlake.cli.ingest_cmd import JsonOption, progress_bar
+from radlake.cli.ingest_cmd import JsonOption, progress_reporter
 from radlake.cli.output import console, print_json
 from radlake.curation.filters import ImageFilter
 from radlake.lake import load_settings, open_lake
@@ -52,13 +52,7 @@ def select(
     }
     mode: Mode = modes.get(chosen[0], "copy") if chosen else "copy"
     lake = open_lake(load_settings())
-    with progress_bar("writing", not as_json) as progress:
-        task = progress.add_task("writing", total=None) if progress else None
-
-        def report(done: int, total: int) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, completed=done, total=total)
-
+    with progress_reporter("writing", not as_json) as report:
         summary = write_group(lake, selection, out, mode=mode, report=report)
     if as_json:
         print_json(asdict(summary) | {"out": str(summary.out)})

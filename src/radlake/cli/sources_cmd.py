@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from radlake.cli.ingest_cmd import JsonOption, progress_bar
+from radlake.cli.ingest_cmd import JsonOption, progress_reporter
 from radlake.cli.output import console, err_console, print_json
 from radlake.lake import load_settings, open_lake
 from radlake.pipelines.source_load import SourceSummary, load_source
@@ -48,13 +48,7 @@ def _run(
         raise SourceFormatError(f"no such folder: {root}")
     lake = open_lake(load_settings())
     parsed = reader(root)
-    with progress_bar("ingesting", not as_json) as progress:
-        task = progress.add_task("ingesting", total=None) if progress else None
-
-        def report(done: int, total: int) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, completed=done, total=total)
-
+    with progress_reporter("ingesting", not as_json) as report:
         summary: SourceSummary = load_source(
             parsed,
             engine=lake.engine,
