@@ -125,9 +125,10 @@ def predict_images(
     score_threshold = check_threshold("score", score_threshold)
     iou_threshold = check_threshold("IoU", iou_threshold)
     batch_size = check_batch(batch_size)
-    model = served_model(lake, model_ref)
     wanted = list(dict.fromkeys(image_ids))
+    # One session for the model and the images: this is every POST /predict's path.
     with session_factory(lake.engine)() as session:
+        model = ServedModel.of(resolve_version(session, ref=model_ref))
         rows = catalogued_images(session, wanted)
     service = images or StoredImages(lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes)
     loaded = model.load(lake.store, sessions)
