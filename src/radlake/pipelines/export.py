@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from PIL import Image as PILImage
 from sqlalchemy import Engine, Row, select
@@ -32,7 +32,7 @@ from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredIm
 from radlake.storage.store import ObjectStore
 
 ExportFormat = Literal["yolo", "coco", "classification", "imagefolder"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("yolo", "coco", "classification", "imagefolder")
+EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 _EXTRA_KEYS = ("doi", "url", "dataset")
 _IMAGE_COLUMNS = (
     Image.id,
