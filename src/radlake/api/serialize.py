@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from radlake.api.privacy import BURNED_IN_REASON, DEIDENTIFIED, pixels_withheld, shown_key
+from sqlalchemy.orm import Session
+
+from radlake.api.privacy import (
+    BURNED_IN_REASON,
+    DEIDENTIFIED,
+    pixels_withheld,
+    sees_paths,
+    shown_key,
+)
 from radlake.auth import Role
 from radlake.catalog.image_reads import ImagePage
+from radlake.catalog.model_registry import predictions_for_image, runs_for_image
 from radlake.catalog.models import Image, Label
 from radlake.catalog.serialize import image_detail, image_summary
 
@@ -79,3 +88,31 @@ def label_item(label: Label) -> dict[str, Any]:
         "confidence": label.confidence,
         "box": box,
     }
+
+
+def box_fields(box: Any) -> dict[str, float]:
+    """A box as the API answers it (the labels route's shape)."""
+    return {"x_min": box.x_min, "y_min": box.y_min, "x_max": box.x_max, "y_max": box.y_max}
+
+
+def prediction_runs(
+    session: Session, *, image_id: int, role: Role, model_version_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Each model version's latest run on the image with its boxes (of one version when
+    given), as role may see it: the caller's name only for curators and admins (token
+    names are people's names). The caller checks first that role may see the pixels."""
+    boxes: dict[int, list[dict[str, Any]]] = {}
+    for found in predictions_for_image(
+        session, image_id=image_id, model_version_id=model_version_id
+    ):
+        boxes.setdefault(found.run_id, []).append(
+            {"class_name": found.class_name, "score": found.score, "box": box_fields(found.box)}
+        )
+    runs = [
+        run.as_dict() | {"predictions": boxes.get(run.run_id, [])}
+        for run in runs_for_image(session, image_id=image_id)
+        if model_version_id is None or run.model_version_id == model_version_id
+    ]
+    if not sees_paths(role):
+        runs = [run | {"caller": None} for run in runs]
+    return runs

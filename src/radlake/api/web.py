@@ -35,9 +35,9 @@ from radlake.api.deps import (
     PageSelection,
     same_origin,
 )
+from radlake.api.privacy import pixels_withheld
 from radlake.api.routes.images import ImageId
-from radlake.api.routes.predict import visible_runs
-from radlake.api.serialize import image_full, image_listing, label_item
+from radlake.api.serialize import image_full, image_listing, label_item, prediction_runs
 from radlake.auth import Role, verify_token
 from radlake.catalog.image_reads import image_labels
 from radlake.catalog.image_reads import image_page as image_page_of
@@ -352,10 +352,11 @@ def image_page(
     if caller is None:
         return _to_signin(request)
     try:
-        detail = image_full(get_image(session, image_id=image_id), caller.role)
+        image = get_image(session, image_id=image_id)
     except ImageNotFound:
         message = f"There is no image with id {image_id}."
         return _page(request, "error.html", caller, 404, message=message)
+    detail = image_full(image, caller.role)
     rows = [label_item(label) for label in image_labels(session, image_id=image_id)]
     try:
         chosen = window if window and Window.parse(window) else None
@@ -383,7 +384,12 @@ def image_page(
         # Each model version's latest run, in palette colours from the other end.
         predictions=[
             run | {"colour": PALETTE[-1 - i % len(PALETTE)]}
-            for i, run in enumerate(visible_runs(session, image_id=image_id, caller=caller))
+            for i, run in enumerate(
+                # Boxes come from the pixels: none where the caller may not see them.
+                []
+                if pixels_withheld(caller.role, image.attributes)
+                else prediction_runs(session, image_id=image_id, role=caller.role)
+            )
         ],
     )
 

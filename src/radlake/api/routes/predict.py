@@ -16,7 +16,6 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUpload
 
@@ -30,12 +29,13 @@ from radlake.api.predict_schemas import (
     PredictFields,
     PredictionResult,
 )
-from radlake.api.privacy import pixels_withheld, sees_paths, withheld
+from radlake.api.privacy import pixels_withheld, withheld
 from radlake.api.routes.images import ImageId, upload
+from radlake.api.serialize import box_fields, prediction_runs
 from radlake.auth import Role
 from radlake.catalog.db import session_factory
 from radlake.catalog.image_reads import pixel_columns
-from radlake.catalog.model_registry import predictions_for_image, resolve_version, runs_for_image
+from radlake.catalog.model_registry import resolve_version
 from radlake.inference.service import InferenceResult, predict_images, served_model
 from radlake.pipelines.stored_images import StoredImages
 
@@ -158,15 +158,11 @@ def _answer(result: InferenceResult, uploaded: dict[str, Any] | None) -> dict[st
             "class_id": found.class_id,
             "class_name": found.class_name,
             "score": found.score,
-            "box": _box(found.box),
+            "box": box_fields(found.box),
         }
         for found in result.detections
     ]
     return body
-
-
-def _box(box: Any) -> dict[str, float]:
-    return {"x_min": box.x_min, "y_min": box.y_min, "x_max": box.x_max, "y_max": box.y_max}
 
 
 @router.post(
@@ -238,26 +234,7 @@ def image_predictions(
     if pixels_withheld(caller.role, row.attributes):
         raise withheld(image_id)
     version_id = None if model is None else resolve_version(session, ref=model).id
-    boxes: dict[int, list[dict[str, Any]]] = {}
-    for found in predictions_for_image(session, image_id=image_id, model_version_id=version_id):
-        boxes.setdefault(found.run_id, []).append(
-            {"class_name": found.class_name, "score": found.score, "box": _box(found.box)}
-        )
-    runs = [
-        run.as_dict() | {"predictions": boxes.get(run.run_id, [])}
-        for run in runs_for_image(session, image_id=image_id)
-        if version_id is None or run.model_version_id == version_id
-    ]
-    if not sees_paths(caller.role):
-        runs = [run | {"caller": None} for run in runs]  # token names are people's names
+    runs = prediction_runs(
+        session, image_id=image_id, role=caller.role, model_version_id=version_id
+    )
     return {"image_id": image_id, "runs": runs}
-
-
-def visible_runs(session: Session, *, image_id: int, caller: Caller) -> list[dict[str, Any]]:
-    """What GET /images/{id}/predictions lists for caller, or nothing where the caller
-    may not see the image's pixels (the image page shows its labels regardless)."""
-    try:
-        runs: list[dict[str, Any]] = image_predictions(image_id, caller, session)["runs"]
-    except HTTPException:
-        return []
-    return runs
