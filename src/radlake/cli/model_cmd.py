@@ -19,7 +19,7 @@ from radlake.catalog.model_registry import (
     rollback,
 )
 from radlake.cli import train_cmd
-from radlake.cli.ingest_cmd import JsonOption, progress_bar
+from radlake.cli.ingest_cmd import JsonOption, progress_reporter
 from radlake.cli.output import console, print_json
 from radlake.curation.versions import get_version
 from radlake.inference.errors import InferenceError
@@ -286,13 +286,7 @@ def evaluate(
 ) -> None:
     """COCO mAP50, mAP50-95, per-class AP vs ground truth, beside the mean-box baseline."""
     lake = open_lake(load_settings())
-    with progress_bar("evaluating", not as_json) as progress:
-        task = progress.add_task("evaluating", total=None) if progress else None
-
-        def report(done: int, total: int) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, completed=done, total=total)
-
+    with progress_reporter("evaluating", not as_json) as report:
         result: EvaluationReport = evaluate_version(
             lake,
             model_ref=model,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from radlake.cli.ingest_cmd import JsonOption, progress_bar
+from radlake.cli.ingest_cmd import JsonOption, progress_reporter
 from radlake.cli.output import console, err_console, print_json
 from radlake.curation.filters import ImageFilter
 from radlake.inference.runner import DEFAULT_BATCH, DEFAULT_IOU, DEFAULT_SCORE
@@ -38,13 +38,7 @@ def predict(
     image_ids = select_image_ids(
         lake, selection=selection, dataset=dataset, dataset_version=version, split=split
     )
-    with progress_bar("predicting", not as_json) as progress:
-        task = progress.add_task("predicting", total=None) if progress else None
-
-        def report(done: int, total: int) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, completed=done, total=total)
-
+    with progress_reporter("predicting", not as_json) as report:
         summary = predict_batch(
             lake,
             model_ref=model,
