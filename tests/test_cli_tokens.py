@@ -27,7 +27,7 @@ def test_token_lifecycle(tmp_path: Path) -> None:
     duplicate = radlake(home, "token", "create", "alice")
     assert duplicate.returncode == 1 and "exists" in duplicate.stderr
     bad_role = radlake(home, "token", "create", "bob", "--role", "root")
-    assert bad_role.returncode == 1 and "viewer, curator or admin" in bad_role.stderr
+    assert bad_role.returncode == 1 and "viewer, reviewer, curator or admin" in bad_role.stderr
     listing = radlake(home, "token", "list")
     assert "alice" in listing.stdout and token not in listing.stdout
 

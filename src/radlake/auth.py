@@ -1,7 +1,9 @@
 """API tokens: random secrets shown once; only their SHA-256 is stored.
 
-Roles are ordered: viewer < curator < admin. Viewers read; curators also upload and
-create datasets; admins also manage tokens and read the audit log.
+Roles are ordered: viewer < reviewer < curator < admin. Viewers read; reviewers also
+file feedback on predictions (accept, reject, correct, add boxes); curators also
+upload, create datasets and build retraining sets; admins also manage tokens and read
+the audit log. Roles are stored by name, so their numbers may change.
 """
 
 from __future__ import annotations
@@ -21,20 +23,23 @@ TOKEN_PREFIX = "rl_"  # noqa: S105 (a prefix, not a secret)
 
 class Role(IntEnum):
     VIEWER = 1
-    CURATOR = 2
-    ADMIN = 3
+    REVIEWER = 2
+    CURATOR = 3
+    ADMIN = 4
 
     @classmethod
     def parse(cls, text: str) -> Role:
         """'viewer' -> Role.VIEWER.
 
         Raises:
-            TokenError: not one of viewer, curator, admin.
+            TokenError: not one of viewer, reviewer, curator, admin.
         """
         try:
             return cls[text.upper()]
         except KeyError:
-            raise TokenError(f"expected a role viewer, curator or admin, got {text!r}") from None
+            raise TokenError(
+                f"expected a role viewer, reviewer, curator or admin, got {text!r}"
+            ) from None
 
 
 class TokenError(RadlakeError, ValueError):

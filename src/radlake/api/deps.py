@@ -149,6 +149,7 @@ def require(role: Role) -> Callable[[Caller], Caller]:
 
 
 Viewer = Annotated[Caller, Depends(require(Role.VIEWER))]
+Reviewer = Annotated[Caller, Depends(require(Role.REVIEWER))]
 Curator = Annotated[Caller, Depends(require(Role.CURATOR))]
 Admin = Annotated[Caller, Depends(require(Role.ADMIN))]
 DbSession = Annotated[Session, Depends(get_session)]

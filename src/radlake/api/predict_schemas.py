@@ -36,6 +36,9 @@ class PredictById(PredictFields):
 
 
 class Detection(BaseModel):
+    prediction_id: int = Field(
+        description="Names the box in feedback (POST /predictions/{id}/feedback)"
+    )
     class_id: int
     class_name: str
     score: float
@@ -59,6 +62,7 @@ class PredictionResult(BaseModel):
 
 
 class StoredBox(BaseModel):
+    prediction_id: int
     class_name: str
     score: float
     box: Box

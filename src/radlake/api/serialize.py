@@ -106,7 +106,12 @@ def prediction_runs(
         session, image_id=image_id, model_version_id=model_version_id
     ):
         boxes.setdefault(found.run_id, []).append(
-            {"class_name": found.class_name, "score": found.score, "box": box_fields(found.box)}
+            {
+                "prediction_id": found.prediction_id,
+                "class_name": found.class_name,
+                "score": found.score,
+                "box": box_fields(found.box),
+            }
         )
     runs = [
         run.as_dict() | {"predictions": boxes.get(run.run_id, [])}

@@ -25,8 +25,9 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-# Imported for its tables: wherever the catalog is used, Base.metadata is complete.
-import radlake.catalog.inference_models  # noqa: F401
+# Imported for its tables (and, through it, inference_models'): wherever the catalog
+# is used, Base.metadata is complete.
+import radlake.catalog.feedback_models  # noqa: F401
 from radlake.errors import CatalogError, CatalogUnavailable, NotInitialized
 
 MIGRATIONS = Path(__file__).with_name("migrations")

@@ -112,3 +112,4 @@ class Prediction(Base):
     y_min: Mapped[float] = mapped_column(Real)
     x_max: Mapped[float] = mapped_column(Real)
     y_max: Mapped[float] = mapped_column(Real)
+    run: Mapped[InferenceRun] = relationship()

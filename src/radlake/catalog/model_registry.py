@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from radlake.catalog.db import batches
@@ -364,9 +364,18 @@ class RunRecord:
     boxes: Sequence[PredictedBox]
 
 
-def record_runs(session: Session, *, runs: Sequence[RunRecord]) -> list[int]:
-    """Insert the runs and their boxes; returns the run ids in order."""
-    run_ids: list[int] = []
+@dataclass(frozen=True, slots=True)
+class RecordedRun:
+    """The ids a recorded run got: its own and its boxes' (in the order given)."""
+
+    run_id: int
+    prediction_ids: tuple[int, ...]
+
+
+def record_runs(session: Session, *, runs: Sequence[RunRecord]) -> list[RecordedRun]:
+    """Insert the runs and their boxes; returns their ids in order (a reviewer's
+    feedback names a box by its prediction id)."""
+    rows: list[tuple[InferenceRun, list[Prediction]]] = []
     for run in runs:
         row = InferenceRun(
             model_version_id=run.model_version_id,
@@ -376,26 +385,25 @@ def record_runs(session: Session, *, runs: Sequence[RunRecord]) -> list[int]:
             latency_ms=run.latency_ms,
             caller=run.caller[:100],
         )
+        boxes = [
+            Prediction(
+                run=row,
+                class_id=found.class_id,
+                class_name=found.class_name,
+                score=found.score,
+                x_min=found.box.x_min,
+                y_min=found.box.y_min,
+                x_max=found.box.x_max,
+                y_max=found.box.y_max,
+            )
+            for found in run.boxes
+        ]
         session.add(row)
-        session.flush()
-        run_ids.append(row.id)
-    rows = [
-        {
-            "run_id": run_id,
-            "class_id": found.class_id,
-            "class_name": found.class_name,
-            "score": found.score,
-            "x_min": found.box.x_min,
-            "y_min": found.box.y_min,
-            "x_max": found.box.x_max,
-            "y_max": found.box.y_max,
-        }
-        for run_id, run in zip(run_ids, runs, strict=True)
-        for found in run.boxes
-    ]
-    if rows:
-        session.execute(insert(Prediction), rows)
-    return run_ids
+        session.add_all(boxes)
+        rows.append((row, boxes))
+    # One flush: SQLAlchemy batches the inserts and reads the new ids back.
+    session.flush()
+    return [RecordedRun(row.id, tuple(box.id for box in boxes)) for row, boxes in rows]
 
 
 def predicted_image_ids(
@@ -433,6 +441,7 @@ class StoredPrediction:
     model_version_id: int
     score_threshold: float
     iou_threshold: float
+    prediction_id: int
     class_name: str
     score: float
     box: Box
@@ -441,6 +450,7 @@ class StoredPrediction:
         box = self.box
         return {
             "run_id": self.run_id,
+            "prediction_id": self.prediction_id,
             "model": self.model,
             "version": self.version,
             "model_version_id": self.model_version_id,
@@ -472,6 +482,7 @@ def predictions_for_image(
             ModelVersion.id,
             InferenceRun.score_threshold,
             InferenceRun.iou_threshold,
+            Prediction.id,
             Prediction.class_name,
             Prediction.score,
             Prediction.x_min,
@@ -486,10 +497,8 @@ def predictions_for_image(
         .order_by(Model.name, ModelVersion.version, Prediction.score.desc(), Prediction.id)
     )
     return [
-        StoredPrediction(
-            run, name, number, version_id, score_t, iou_t, cls, score, Box(x0, y0, x1, y1)
-        )
-        for run, name, number, version_id, score_t, iou_t, cls, score, x0, y0, x1, y1 in rows
+        StoredPrediction(run, name, number, version_id, score_t, iou_t, box, cls, score, Box(*xy))
+        for run, name, number, version_id, score_t, iou_t, box, cls, score, *xy in rows
     ]
 
 

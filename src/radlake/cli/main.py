@@ -11,14 +11,17 @@ import typer
 from radlake.cli import (
     browse,
     dataset_cmd,
+    feedback_cmd,
     ingest_cmd,
     labels_cmd,
     model_cmd,
     predict_cmd,
     quickstart,
     render_cmd,
+    retrain_cmd,
     select_cmd,
     serve_cmd,
+    simulate_cmd,
     sources_cmd,
     verify_cmd,
 )
@@ -49,6 +52,9 @@ app.add_typer(model_cmd.app, name="model")
 app.command("predict")(predict_cmd.predict)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(serve_cmd.token_app, name="token")
+app.add_typer(feedback_cmd.app, name="feedback")
+app.add_typer(retrain_cmd.app, name="retrain-set")
+app.command("simulate")(simulate_cmd.simulate)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

@@ -47,6 +47,8 @@ class InferenceResult:
     height: int
     score_threshold: float
     iou_threshold: float
+    # The recorded boxes' ids, in the order of detections (empty when not recorded).
+    prediction_ids: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +61,14 @@ class InferenceResult:
             "height": self.height,
             "score_threshold": self.score_threshold,
             "iou_threshold": self.iou_threshold,
-            "detections": [detection.as_dict() for detection in self.detections],
+            "detections": [
+                detection.as_dict() | {"prediction_id": prediction_id}
+                for detection, prediction_id in zip(
+                    self.detections,
+                    self.prediction_ids or (None,) * len(self.detections),
+                    strict=True,
+                )
+            ],
         }
 
 
@@ -166,8 +175,11 @@ def predict_images(
         return results
     runs = [run_record(result, caller) for result in results]
     with transaction(lake.engine) as session:
-        run_ids = record_runs(session, runs=runs)
-    return [replace(result, run_id=run_id) for result, run_id in zip(results, run_ids, strict=True)]
+        recorded = record_runs(session, runs=runs)
+    return [
+        replace(result, run_id=ids.run_id, prediction_ids=ids.prediction_ids)
+        for result, ids in zip(results, recorded, strict=True)
+    ]
 
 
 def run_record(result: InferenceResult, caller: str) -> RunRecord:

@@ -155,12 +155,13 @@ def _answer(result: InferenceResult, uploaded: dict[str, Any] | None) -> dict[st
     body["uploaded"] = uploaded
     body["detections"] = [
         {
+            "prediction_id": prediction_id,
             "class_id": found.class_id,
             "class_name": found.class_name,
             "score": found.score,
             "box": box_fields(found.box),
         }
-        for found in result.detections
+        for found, prediction_id in zip(result.detections, result.prediction_ids, strict=True)
     ]
     return body
 

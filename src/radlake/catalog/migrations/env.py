@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-import radlake.catalog.inference_models  # noqa: F401  (its tables join Base.metadata)
+import radlake.catalog.feedback_models  # noqa: F401  (its and inference_models' tables join Base.metadata)
 from radlake.catalog.models import Base
 
 config = context.config
