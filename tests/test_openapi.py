@@ -35,11 +35,18 @@ ANSWERS = {
     ("get", "/health"): "Health",
     ("post", "/predict"): "PredictionResult",
     ("get", "/images/{image_id}/predictions"): "ImagePredictions",
+    ("post", "/predictions/{prediction_id}/feedback"): "FeedbackItem",
+    ("post", "/images/{image_id}/feedback"): "FeedbackItem",
+    ("get", "/images/{image_id}/feedback"): "ImageFeedback",
+    ("get", "/review/queue"): "ReviewQueue",
 }
 # Routes that take an upload (a 413 beyond the server's limit).
 UPLOADS = {("post", "/images"), ("post", "/predict")}
-# Routes for curators or admins only (a viewer's token gets 403).
+# Routes for reviewers, curators or admins only (a viewer's token gets 403).
 PRIVILEGED = {
+    ("post", "/predictions/{prediction_id}/feedback"),
+    ("post", "/images/{image_id}/feedback"),
+    ("get", "/review/queue"),
     ("post", "/images"),
     ("get", "/images/{image_id}/original"),
     ("post", "/cohorts"),
@@ -132,7 +139,14 @@ def test_every_json_answer_has_a_model(document: dict[str, Any]) -> None:
 
 
 def _filled(path: str) -> str:
-    values = {"image_id": "1", "uid": "1.2.3", "name": "x", "version": "1", "split": "s"}
+    values = {
+        "image_id": "1",
+        "uid": "1.2.3",
+        "name": "x",
+        "version": "1",
+        "split": "s",
+        "prediction_id": "1",
+    }
     return re.sub(r"\{(\w+)\}", lambda match: values[match.group(1)], path)
 
 
