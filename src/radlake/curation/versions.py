@@ -49,6 +49,10 @@ from radlake.domain import NEW_NAME, Box, Finding, LabelOrigin
 from radlake.errors import CatalogError, RadlakeError
 
 LABEL_SETS = ("readers", "consensus")
+# A retraining set's version (pipelines/retrain_set.py): reviewed images carry the
+# labels their feedback made (origin feedback, the set's job), the others their
+# readers' ground truth. Never asked for directly: only a retrain set makes one.
+FEEDBACK_LABEL_SET = "feedback"
 
 
 class DatasetError(RadlakeError, ValueError):
@@ -115,6 +119,8 @@ def version_findings(
     Raises:
         AgreementError: a consensus over labels that carry no reader.
     """
+    if version.label_set == FEEDBACK_LABEL_SET:
+        return _retrain_findings(session, version, image_ids)
     if readers is None:
         readers = ground_truth(session, image_ids)
     if version.label_set == "readers":
@@ -129,6 +135,23 @@ def version_findings(
     for finding in fused:
         grouped[finding.image_id].append(finding)
     return grouped
+
+
+def _retrain_findings(
+    session: Session, version: DatasetVersion, image_ids: Sequence[int]
+) -> Mapping[int, list[Finding]]:
+    """A retrain set's labels: feedback-made labels on its reviewed images (none at all
+    when every box was rejected: the reviewer said there is nothing), ground truth on
+    the rest."""
+    # Imported here: catalog.retrain_sets reads curation values (one direction only).
+    from radlake.catalog.retrain_sets import retrain_labels
+
+    reviewed, labels = retrain_labels(session, version_id=version.id, image_ids=image_ids)
+    found: dict[int, list[Finding]] = defaultdict(list)
+    found.update(ground_truth(session, [i for i in image_ids if i not in reviewed]))
+    for image_id, findings in labels.items():
+        found[image_id] = list(findings)
+    return found
 
 
 def _classes(session: Session, findings: Mapping[int, Sequence[Finding]]) -> list[str]:

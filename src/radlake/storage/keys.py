@@ -71,3 +71,15 @@ def model_key(name: str, version: int) -> str:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"expected a positive model version, got {version!r:.20}")
     return f"models/{name}/{version}/model.onnx"
+
+
+def retrain_prefix(name: str, format_name: str) -> str:
+    """retrain/<name>/<format>/: a retraining set's export (name: its UTC timestamp).
+
+    Raises:
+        ValueError: a part is not a plain lowercase name.
+    """
+    for part in (name, format_name):
+        if not _NAME.match(part):
+            raise ValueError(f"expected a plain name for a retrain key part, got {part[:80]!r}")
+    return f"retrain/{name}/{format_name}/"
