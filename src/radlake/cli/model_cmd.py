@@ -1,4 +1,5 @@
-"""`radlake model register|list|show|promote|rollback|evaluate`: the model registry."""
+"""`radlake model register|list|show|promote|rollback|evaluate|compare|lineage`: the model
+registry."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from radlake.catalog.model_registry import (
     resolve_version,
     rollback,
 )
+from radlake.catalog.retrain_sets import lineage as version_lineage
 from radlake.cli import train_cmd
 from radlake.cli.ingest_cmd import JsonOption, progress_reporter
 from radlake.cli.output import console, print_json
 from radlake.curation.versions import get_version
+from radlake.inference.comparison import Comparison, compare_versions, stored_comparison
 from radlake.inference.errors import InferenceError
 from radlake.inference.evaluation import (
     EVAL_IOU,
@@ -255,10 +258,25 @@ def promote_version(
 ) -> None:
     """Point an alias (default production) at a version."""
     lake = open_lake(load_settings())
+    comparison: Comparison | None = None
     with transaction(lake.engine) as session:
         before = promote(session, name=name, version=version, alias=alias)
+        if before is not None and before != version:
+            old = resolve_version(session, ref=f"{name}:{before}").metrics
+            new = resolve_version(session, ref=f"{name}:{version}").metrics
+            comparison = stored_comparison(old, new)
     was = "" if before is None else f" (was {before})"
     console.print(f"{name}@{alias} -> version {version}{was}", highlight=False)
+    if before is None or before == version:
+        return
+    if comparison is None:
+        console.print(
+            f"no evaluation of both {before} and {version} on the same split: "
+            f"radlake model compare {name}:{before} {name}:{version} --dataset D",
+            highlight=False,
+        )
+    else:
+        console.print(f"delta: {comparison.line()}", highlight=False)
 
 
 @app.command("rollback")
@@ -304,3 +322,82 @@ def evaluate(
     print_evaluation(result.as_dict())
     if result.unreadable:
         console.print(f"{result.unreadable} images could not be read (counted as missed)")
+
+
+def print_comparison(comparison: Comparison) -> None:
+    """Two versions on one split, the delta and the mean-box baseline."""
+    figures = comparison.as_dict()
+    table = Table(
+        "",
+        figures["before"],
+        figures["after"],
+        "delta",
+        "mean-box baseline",
+        title=f"{comparison.key} ({figures['images']} images)",
+    )
+    for name, label in (("map50_95", "mAP50-95"), ("map50", "mAP50")):
+        delta = figures["delta"][name]
+        table.add_row(
+            label,
+            _figure(figures["before_scores"][name]),
+            _figure(figures["after_scores"][name]),
+            "n/a" if delta is None else f"{delta:+.3f}",
+            _figure(figures["mean_box_baseline"][name]),
+        )
+    console.print(table)
+
+
+@app.command("compare")
+def compare(
+    before: Annotated[str, typer.Argument(help="The version to compare against: NAME:VERSION.")],
+    after: Annotated[str, typer.Argument(help="The new version: NAME:VERSION.")],
+    dataset: Annotated[str, typer.Option(help="Dataset whose held-out split both are scored on.")],
+    version: Annotated[int | None, typer.Option(help="Dataset version (default: newest).")] = None,
+    split: Annotated[str, typer.Option(help="The held-out split.")] = "test",
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate two versions on the same split and print each figure's delta (both
+    reports are kept, so `promote` shows the delta too)."""
+    lake = open_lake(load_settings())
+    with progress_reporter("evaluating", not as_json) as report:
+        result = compare_versions(
+            lake,
+            before=before,
+            after=after,
+            dataset=dataset,
+            dataset_version=version,
+            split=split,
+            progress=report,
+        )
+    if as_json:
+        print_json(result.as_dict())
+        return
+    print_comparison(result)
+
+
+@app.command("lineage")
+def lineage(
+    model: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME:VERSION.")],
+    as_json: JsonOption = False,
+) -> None:
+    """What shaped a version: its training dataset version, the retrain set and the
+    feedback that made it, the version whose predictions that feedback reviewed, and
+    on back to a version trained on ground truth alone."""
+    lake = open_lake(load_settings())
+    with session_factory(lake.engine)() as session:
+        steps = version_lineage(session, version=resolve_version(session, ref=model))
+    if as_json:
+        print_json([step.as_dict() for step in steps])
+        return
+    for step in steps:
+        line = f"{step.model}:{step.version} trained on {step.trained_on or 'no recorded dataset'}"
+        made = step.retrain_set
+        if made is None:
+            console.print(f"{line} (ground truth only)", highlight=False)
+            continue
+        verdicts = ", ".join(f"{n} {v}" for v, n in sorted(step.feedback.items()))
+        console.print(
+            f"{line}, made by retrain set {made.name} from {made.feedback_rows} feedback rows "
+            f"({verdicts}) on the predictions of {step.reviewed}",
+            highlight=False,
+        )

@@ -77,6 +77,7 @@ def train(
                 "version": outcome.model_version,
                 "metrics": outcome.metrics,
                 "evaluation": outcome.evaluation,
+                "comparison": None if outcome.comparison is None else outcome.comparison.as_dict(),
                 "notes": outcome.notes,
             }
         )
@@ -106,5 +107,12 @@ def train(
                 "train longer (--epochs) or on more data before promoting it",
                 highlight=False,
             )
+    if outcome.comparison is not None:
+        before = outcome.comparison.as_dict()["before"]
+        console.print(
+            f"against {before}, whose reviewed predictions made this training set: "
+            f"{outcome.comparison.line()}",
+            highlight=False,
+        )
     for note in outcome.notes:
         console.print(f"note: {note}", highlight=False)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.model_registry import check_model_name
@@ -24,6 +24,10 @@ from radlake.lake import Lake
 from radlake.pipelines.stored_images import StoredImages
 from radlake.training import TrainingError, require_torch
 from radlake.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from radlake.inference.comparison import Comparison
+    from radlake.inference.evaluation import EvaluationReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,8 @@ class TrainOutcome:
     model_version: int | None = None
     evaluation: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # Trained on a retrain set: the reviewed version on the same test split, and the delta.
+    comparison: Comparison | None = None
 
 
 Log = Callable[[str], None]
@@ -183,12 +189,44 @@ def train_version(
                     baseline_split=request.train_split,
                 )
                 outcome.evaluation = report.as_dict()
+                outcome.comparison = _against_reviewed(lake, version_id, report)
             else:
                 notes.append(f"no test images ({request.test_split!r}): not evaluated")
         if request.out is not None:
-            document = {"metrics": metrics, "evaluation": outcome.evaluation, "notes": notes}
+            document = {
+                "metrics": metrics,
+                "evaluation": outcome.evaluation,
+                "comparison": None if outcome.comparison is None else outcome.comparison.as_dict(),
+                "notes": notes,
+            }
             (folder / "metrics.json").write_text(json.dumps(document, indent=2, default=str))
         return outcome
+
+
+def _against_reviewed(
+    lake: Lake, dataset_version_id: int, report: EvaluationReport
+) -> Comparison | None:
+    """When a retrain set made the training version: the version whose predictions
+    its feedback reviewed, evaluated on the same split, beside the new one."""
+    from radlake.catalog.inference_models import Model, ModelVersion
+    from radlake.catalog.retrain_sets import retrain_set_of_version
+    from radlake.inference.comparison import Comparison
+    from radlake.inference.evaluation import evaluate_version
+
+    with session_factory(lake.engine)() as session:
+        made = retrain_set_of_version(session, version_id=dataset_version_id)
+        if made is None:
+            return None
+        reviewed = session.get_one(ModelVersion, made.model_version_id)
+        name = session.get_one(Model, reviewed.model_id).name
+    before = evaluate_version(
+        lake,
+        model_ref=f"{name}:{reviewed.version}",
+        dataset=report.dataset,
+        dataset_version=report.dataset_version,
+        split=report.split,
+    )
+    return Comparison(report.key, before.as_dict(), report.as_dict())
 
 
 @contextmanager

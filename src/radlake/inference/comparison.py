@@ -1,0 +1,102 @@
+"""Two model versions on the same held-out split, and the difference (issue 11,
+"Retrain and compare").
+
+A delta means something only on the same images with the same labels: both versions
+are evaluated on one dataset version's split (evaluate_version keeps each report in
+its version's metrics under "<dataset>@<version>/<split>"), and a stored comparison
+takes only a key both versions were evaluated on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from radlake.inference.evaluation import evaluate_version
+from radlake.lake import Lake
+
+FIGURES = ("map50_95", "map50")
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Reports (EvaluationReport.as_dict()) of two versions on one split."""
+
+    key: str  # <dataset>@<version>/<split>
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+
+    def delta(self) -> dict[str, float | None]:
+        """after - before of each figure (None where either is missing)."""
+        found: dict[str, float | None] = {}
+        for name in FIGURES:
+            a = self.before["model_scores"].get(name)
+            b = self.after["model_scores"].get(name)
+            found[name] = None if a is None or b is None else b - a
+        return found
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.key,
+            "before": f"{self.before['model']}:{self.before['version']}",
+            "after": f"{self.after['model']}:{self.after['version']}",
+            "images": self.after["images"],
+            "before_scores": {n: self.before["model_scores"].get(n) for n in FIGURES},
+            "after_scores": {n: self.after["model_scores"].get(n) for n in FIGURES},
+            "delta": self.delta(),
+            "mean_box_baseline": {n: self.after["mean_box_baseline"].get(n) for n in FIGURES},
+        }
+
+    def line(self) -> str:
+        """'mAP50-95 0.512 -> 0.561 (+0.049), mAP50 ... on lungs@2/test (15 images)'."""
+        parts = []
+        for name, label in zip(FIGURES, ("mAP50-95", "mAP50"), strict=True):
+            a = self.before["model_scores"].get(name)
+            b = self.after["model_scores"].get(name)
+            if a is None or b is None:
+                parts.append(f"{label} n/a")
+            else:
+                parts.append(f"{label} {a:.3f} -> {b:.3f} ({b - a:+.3f})")
+        return f"{', '.join(parts)} on {self.key} ({self.after['images']} images)"
+
+
+def compare_versions(
+    lake: Lake,
+    *,
+    before: str,
+    after: str,
+    dataset: str,
+    dataset_version: int | None = None,
+    split: str = "test",
+    progress: Callable[[int, int], None] | None = None,
+) -> Comparison:
+    """Evaluate both versions on the same split of one dataset version.
+
+    Raises:
+        as evaluate_version().
+    """
+    reports = [
+        evaluate_version(
+            lake,
+            model_ref=ref,
+            dataset=dataset,
+            dataset_version=dataset_version,
+            split=split,
+            progress=progress,
+        )
+        for ref in (before, after)
+    ]
+    return Comparison(reports[1].key, reports[0].as_dict(), reports[1].as_dict())
+
+
+def stored_comparison(before: Mapping[str, Any], after: Mapping[str, Any]) -> Comparison | None:
+    """The newest split both versions' metrics hold an evaluation of, compared; None
+    when they share none."""
+    ours = after.get("evaluations", {})
+    theirs = before.get("evaluations", {})
+    shared = [key for key in ours if key in theirs]
+    if not shared:
+        return None
+    key = max(shared, key=lambda k: str(ours[k].get("evaluated_at", "")))
+    return Comparison(key, theirs[key], ours[key])
