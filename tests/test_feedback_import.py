@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,19 @@ def test_original_files_become_runs_predictions_and_feedback(
     assert run(catalog, folder).already_files == 4 and counts(catalog) == (4, 5, 5)
 
 
+def test_two_imports_at_once_store_each_file_once(catalog: Engine, tmp_path: Path) -> None:
+    lake_images(catalog, tmp_path)
+    folder = tmp_path / "feedback"
+    for stem in ("a", "b", "c", DICOM_ID):
+        box = {"class_id": 1, "confidence": 0.9, "bbox": [1, 2, 30, 40], "timestamp": 0}
+        write(folder, f"{stem}.json", [box, box | {"class_id": 0}])
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: run(catalog, folder), range(2)))
+    assert sum(s.imported_files for s in both) == 4  # each file by one of them
+    assert all(s.imported_files + s.already_files == 4 for s in both)
+    assert counts(catalog) == (4, 8, 8)  # no run left without its feedback
+
+
 def make_hostile(folder: Path) -> dict[str, str]:
     """Every kind of bad entry, with the reason each must get."""
     good = {"class_id": 0, "confidence": 0.95, "bbox": [1, 2, 30, 40], "timestamp": 1614834367}
@@ -202,6 +216,7 @@ def make_hostile(folder: Path) -> dict[str, str]:
         write(folder, name, document)
     reasons = {name: reason for name, (reason, _) in bad.items()}
     (folder / "text.json").write_text("class_id: 0")
+    (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError
     (folder / "latin1.json").write_bytes('{"x": "é"}'.encode("latin-1"))
     (folder / "notes.txt").write_text("not feedback")
     (folder / "dir.json").mkdir()
@@ -212,6 +227,7 @@ def make_hostile(folder: Path) -> dict[str, str]:
     write(folder, "a.json", good)  # the one good file among them
     return reasons | {
         "text.json": "not_json",
+        "deep.json": "not_json",
         "latin1.json": "not_json",
         "notes.txt": "not_feedback",
         "dir.json": "not_a_file",
