@@ -251,6 +251,7 @@ def test_hostile_files_are_rejected_with_reasons(catalog: Engine, tmp_path: Path
     assert "--source" in messages["dup.json"] and "2 catalogued images" in messages["dup.json"]
     assert "256 x 192" in messages["c.json"] and "50 MB" not in messages["big.json"]
     assert "milliseconds" in messages["millis.json"]
+    assert messages["class.json"].endswith("not one of the model's: 0 Left Lung, 1 Right Lung")
     assert "missing timestamp" in messages["missing.json"]
     for message in messages.values():
         assert "\n" not in message

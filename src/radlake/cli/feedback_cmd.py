@@ -105,7 +105,17 @@ def list_(
         print_json({"feedback": [record.as_dict() for record in records]})
         return
     table = Table(
-        "id", "image", "model", "verdict", "class", "box", "conf", "reviewer", "", "channel", "time"
+        "id",
+        "image",
+        "model",
+        "verdict",
+        "class",
+        "box",
+        "conf",
+        "reviewer",
+        "simulated",
+        "channel",
+        "time",
     )
     for record in records:
         table.add_row(

@@ -81,20 +81,20 @@ def _rejected(name: str, raw: str, reason: str, message: str, sha256: str = "") 
 
 
 def read_feedback_folder(
-    root: Path, *, class_count: int, max_bytes: int = MAX_FILE_BYTES
+    root: Path, *, class_names: Sequence[str], max_bytes: int = MAX_FILE_BYTES
 ) -> Iterator[FeedbackFile]:
     """Every entry of root (not its subfolders' entries), in name order, read and
-    checked; class ids must lie in [0, class_count).
+    checked; a class id indexes class_names (the model's).
 
     Raises:
         OSError: root cannot be listed (the caller says so in one line).
     """
     for raw in sorted(os.listdir(root)):
-        yield read_feedback_file(root / raw, class_count=class_count, max_bytes=max_bytes)
+        yield read_feedback_file(root / raw, class_names=class_names, max_bytes=max_bytes)
 
 
 def read_feedback_file(
-    path: Path, *, class_count: int, max_bytes: int = MAX_FILE_BYTES
+    path: Path, *, class_names: Sequence[str], max_bytes: int = MAX_FILE_BYTES
 ) -> FeedbackFile:
     """One file read and checked (never raises for what the file holds)."""
     raw = path.name
@@ -130,12 +130,12 @@ def read_feedback_file(
     if len(data) > max_bytes:
         return _rejected(name, raw, "too_large", f"more than {max_bytes} bytes")
     sha256 = hashlib.sha256(data).hexdigest()
-    boxes, rejection = parse_feedback(data, class_count=class_count)
+    boxes, rejection = parse_feedback(data, class_names=class_names)
     return FeedbackFile(name, raw, Path(raw).stem, sha256, boxes, rejection)
 
 
 def parse_feedback(
-    data: bytes, *, class_count: int
+    data: bytes, *, class_names: Sequence[str]
 ) -> tuple[tuple[FeedbackBox, ...], Rejection | None]:
     """A file's boxes, or no boxes and why: one bad box rejects the whole file (it is
     one review, imported whole or not at all)."""
@@ -155,7 +155,7 @@ def parse_feedback(
             kind = type(item).__name__
             return (), Rejection("not_json", f"{where}expected a JSON object, got {kind}")
         try:
-            boxes.append(_box(item, class_count))
+            boxes.append(_box(item, class_names))
         except _Bad as bad:
             return (), Rejection(bad.reason, where + bad.message)
     return tuple(boxes), None
@@ -180,15 +180,16 @@ def _number(value: Any, field: str) -> float:
     return number
 
 
-def _box(item: Mapping[str, Any], class_count: int) -> FeedbackBox:
+def _box(item: Mapping[str, Any], class_names: Sequence[str]) -> FeedbackBox:
     missing = [field for field in FIELDS if field not in item]
     if missing:
         raise _Bad("missing_field", f"missing {', '.join(missing)} (expected {', '.join(FIELDS)})")
     class_id = _number(item["class_id"], "class_id")
-    if not class_id.is_integer() or not 0 <= class_id < class_count:
+    if not class_id.is_integer() or not 0 <= class_id < len(class_names):
+        known = ", ".join(f"{n} {name}" for n, name in enumerate(class_names[:20]))
         raise _Bad(
             "bad_class_id",
-            f"class_id {item['class_id']} is not one of the model's 0..{class_count - 1}",
+            f"class_id {str(item['class_id'])[:20]} is not one of the model's: {known}",
         )
     confidence = _number(item["confidence"], "confidence")
     if not 0.0 <= confidence <= 1.0:

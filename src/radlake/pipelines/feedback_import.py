@@ -223,7 +223,7 @@ def import_feedback(
     with session_factory(engine)() as session:
         model, matcher = _prepare(session, request)
     try:
-        files = list(read_feedback_folder(request.folder, class_count=len(model.class_names)))
+        files = list(read_feedback_folder(request.folder, class_names=model.class_names))
     except OSError as exc:
         raise FeedbackImportError(f"{request.folder}: cannot list it ({exc.strerror})") from None
     summary = FeedbackImportSummary(str(request.folder), model.name, model.version)
