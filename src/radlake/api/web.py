@@ -141,6 +141,7 @@ def _page(
     context |= {
         "caller": caller,
         "is_curator": caller is not None and caller.role >= Role.CURATOR,
+        "is_reviewer": caller is not None and caller.role >= Role.REVIEWER,
         # Pages of a signed-in session only: the token that its writes send back.
         "csrf_token": csrf_token_for(cookie) if caller is not None and cookie else None,
         "csrf_field": CSRF_FIELD,
@@ -367,6 +368,18 @@ def image_page(
     render_url = f"/images/{image_id}/render"
     if chosen:
         render_url += "?" + urlencode({"window": chosen})
+    # Each model version's latest run, in palette colours from the other end.
+    runs = [
+        run | {"colour": PALETTE[-1 - i % len(PALETTE)]}
+        for i, run in enumerate(
+            # Boxes come from the pixels: none where the caller may not see them.
+            []
+            if pixels_withheld(caller.role, image.attributes)
+            else prediction_runs(session, image_id=image_id, role=caller.role)
+        )
+    ]
+    from radlake.api.web_review import review_context  # it imports this module's helpers
+
     return _page(
         request,
         "image.html",
@@ -381,16 +394,8 @@ def image_page(
         presets=WINDOW_PRESETS if detail["format"] == "dicom" else (),
         window=chosen,
         render_url=render_url,
-        # Each model version's latest run, in palette colours from the other end.
-        predictions=[
-            run | {"colour": PALETTE[-1 - i % len(PALETTE)]}
-            for i, run in enumerate(
-                # Boxes come from the pixels: none where the caller may not see them.
-                []
-                if pixels_withheld(caller.role, image.attributes)
-                else prediction_runs(session, image_id=image_id, role=caller.role)
-            )
-        ],
+        predictions=runs,
+        review=review_context(session, caller=caller, image_id=image_id, runs=runs),
     )
 
 
