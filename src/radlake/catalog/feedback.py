@@ -292,13 +292,23 @@ def feedback_records(
     feedback_ids: Sequence[int] | None = None,
     since: datetime | None = None,
     limit: int | None = None,
+    newest_first: bool = False,
 ) -> list[FeedbackRecord]:
-    """Feedback rows, oldest first, of an image, a model version or given ids."""
+    """Feedback rows of an image, a model version or given ids, oldest first (newest
+    first when asked: a limit then keeps the latest)."""
+    order = (
+        (Feedback.created_at.desc(), Feedback.id.desc())
+        if newest_first
+        else (
+            Feedback.created_at,
+            Feedback.id,
+        )
+    )
     statement = (
         select(Feedback, Model.name, ModelVersion.version)
         .join(ModelVersion, Feedback.model_version_id == ModelVersion.id)
         .join(Model, ModelVersion.model_id == Model.id)
-        .order_by(Feedback.created_at, Feedback.id)
+        .order_by(*order)
     )
     if image_id is not None:
         statement = statement.where(Feedback.image_id == image_id)

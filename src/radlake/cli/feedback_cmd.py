@@ -3,7 +3,6 @@ and read reviewers' feedback back (issue 11)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from radlake.catalog.db import session_factory
-from radlake.catalog.feedback import FeedbackError, FeedbackRecord, feedback_records
+from radlake.catalog.feedback import FeedbackRecord, feedback_records
 from radlake.catalog.model_registry import resolve_version
 from radlake.cli.ingest_cmd import JsonOption, progress_reporter
 from radlake.cli.output import console, print_json
+from radlake.cli.times import parse_time
 from radlake.lake import load_settings, open_lake
 from radlake.pipelines.feedback_import import (
     DEFAULT_REVIEWER,
@@ -60,18 +60,6 @@ def import_(
         )
 
 
-def _since(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise FeedbackError(
-            f"--since: expected an ISO 8601 time (2021-03-04T05:06:07), got {text[:40]!r}"
-        ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
-
-
 def _box(record: FeedbackRecord) -> str:
     box = record.box
     return (
@@ -93,13 +81,18 @@ def list_(
     limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many rows.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """Feedback rows, oldest first: verdict, class, box, confidence, who and how."""
-    after = _since(since)
+    """Feedback rows, newest first: verdict, class, box, confidence, who and how."""
+    after = None if since is None else parse_time(since)
     lake = open_lake(load_settings())
     with session_factory(lake.engine)() as session:
         version_id = None if model is None else resolve_version(session, ref=model).id
         records = feedback_records(
-            session, image_id=image, model_version_id=version_id, since=after, limit=limit
+            session,
+            image_id=image,
+            model_version_id=version_id,
+            since=after,
+            limit=limit,
+            newest_first=True,
         )
     if as_json:
         print_json({"feedback": [record.as_dict() for record in records]})
