@@ -164,8 +164,6 @@ def run_load(
     for stage, workers in enumerate(plan.pattern, start=1):
         if tickets.spent:
             break
-        if on_stage is not None:
-            on_stage(stage, workers)
         started = time.monotonic()
         deadline = started + plan.stage_seconds
         threads = [
@@ -177,9 +175,11 @@ def run_load(
             )
             for worker in range(1, workers + 1)
         ]
-        for thread in threads:
-            thread.start()
         try:
+            if on_stage is not None:
+                on_stage(stage, workers)
+            for thread in threads:
+                thread.start()
             _join(threads)
         except KeyboardInterrupt:
             stop.set()
