@@ -72,7 +72,7 @@ _FILED: dict[int | str, dict[str, Any]] = {
 _FILING: dict[str, Any] = {
     "status_code": 201,
     "response_model": FeedbackItem,
-    "responses": _FILED | schemas.errors(403, 404),
+    "responses": _FILED | schemas.errors(400, 403, 404),
 }
 
 
