@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from radlake.catalog.feedback_models import Feedback
 from radlake.catalog.inference_models import InferenceRun, Model, ModelVersion, Prediction
 from radlake.catalog.models import Image, utcnow
-from radlake.catalog.upsert import insert_missing
 from radlake.curation.agreement import iou
 from radlake.domain import Box
 from radlake.errors import RadlakeError
@@ -124,16 +124,23 @@ def _check_label(
 
 def save_feedback(session: Session, row: dict[str, Any]) -> tuple[int, bool]:
     """Insert the row unless its fingerprint is there; else update it to these values.
-    True when it was new."""
-    fingerprint = row["fingerprint"]
-    before = session.scalar(select(Feedback.id).where(Feedback.fingerprint == fingerprint))
-    insert_missing(session, Feedback, [row], key="fingerprint")
-    found = session.scalars(select(Feedback).where(Feedback.fingerprint == fingerprint)).one()
-    if before is not None:
-        for key, value in row.items():
-            setattr(found, key, value)
-        session.flush()
-    return found.id, before is None
+    True when this call inserted it: of two identical requests at once, exactly one
+    (the insert runs in a savepoint, so a clash undoes only itself)."""
+    statement = select(Feedback).where(Feedback.fingerprint == row["fingerprint"])
+    found = session.scalars(statement).first()
+    if found is None:
+        try:
+            with session.begin_nested():
+                session.execute(insert(Feedback).values(**row))
+            return session.scalars(statement).one().id, True
+        except IntegrityError:  # the same row was filed meanwhile: update it below
+            # A locking read: MariaDB's repeatable read would show the snapshot of the
+            # first read, from before the other request's row.
+            found = session.scalars(statement.with_for_update()).one()
+    for key, value in row.items():
+        setattr(found, key, value)
+    session.flush()
+    return found.id, False
 
 
 def review_prediction(
