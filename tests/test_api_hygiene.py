@@ -242,6 +242,35 @@ def test_a_dead_catalog_is_a_503_fault_and_the_log_holds_no_sql(
     engine.dispose()
 
 
+def test_a_catalog_file_that_is_not_a_database_is_a_503_fault(tmp_path: Path) -> None:
+    # A SQLite catalog overwritten with noise: SQLite raises a bare DatabaseError ("file
+    # is not a database"), which answered 500 "internal error" on every route.
+    from fastapi.testclient import TestClient
+
+    from radlake.api.app import create_app
+    from radlake.catalog.db import make_engine
+    from radlake.imaging.deid import Pseudonymizer
+    from radlake.lake import Lake
+    from radlake.storage.store import open_store
+    from tests.conftest import SECRET
+
+    catalog = tmp_path / "catalog.sqlite"
+    catalog.write_bytes(bytes(range(256)) * 400)
+    engine = make_engine(f"sqlite:///{catalog}")
+    lake = Lake(engine, open_store((tmp_path / "store").as_uri()), Pseudonymizer(SECRET))
+    bearer = {"Authorization": "Bearer rl_" + "x" * 43}
+    with TestClient(create_app(lake)) as client:
+        answers = [
+            client.get("/images", headers=bearer),
+            client.post("/predictions/1/feedback", json={"verdict": "accept"}, headers=bearer),
+            client.get("/review/queue", params={"model": "m"}, headers=bearer),
+        ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["detail"].startswith("fault: the catalog")
+    engine.dispose()
+
+
 def test_a_catalog_server_that_never_answers_is_a_503_in_bounded_time(
     tmp_path: Path,
     fault_proxy: Any,

@@ -61,6 +61,13 @@ CATALOG_FAULTS = (
     sa_exc.TimeoutError,
 )
 CATALOG_FAULT = "fault: the catalog database cannot be reached now; try again shortly"
+
+
+def is_catalog_fault(exc: BaseException) -> bool:
+    """A fault of the database, not of the request: down, unreachable, out of
+    connections, or (SQLite) a file that is not, or no longer, a database, which the
+    driver raises as a bare DatabaseError (constraint and data errors are subclasses)."""
+    return isinstance(exc, CATALOG_FAULTS) or type(exc) is sa_exc.DatabaseError
 ECHO_LIMIT = 80  # characters of a client's own input quoted back in an error
 
 
@@ -124,7 +131,7 @@ class Unexpected:
             if started:
                 LOG.error("response cut short (%s) on %s %s", *where)
                 return
-            if isinstance(cause, CATALOG_FAULTS):
+            if is_catalog_fault(cause):
                 LOG.error("catalog fault (%s) on %s %s", *where)
                 answer = JSONResponse(
                     {"detail": CATALOG_FAULT}, status_code=503, headers={"Retry-After": "5"}
