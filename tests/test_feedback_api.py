@@ -216,11 +216,11 @@ def test_what_is_refused_and_why(site: Site) -> None:  # noqa: F811
             422,
             "has not run on image",
         ),
-        (add(site, "a", class_name="Left Lung", box=corners(LEFT)), 422, "not both"),
+        (add(site, "a", class_name="Left Lung", box=corners(LEFT)), 422, "one of the two"),
         (
             add(site, "a", class_name="Left Lung", box=corners(LEFT), model="lungs", run_id=1),
             422,
-            "not both",
+            "one of the two",
         ),
         (
             add(site, "a", class_name="Left Lung", box=corners(LEFT), model="nosuch"),
@@ -240,7 +240,7 @@ def test_what_is_refused_and_why(site: Site) -> None:  # noqa: F811
     ]
     for answer, code, reason in refused:
         assert answer.status_code == code, (answer.request.content, answer.text)
-        assert reason in answer.json()["detail"], answer.text
+        assert reason in str(answer.json()["detail"]), answer.text
     no_token = site.client.post(f"/predictions/{left}/feedback", json={"verdict": "accept"})
     assert no_token.status_code == 401
     unknown_image = site.client.post(
@@ -385,6 +385,15 @@ def test_queue_orders_by_top_score_and_reviewed_images_leave_it(site: Site) -> N
     assert [(i["image_id"], i["run_id"]) for i in items][-1][0] == a
     assert b not in [i["image_id"] for i in items]
     assert [i["image_id"] for i in queue(site, model="lungs:2").json()["items"]] == [a]
+    # Nothing found and nothing there: 'none' takes c out of the queue, once.
+    assert (
+        add(site, "c", verdict="none", class_name="Left Lung", model="lungs:1").status_code == 422
+    )
+    assert add(site, "c", verdict="none", model="lungs:1").status_code == 201
+    again = add(site, "c", verdict="none", model="lungs:1")
+    assert again.status_code == 200 and again.json()["verdict"] == "none"
+    assert again.json()["box"] is None and again.json()["class_name"] is None
+    assert [i["image_id"] for i in queue(site, model="lungs:1").json()["items"]] == [a]
 
 
 def test_queue_by_disagreement_between_two_versions(site: Site) -> None:  # noqa: F811

@@ -193,16 +193,21 @@ def test_review_in_headless_chromium(site: Site, tmp_path: Path) -> None:  # noq
             "[...document.querySelectorAll('.review-mark text')].map(t => t.textContent).sort()"
         )
         assert labels == ["accepted", "added: Right Lung", "corrected: Left Lung"]
-        assert page.errors() == []
 
-    rows = stored(site)
-    assert [(r.verdict, r.class_name, r.prediction_id) for r in rows] == [
-        ("accept", "Left Lung", ids["Left Lung"]),
-        ("correct", "Left Lung", ids["Right Lung"]),
-        ("add", "Right Lung", None),
-    ]
-    for record, expected in zip(rows, (LEFT, moved, drawn), strict=True):
-        assert record.box is not None
-        found = (record.box.x_min, record.box.y_min, record.box.x_max, record.box.y_max)
-        assert found == pytest.approx(expected, abs=1.0), (record.verdict, found, expected)
-    assert {(r.reviewer, r.channel, r.simulated) for r in rows} == {("reviewer", "web", False)}
+        rows = stored(site)
+        assert [(r.verdict, r.class_name, r.prediction_id) for r in rows] == [
+            ("accept", "Left Lung", ids["Left Lung"]),
+            ("correct", "Left Lung", ids["Right Lung"]),
+            ("add", "Right Lung", None),
+        ]
+        for record, expected in zip(rows, (LEFT, moved, drawn), strict=True):
+            assert record.box is not None
+            found = (record.box.x_min, record.box.y_min, record.box.x_max, record.box.y_max)
+            assert found == pytest.approx(expected, abs=1.0), (record.verdict, found, expected)
+        assert {(r.reviewer, r.channel, r.simulated) for r in rows} == {("reviewer", "web", False)}
+
+        # Nothing more to find on this run: one more row, verdict none, no label.
+        click(page, "[data-none-run]")
+        assert saved(page) == "Saved: nothing missed."
+        assert page.errors() == []
+    assert [(r.verdict, r.class_name, r.box) for r in stored(site)][3:] == [("none", None, None)]

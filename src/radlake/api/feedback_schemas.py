@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from radlake.api.predict_schemas import MODEL_REF
 from radlake.api.schemas import Box
@@ -47,17 +47,32 @@ class ReviewIn(BaseModel):
 
 
 class AddBoxIn(BaseModel):
-    """A box the model missed, on the run the reviewer looked at: run_id, or model (its
-    latest run on the image); run_id wins when both are given."""
+    """On the run the reviewer looked at (run_id, or model: its latest run on the image;
+    one of the two): add, a box the model missed (class_name and box); or none, nothing
+    (more) to find there (neither), which is how an image where the model found nothing
+    and nothing is there leaves the review queue."""
 
     model_config = _STRICT
 
-    verdict: Literal["add"] = "add"
-    class_name: str = Field(min_length=1, max_length=100, description="One of the model's")
-    box: Corners
+    verdict: Literal["add", "none"] = "add"
+    class_name: str | None = Field(
+        default=None, min_length=1, max_length=100, description="add: one of the model's"
+    )
+    box: Corners | None = Field(default=None, description="add: the missed box")
     run_id: int | None = Field(default=None, ge=1, le=2**62, description="The run reviewed")
     model: str | None = Field(default=None, min_length=1, max_length=200, description=MODEL_REF)
     simulated: bool = Field(default=False, description=SIMULATED)
+
+    @model_validator(mode="after")
+    def _label_matches_verdict(self) -> AddBoxIn:
+        labelled = (self.class_name is not None, self.box is not None)
+        if self.verdict == "add" and labelled != (True, True):
+            raise ValueError("add needs class_name and box")
+        if self.verdict == "none" and labelled != (False, False):
+            raise ValueError("none takes no class_name or box")
+        if (self.run_id is None) == (self.model is None):
+            raise ValueError("name the run reviewed (run_id) or the model, one of the two")
+        return self
 
 
 class FeedbackItem(BaseModel):
@@ -70,11 +85,13 @@ class FeedbackItem(BaseModel):
     model: str
     version: int
     model_version_id: int
-    verdict: Literal["accept", "reject", "correct", "add"]
-    class_name: str | None = Field(description="The label it yields; None for reject")
-    box: Box | None = Field(description="In the stored image's pixels; None for reject")
+    verdict: Literal["accept", "reject", "correct", "add", "none"]
+    class_name: str | None = Field(description="The label it yields; None for reject, none")
+    box: Box | None = Field(description="In the stored image's pixels; None for reject, none")
     confidence: float | None = Field(description="The model's score of the reviewed box")
-    reviewer: str | None = Field(description="Who; curators, admins and the reviewer only")
+    reviewer: str | None = Field(
+        description="Who: for curators and admins, and in the answer to the reviewer's own write"
+    )
     simulated: bool
     channel: str = Field(description="api, web, simulator or import")
     created_at: str
@@ -94,7 +111,7 @@ class QueueEntry(BaseModel):
     top_score: float | None = Field(description="None: the model found nothing there")
     disagreement: float | None = Field(
         description="1 - mean best IoU against the compared version's boxes (order "
-        "disagreement only)"
+        "disagreement only; None where that version never ran: those come last)"
     )
 
 

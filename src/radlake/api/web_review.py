@@ -31,7 +31,13 @@ from radlake.inference.errors import InferenceError
 router = APIRouter(include_in_schema=False)
 REVIEW_ROLE = Role.REVIEWER  # the role the feedback routes ask for
 QUEUE_ORDERS: tuple[str, ...] = get_args(QueueOrder)
-VERDICT_WORDS = {"accept": "accepted", "reject": "rejected", "correct": "corrected", "add": "added"}
+VERDICT_WORDS = {
+    "accept": "accepted",
+    "reject": "rejected",
+    "correct": "corrected",
+    "add": "added",
+    "none": "nothing missed",
+}
 
 
 def review_context(
@@ -49,9 +55,9 @@ def review_context(
         item = feedback_item(record, caller.role) | {"word": VERDICT_WORDS[record.verdict]}
         feedback.append(item)
         if record.reviewer == caller.name and not record.simulated:
-            if record.prediction_id is None:
+            if record.verdict == "add":
                 added.append(item)
-            else:
+            elif record.prediction_id is not None:
                 mine[record.prediction_id] = item
     classes = {
         run["run_id"]: list(session.get_one(ModelVersion, run["model_version_id"]).class_names)

@@ -21,15 +21,16 @@ from sqlalchemy.orm import Session
 
 from radlake.catalog.feedback_models import Feedback
 from radlake.catalog.inference_models import InferenceRun, Model, ModelVersion, Prediction
-from radlake.catalog.models import Image, utcnow
+from radlake.catalog.models import AuditEvent, Image, utcnow
 from radlake.curation.agreement import iou
 from radlake.domain import Box
 from radlake.errors import RadlakeError
 
-Verdict = Literal["accept", "reject", "correct", "add"]
+Verdict = Literal["accept", "reject", "correct", "add", "none"]
 Channel = Literal["api", "web", "simulator", "import"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
 QueueOrder = Literal["top_score", "disagreement"]
+MIN_SIDE = 1.0  # pixels: a thinner box is a slip of the mouse, not a finding
 
 
 class FeedbackError(RadlakeError, ValueError):
@@ -118,6 +119,8 @@ def _check_label(
     width, height = (None, None) if size is None else size
     if not (box.x_min < box.x_max and box.y_min < box.y_max and box.x_min >= 0 <= box.y_min):
         raise FeedbackError("a box needs 0 <= x_min < x_max and 0 <= y_min < y_max")
+    if box.x_max - box.x_min < MIN_SIDE or box.y_max - box.y_min < MIN_SIDE:
+        raise FeedbackError("a box is at least 1 pixel wide and 1 pixel high")
     if width and height and (box.x_max > width or box.y_max > height):
         raise FeedbackError(f"the box leaves the {width} x {height} image")
 
@@ -137,8 +140,19 @@ def save_feedback(session: Session, row: dict[str, Any]) -> tuple[int, bool]:
             # A locking read: MariaDB's repeatable read would show the snapshot of the
             # first read, from before the other request's row.
             found = session.scalars(statement.with_for_update()).one()
+    was = (found.verdict, found.class_name, found.x_min, found.y_min, found.x_max, found.y_max)
     for key, value in row.items():
         setattr(found, key, value)
+    now = (found.verdict, found.class_name, found.x_min, found.y_min, found.x_max, found.y_max)
+    if was != now:  # a change of mind keeps one row; the audit log keeps what it was
+        session.add(
+            AuditEvent(
+                actor=found.reviewer,
+                action="feedback.change",
+                target=f"feedback:{found.id}",
+                detail={"was": list(was), "now": list(now)},
+            )
+        )
     session.flush()
     return found.id, False
 
@@ -166,8 +180,10 @@ def review_prediction(
     was = Box(predicted.x_min, predicted.y_min, predicted.x_max, predicted.y_max)
     class_name: str | None = predicted.class_name
     box: Box | None = was
-    if review.verdict == "add":
-        raise FeedbackError("an added box names the image: POST /images/{id}/feedback")
+    if review.verdict in ("add", "none"):
+        raise FeedbackError(
+            f"{review.verdict} names the image, not a box: POST /images/{{id}}/feedback"
+        )
     if review.verdict in ("accept", "reject"):
         if review.class_name is not None or review.box is not None:
             raise FeedbackError(f"{review.verdict} takes no class or box: use correct")
@@ -193,9 +209,40 @@ def review_prediction(
             box=box,
             confidence=predicted.score,
             reviewer=reviewer,
-            fingerprint=_fingerprint("prediction", predicted.id, reviewer.name),
+            fingerprint=_fingerprint("prediction", predicted.id, *_who(reviewer)),
         ),
     )
+
+
+def _reviewed_run(
+    session: Session, *, image_id: int, run_id: int | None, model_version_id: int | None
+) -> InferenceRun:
+    """The run a reviewer looked at: run_id, or model_version_id's latest on the image.
+
+    Raises:
+        FeedbackNotFound: no such image or run, or the run is of another image.
+        FeedbackError: neither given, or no run of that version on the image yet.
+    """
+    if session.get(Image, image_id) is None:
+        raise FeedbackNotFound(f"no image {image_id}")
+    if run_id is not None:
+        run = session.get(InferenceRun, run_id)
+        if run is None or run.image_id != image_id:
+            raise FeedbackNotFound(f"image {image_id} has no run {run_id}")
+        return run
+    if model_version_id is None:
+        raise FeedbackError("name the run (run_id) or the model whose predictions you review")
+    found = session.scalars(
+        select(InferenceRun)
+        .where(InferenceRun.image_id == image_id, InferenceRun.model_version_id == model_version_id)
+        .order_by(InferenceRun.id.desc())
+        .limit(1)
+    ).first()
+    if found is None:
+        raise FeedbackError(
+            f"the model has not run on image {image_id}: predict first, then review"
+        )
+    return found
 
 
 def add_box(
@@ -212,32 +259,12 @@ def add_box(
     run of model_version_id there; (feedback id, created).
 
     Raises:
-        FeedbackNotFound: no such image or run, or the run is of another image.
-        FeedbackError: neither a run nor a model version, no run of that version on
-            the image yet, a class the model does not have, a box outside the image.
+        FeedbackNotFound, FeedbackError: as _reviewed_run; also a class the model does
+            not have, a box outside the image or under a pixel wide or high.
     """
-    if session.get(Image, image_id) is None:
-        raise FeedbackNotFound(f"no image {image_id}")
-    if run_id is not None:
-        run = session.get(InferenceRun, run_id)
-        if run is None or run.image_id != image_id:
-            raise FeedbackNotFound(f"image {image_id} has no run {run_id}")
-    elif model_version_id is not None:
-        run = session.scalars(
-            select(InferenceRun)
-            .where(
-                InferenceRun.image_id == image_id,
-                InferenceRun.model_version_id == model_version_id,
-            )
-            .order_by(InferenceRun.id.desc())
-            .limit(1)
-        ).first()
-        if run is None:
-            raise FeedbackError(
-                f"the model has not run on image {image_id}: predict first, then review"
-            )
-    else:
-        raise FeedbackError("name the run (run_id) or the model whose predictions you review")
+    run = _reviewed_run(
+        session, image_id=image_id, run_id=run_id, model_version_id=model_version_id
+    )
     version = session.get_one(ModelVersion, run.model_version_id)
     _check_label(session, version=version, image_id=image_id, class_name=class_name, box=box)
     corners = (box.x_min, box.y_min, box.x_max, box.y_max)
@@ -253,9 +280,50 @@ def add_box(
             box=box,
             confidence=None,
             reviewer=reviewer,
-            fingerprint=_fingerprint("add", run.id, reviewer.name, class_name, *corners),
+            fingerprint=_fingerprint("add", run.id, *_who(reviewer), class_name, *corners),
         ),
     )
+
+
+def confirm_nothing_missed(
+    session: Session,
+    *,
+    image_id: int,
+    run_id: int | None,
+    model_version_id: int | None,
+    reviewer: Reviewer,
+) -> tuple[int, bool]:
+    """Record that the reviewer found nothing (more) on the run than its boxes: an image
+    where the model found nothing and nothing is there leaves the queue this way, and
+    becomes a reviewed negative of a retraining set; (feedback id, created).
+
+    Raises:
+        FeedbackNotFound, FeedbackError: as _reviewed_run.
+    """
+    run = _reviewed_run(
+        session, image_id=image_id, run_id=run_id, model_version_id=model_version_id
+    )
+    return save_feedback(
+        session,
+        feedback_row(
+            image_id=image_id,
+            run_id=run.id,
+            prediction_id=None,
+            version_id=run.model_version_id,
+            verdict="none",
+            class_name=None,
+            box=None,
+            confidence=None,
+            reviewer=reviewer,
+            fingerprint=_fingerprint("none", run.id, *_who(reviewer)),
+        ),
+    )
+
+
+def _who(reviewer: Reviewer) -> tuple[str, ...]:
+    """The fingerprint's reviewer part: a simulator's verdict under a person's token is
+    its own row, never an overwrite of the person's."""
+    return (reviewer.name, "simulated") if reviewer.simulated else (reviewer.name,)
 
 
 def feedback_row(
@@ -417,6 +485,11 @@ def review_queue(
         raise FeedbackError("ordering by disagreement needs the other model version")
     candidates = session.execute(statement).all()
     other = _latest_runs(other_version_id)
+    ran = set(
+        session.scalars(
+            select(other.c.image_id).where(other.c.image_id.in_([row[0] for row in candidates]))
+        )
+    )
     theirs = _boxes_by_image(
         session,
         select(other.c.image_id, Prediction)
@@ -429,11 +502,17 @@ def review_queue(
         .join(Prediction, Prediction.run_id == InferenceRun.id)
         .where(InferenceRun.id.in_([row[1] for row in candidates])),
     )
+    # Where the other version never ran there is nothing to disagree with: those
+    # images come last, with no figure, rather than first as total disagreement.
     items = [
-        QueueItem(i, r, n, s, _disagreement(ours.get(i, []), theirs.get(i, [])))
+        QueueItem(
+            i, r, n, s, _disagreement(ours.get(i, []), theirs.get(i, [])) if i in ran else None
+        )
         for i, r, n, s in candidates
     ]
-    items.sort(key=lambda item: (-(item.disagreement or 0.0), item.image_id))
+    items.sort(
+        key=lambda item: (item.disagreement is None, -(item.disagreement or 0.0), item.image_id)
+    )
     return items[:limit]
 
 

@@ -44,6 +44,7 @@ from radlake.catalog.feedback import (
     QueueOrder,
     Review,
     add_box,
+    confirm_nothing_missed,
     feedback_records,
     review_prediction,
     review_queue,
@@ -164,17 +165,24 @@ def add(
     response: Response,
     lake: LakeDep,
 ) -> dict[str, Any]:
-    """Add a box the model missed to the run reviewed (run_id) or to the model's latest
-    run on the image (reviewers); the same box again is the same row."""
-    if (body.run_id is None) == (body.model is None):
-        raise HTTPException(422, detail="name the run reviewed (run_id) or the model, not both")
+    """On the run reviewed (run_id) or the model's latest run on the image (reviewers):
+    add a box the model missed (the same box again is the same row), or say there is
+    nothing (more) to find there (verdict none)."""
     filed_by = FiledBy(caller.name, channel_of(request), body.simulated)
     box = _box(body.box)
-    assert box is not None  # required by AddBoxIn
 
     def work(session: Session) -> tuple[int, bool]:
         _check_pixels(session, caller, image_id)
         version_id = None if body.model is None else resolve_version(session, ref=body.model).id
+        if body.verdict == "none":
+            return confirm_nothing_missed(
+                session,
+                image_id=image_id,
+                run_id=body.run_id,
+                model_version_id=version_id,
+                reviewer=filed_by,
+            )
+        assert body.class_name is not None and box is not None  # AddBoxIn checked
         return add_box(
             session,
             image_id=image_id,

@@ -10,7 +10,7 @@
 "use strict";
 
 const REVIEW_SVG = "http://www.w3.org/2000/svg";
-const WORDS = { accept: "accepted", reject: "rejected", correct: "corrected", add: "added" };
+const WORDS = { accept: "accepted", reject: "rejected", correct: "corrected", add: "added", none: "nothing missed" };
 const MIN_SIDE = 1; // px of the image: a click is not a box
 
 function reviewState() {
@@ -80,6 +80,19 @@ class Reviewer {
       }
     }
     document.getElementById("review-add").addEventListener("click", () => this.startAdd());
+    // One "Nothing missed" per model run shown: an image where the model found nothing
+    // and nothing is there leaves the review queue this way.
+    for (const run of this.state.runs) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary";
+      button.dataset.noneRun = String(run.run_id);
+      button.textContent = "Nothing missed" + (this.state.runs.length > 1 ? " (" + run.version + ")" : "");
+      button.addEventListener("click", () => this.send(
+        "/images/" + encodeURIComponent(this.state.image_id) + "/feedback",
+        { verdict: "none", run_id: run.run_id }, () => {}));
+      document.getElementById("review-none").append(button, " ");
+    }
     document.getElementById("review-save").addEventListener("click", () => this.save());
     document.getElementById("review-cancel").addEventListener("click", () => this.stopEditing(""));
     document.getElementById("review-redraw").addEventListener("click", () => {
