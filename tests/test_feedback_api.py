@@ -394,6 +394,16 @@ def test_queue_orders_by_top_score_and_reviewed_images_leave_it(site: Site) -> N
     assert again.status_code == 200 and again.json()["verdict"] == "none"
     assert again.json()["box"] is None and again.json()["class_name"] is None
     assert [i["image_id"] for i in queue(site, model="lungs:1").json()["items"]] == [a]
+    # Query parameters as strict as /images': a typo, a key twice, compare without its order.
+    for params, reason in (
+        ({"model": "lungs:1", "foo": "bar"}, "unknown query parameter"),
+        ([("model", "lungs:1"), ("model", "lungs:2")], "given twice"),
+        ({"model": "lungs:1", "compare": "lungs:2"}, "order=disagreement"),
+    ):
+        refused = site.client.get("/review/queue", params=params, headers=site.auth("reviewer"))
+        assert refused.status_code == 422 and reason in refused.text, refused.text
+    listed = site.client.get(f"/images/{a}/feedback?x=1", headers=site.auth("viewer"))
+    assert listed.status_code == 422 and "unknown query parameter" in listed.text
 
 
 def test_queue_by_disagreement_between_two_versions(site: Site) -> None:  # noqa: F811

@@ -174,14 +174,28 @@ def _query_keys(dependant: Dependant) -> Iterator[str]:
         yield from _query_keys(sub)
 
 
-def _selection(request: Request, **values: Any) -> ImageFilter:
-    """The shared filter model, from query parameters; unknown keys are a 422."""
+def _refuse_unknown(request: Request) -> None:
+    """422 for a query key the route does not declare (a typo would be ignored)."""
     route = request.scope.get("route")
     if isinstance(route, APIRoute):
         unknown = sorted(set(request.query_params) - _accepted_query_keys(route))
         if unknown:
             names = ", ".join(repr(key[:40]) for key in unknown[:5])
             raise HTTPException(422, detail=f"unknown query parameter {names}")
+
+
+def strict_query(request: Request) -> None:
+    """For routes whose query parameters each take one value: an unknown key, or a key
+    given twice (?model=a&model=b silently meant the last), is a 422."""
+    _refuse_unknown(request)
+    for key in sorted(set(request.query_params)):
+        if len(request.query_params.getlist(key)) > 1:
+            raise HTTPException(422, detail=f"{key[:40]} given twice: it takes one value")
+
+
+def _selection(request: Request, **values: Any) -> ImageFilter:
+    """The shared filter model, from query parameters; unknown keys are a 422."""
+    _refuse_unknown(request)
     attributes: list[tuple[str, str]] = []
     for pair in values.pop("attr", None) or []:
         if not pair:  # an empty form input

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from radlake.api import schemas
-from radlake.api.deps import Caller, DbSession, LakeDep, Reviewer, Viewer, _bearer
+from radlake.api.deps import Caller, DbSession, LakeDep, Reviewer, Viewer, _bearer, strict_query
 from radlake.api.feedback_schemas import (
     AddBoxIn,
     Corners,
@@ -200,6 +200,7 @@ def add(
     "/images/{image_id}/feedback",
     response_model=ImageFeedback,
     responses=schemas.errors(403, 404),
+    dependencies=[Depends(strict_query)],
 )
 def image_feedback(
     image_id: ImageId,
@@ -252,7 +253,12 @@ def visible_queue(
         asked *= 4
 
 
-@router.get("/review/queue", response_model=ReviewQueue, responses=schemas.errors(403, 404))
+@router.get(
+    "/review/queue",
+    response_model=ReviewQueue,
+    responses=schemas.errors(403, 404),
+    dependencies=[Depends(strict_query)],
+)
 def queue(
     caller: Reviewer,
     session: DbSession,
@@ -268,6 +274,8 @@ def queue(
 ) -> dict[str, Any]:
     """Images the model version predicted that nobody reviewed yet, most uncertain first
     (reviewers)."""
+    if compare is not None and order != "disagreement":
+        raise HTTPException(422, detail="compare goes with order=disagreement")
     version = resolve_version(session, ref=model)
     other = None if compare is None else resolve_version(session, ref=compare)
     items = visible_queue(
