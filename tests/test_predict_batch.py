@@ -79,22 +79,28 @@ def model_file(
     return constant_head(head, metadata={"names": NAMES, "imgsz": "[64, 64]", "task": "detect"})
 
 
-@pytest.fixture
-def lungs(lake: Lake, tmp_path: Path) -> Lake:
-    """A lake with the source loaded, dataset `lungs` v1 (half training, half test)
-    and model `lungs` v1 (exact boxes)."""
-    write_source(tmp_path / "src")
+def load_films(
+    lake: Lake,
+    root: Path,
+    *,
+    count: int = IMAGES,
+    dataset: str = "lungs",
+    splits: str = "training=0.5,test=0.5",
+    model: bytes | None = None,
+) -> int:
+    """The VinBigData-layout source of `count` films loaded, dataset version 1 with
+    these splits, and model `lungs` v1 (model_file() unless given) trained on it;
+    returns the dataset version's id."""
+    write_source(root, count)
     load_source(
-        read_vinbigdata(tmp_path / "src"),
+        read_vinbigdata(root),
         engine=lake.engine,
         store=lake.store,
         pseudonymizer=lake.pseudonymizer,
         executor=SerialExecutor(),
     )
     request = VersionRequest(
-        dataset="lungs",
-        selection=ImageFilter(source="vinbigdata"),
-        spec=SplitSpec.parse("training=0.5,test=0.5"),
+        dataset=dataset, selection=ImageFilter(source="vinbigdata"), spec=SplitSpec.parse(splits)
     )
     with transaction(lake.engine) as session:
         version, _ = create_version(session, request)
@@ -102,9 +108,17 @@ def lungs(lake: Lake, tmp_path: Path) -> Lake:
             session,
             lake.store,
             name="lungs",
-            onnx_bytes_or_path=model_file(),
+            onnx_bytes_or_path=model_file() if model is None else model,
             trained_on_version_id=version.id,
         ) == ("lungs", 1)
+        return version.id
+
+
+@pytest.fixture
+def lungs(lake: Lake, tmp_path: Path) -> Lake:
+    """A lake with the source loaded, dataset `lungs` v1 (half training, half test)
+    and model `lungs` v1 (exact boxes)."""
+    load_films(lake, tmp_path / "src")
     return lake
 
 

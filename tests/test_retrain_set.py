@@ -23,27 +23,19 @@ from radlake.catalog.feedback_models import RetrainSet
 from radlake.catalog.model_registry import predictions_for_image, resolve_version
 from radlake.catalog.models import DatasetVersion, Label
 from radlake.catalog.retrain_sets import lineage, taken_feedback_ids
-from radlake.curation.filters import ImageFilter
-from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import (
-    VersionRequest,
-    create_version,
     get_version,
     members,
     version_findings,
 )
 from radlake.domain import Box, LabelOrigin
 from radlake.imaging.deid import Pseudonymizer
-from radlake.inference.registry import register_version
 from radlake.inference.service import predict_images
 from radlake.lake import Lake
-from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.retrain_set import RetrainError, RetrainRequest, build_retrain_set
-from radlake.pipelines.source_load import load_source
-from radlake.sources.vinbigdata import read_vinbigdata
 from radlake.storage.store import open_store
 from tests.conftest import SECRET
-from tests.test_predict_batch import LEFT, model_file, write_source
+from tests.test_predict_batch import LEFT, load_films
 
 pytest.importorskip("onnxruntime", reason="predictions need the [inference] extra")
 
@@ -57,29 +49,11 @@ def reviewed_lake(catalog: Engine, tmp_path: Path) -> Iterator[tuple[Lake, dict[
     """On each catalog backend: dataset lungs v1 (training, production, test), model
     lungs v1 trained on it, and its predictions on production and one test image."""
     lake = Lake(catalog, open_store((tmp_path / "store").as_uri()), Pseudonymizer(SECRET))
-    write_source(tmp_path / "src", count=20)
-    load_source(
-        read_vinbigdata(tmp_path / "src"),
-        engine=lake.engine,
-        store=lake.store,
-        pseudonymizer=lake.pseudonymizer,
-        executor=SerialExecutor(),
+    version_id = load_films(
+        lake, tmp_path / "src", count=20, splits="training=0.3,production=0.4,test=0.3"
     )
-    request = VersionRequest(
-        dataset="lungs",
-        selection=ImageFilter(source="vinbigdata"),
-        spec=SplitSpec.parse("training=0.3,production=0.4,test=0.3"),
-    )
-    with transaction(lake.engine) as session:
-        version, _ = create_version(session, request)
-        register_version(
-            session,
-            lake.store,
-            name="lungs",
-            onnx_bytes_or_path=model_file(),
-            trained_on_version_id=version.id,
-        )
-        split_of = members(session, version.id)
+    with session_factory(lake.engine)() as session:
+        split_of = members(session, version_id)
     by_split: dict[str, list[int]] = {}
     for image_id, split in sorted(split_of.items()):
         by_split.setdefault(split, []).append(image_id)

@@ -68,6 +68,8 @@ def is_catalog_fault(exc: BaseException) -> bool:
     connections, or (SQLite) a file that is not, or no longer, a database, which the
     driver raises as a bare DatabaseError (constraint and data errors are subclasses)."""
     return isinstance(exc, CATALOG_FAULTS) or type(exc) is sa_exc.DatabaseError
+
+
 ECHO_LIMIT = 80  # characters of a client's own input quoted back in an error
 
 

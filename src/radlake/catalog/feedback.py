@@ -267,22 +267,7 @@ def add_box(
     )
     version = session.get_one(ModelVersion, run.model_version_id)
     _check_label(session, version=version, image_id=image_id, class_name=class_name, box=box)
-    corners = (box.x_min, box.y_min, box.x_max, box.y_max)
-    return save_feedback(
-        session,
-        feedback_row(
-            image_id=image_id,
-            run_id=run.id,
-            prediction_id=None,
-            version_id=version.id,
-            verdict="add",
-            class_name=class_name,
-            box=box,
-            confidence=None,
-            reviewer=reviewer,
-            fingerprint=_fingerprint("add", run.id, *_who(reviewer), class_name, *corners),
-        ),
-    )
+    return _on_run(session, run, reviewer, class_name, box)
 
 
 def confirm_nothing_missed(
@@ -303,19 +288,28 @@ def confirm_nothing_missed(
     run = _reviewed_run(
         session, image_id=image_id, run_id=run_id, model_version_id=model_version_id
     )
+    return _on_run(session, run, reviewer, None, None)
+
+
+def _on_run(
+    session: Session, run: InferenceRun, reviewer: Reviewer, class_name: str | None, box: Box | None
+) -> tuple[int, bool]:
+    """File an added box (class and box) or 'none' (neither) on a run."""
+    verdict = "none" if box is None else "add"
+    corners = () if box is None else (box.x_min, box.y_min, box.x_max, box.y_max)
     return save_feedback(
         session,
         feedback_row(
-            image_id=image_id,
+            image_id=run.image_id,
             run_id=run.id,
             prediction_id=None,
             version_id=run.model_version_id,
-            verdict="none",
-            class_name=None,
-            box=None,
+            verdict=verdict,
+            class_name=class_name,
+            box=box,
             confidence=None,
             reviewer=reviewer,
-            fingerprint=_fingerprint("none", run.id, *_who(reviewer)),
+            fingerprint=_fingerprint(verdict, run.id, *_who(reviewer), class_name or "", *corners),
         ),
     )
 
