@@ -306,10 +306,20 @@ def test_cli_import_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         {"bad_confidence": 1, "unknown_image": 1},
     )
     text = ok(radlake(home, "feedback", "import", str(folder), "--model", "lungs"))
-    assert "0 boxes imported" in text and "1 boxes (1 files) already imported" in text
+    assert "0 boxes imported" in text and "1 box (1 file) already imported" in text
     assert "rejected zzz.json: no catalogued image has the id 'zzz'" in text
+    # The same folder for another model version is its own feedback, not "already there".
+    (tmp_path / "other.onnx").write_bytes(model_file(scores=(0.7, 0.6)))
+    ok(radlake(home, "model", "register", "lungs", str(tmp_path / "other.onnx")))
+    other = ok(radlake(home, "feedback", "import", str(folder), "--model", "lungs:2"))
+    assert "1 box imported from 1 file as feedback on lungs:2" in other
+    # Nothing usable at all: a script sees exit 1.
+    bad = tmp_path / "bad"
+    write(bad, "b.json", box | {"confidence": 2, "timestamp": 1})
+    rejected = radlake(home, "feedback", "import", str(bad), "--model", "lungs:1")
+    assert rejected.returncode == 1 and "every file was rejected" in rejected.stderr
 
-    listed = json.loads(ok(radlake(home, "feedback", "list", "--model", "lungs", "--json")))
+    listed = json.loads(ok(radlake(home, "feedback", "list", "--model", "lungs:1", "--json")))
     (row,) = listed["feedback"]
     assert (row["verdict"], row["class_name"], row["box"], row["confidence"]) == (
         "accept",
@@ -318,7 +328,7 @@ def test_cli_import_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         0.97,
     )
     assert row["created_at"] == "2021-03-04T05:06:07+00:00" and row["channel"] == "import"
-    table = ok(radlake(home, "feedback", "list", "--since", "2021-03-04"))
+    table = ok(radlake(home, "feedback", "list", "--since", "2021-03-04", "--model", "lungs:1"))
     assert "Right Lung" in table and "lungs:1" in table and "1 feedback rows" in table
     later = json.loads(ok(radlake(home, "feedback", "list", "--since", "2022-01-01", "--json")))
     assert later == {"feedback": []}

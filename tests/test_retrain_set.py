@@ -20,7 +20,13 @@ from sqlalchemy import Engine, func, select
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.feedback import Review, Reviewer, add_box, review_prediction
 from radlake.catalog.feedback_models import RetrainSet
-from radlake.catalog.model_registry import predictions_for_image, resolve_version
+from radlake.catalog.model_registry import (
+    PredictedBox,
+    RunRecord,
+    predictions_for_image,
+    record_runs,
+    resolve_version,
+)
 from radlake.catalog.models import DatasetVersion, Label
 from radlake.catalog.retrain_sets import lineage, taken_feedback_ids
 from radlake.curation.versions import (
@@ -206,3 +212,31 @@ def test_what_cannot_be_built_says_why(reviewed_lake: tuple[Lake, dict[str, list
         build_retrain_set(lake, RetrainRequest("lungs"))
     with pytest.raises(RetrainError, match=r"confidence in \[0, 1\]"):
         build_retrain_set(lake, RetrainRequest("lungs", min_confidence=1.5))
+
+
+def test_training_images_keep_their_truth_and_a_box_twice_is_one_label(
+    reviewed_lake: tuple[Lake, dict[str, list[int]]],
+) -> None:
+    lake, by_split = reviewed_lake
+    trained, twice = by_split["training"][0], by_split["production"][0]
+    predict_images(lake, model_ref="lungs", image_ids=[trained], caller="test")
+    review(lake, trained, {"Left Lung": ACCEPT, "Right Lung": REJECT})
+    # A run listing the same box twice (an imported file may): both accepted.
+    with transaction(lake.engine) as session:
+        version = resolve_version(session, ref="lungs")
+        same = PredictedBox(0, "Left Lung", 0.95, Box(*LEFT))
+        (run,) = record_runs(
+            session, runs=[RunRecord(version.id, twice, 0.0, 0.0, 0.0, "import:x", [same, same])]
+        )
+        for prediction_id in run.prediction_ids:
+            review_prediction(session, prediction_id=prediction_id, review=ACCEPT, reviewer=ALICE)
+    outcome = build_retrain_set(lake, RetrainRequest("lungs", export=False))
+    counts = outcome.summary.counts
+    assert counts["left_out"] == {"already in 'training' with ground truth": 1}
+    assert (counts["images"], counts["boxes"]) == (1, 1)
+    assert counts["unreviewed_production_dropped"] == len(by_split["production"]) - 1
+    with session_factory(lake.engine)() as session:
+        made = get_version(session, "lungs", None)
+        found = version_findings(session, made, [trained, twice])
+    assert {f.origin for f in found[trained]} == {LabelOrigin.GROUND_TRUTH}
+    assert [(f.class_name, f.box) for f in found[twice]] == [("Left Lung", Box(*LEFT))]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from radlake.catalog.db import batches
 from radlake.catalog.feedback_models import Feedback, RetrainSet, RetrainSetFeedback
 from radlake.catalog.inference_models import Model, ModelVersion
-from radlake.catalog.models import Dataset, DatasetVersion, Label
+from radlake.catalog.models import Dataset, DatasetVersion, Export, Label
 from radlake.domain import Box, Finding, LabelOrigin
 
 
@@ -80,6 +80,7 @@ class RetrainSetSummary:
     counts: dict[str, Any]
     feedback_rows: int
     created_at: str
+    exported: tuple[str, ...] = ()  # formats written under store_prefix so far
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class RetrainSetSummary:
             "counts": self.counts,
             "feedback_rows": self.feedback_rows,
             "created_at": self.created_at,
+            "exported": list(self.exported),
         }
 
 
@@ -125,6 +127,15 @@ def summarize(session: Session, made: RetrainSet) -> RetrainSetSummary:
         counts=made.counts,
         feedback_rows=int(taken or 0),
         created_at=made.created_at.isoformat(),
+        exported=tuple(
+            sorted(
+                set(
+                    session.scalars(
+                        select(Export.format).where(Export.version_id == made.dataset_version_id)
+                    )
+                )
+            )
+        ),
     )
 
 
@@ -137,7 +148,8 @@ def list_retrain_sets(session: Session, *, model_version_id: int | None = None) 
 
 
 def get_retrain_set(session: Session, *, name: str) -> RetrainSet | None:
-    return session.scalar(select(RetrainSet).where(RetrainSet.name == name))
+    """The set of that name (its timestamp, in either case)."""
+    return session.scalar(select(RetrainSet).where(RetrainSet.name == name.strip().lower()))
 
 
 def taken_feedback_ids(session: Session, *, retrain_set_id: int) -> list[int]:

@@ -14,7 +14,7 @@ from radlake.catalog.db import session_factory
 from radlake.catalog.feedback import FeedbackRecord, feedback_records
 from radlake.catalog.model_registry import resolve_version
 from radlake.cli.ingest_cmd import JsonOption, progress_reporter
-from radlake.cli.output import console, print_json
+from radlake.cli.output import console, err_console, print_json
 from radlake.cli.times import parse_time
 from radlake.lake import load_settings, open_lake
 from radlake.pipelines.feedback_import import (
@@ -50,14 +50,18 @@ def import_(
         summary = import_feedback(request, engine=lake.engine, progress=report)
     if as_json:
         print_json(summary.as_dict())
-        return
-    console.print(summary.line(), highlight=False, markup=False)
-    for name, rejection in summary.rejected:
-        console.print(
-            f"  rejected {name}: {rejection.message} [{rejection.reason}]",
-            highlight=False,
-            markup=False,
-        )
+    else:
+        console.print(summary.line(), highlight=False, markup=False)
+        for name, rejection in summary.rejected:
+            console.print(
+                f"  rejected {name}: {rejection.message} [{rejection.reason}]",
+                highlight=False,
+                markup=False,
+            )
+    if summary.nothing_usable:
+        # A script must see that nothing of the folder could be used.
+        err_console.print("error: every file was rejected: nothing imported", highlight=False)
+        raise typer.Exit(1)
 
 
 def _box(record: FeedbackRecord) -> str:

@@ -77,21 +77,28 @@ def build(
     console.print(
         f"{verb} retrain set {summary.name}: {counts.get('images', 0)} reviewed images "
         f"({counts.get('boxes', 0)} boxes, {counts.get('negative_images', 0)} with none) "
-        f"from {summary.feedback_rows} feedback rows on {summary.model}:{summary.model_version}",
+        f"from {summary.feedback_rows} feedback rows on {summary.model}:{summary.model_version} "
+        "(per image, the verdicts on its newest reviewed run)",
         highlight=False,
     )
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(counts.get("splits", {}).items()))
     console.print(
-        f"dataset version {summary.dataset} (splits of {summary.base}): "
-        + ", ".join(f"{k} {v}" for k, v in sorted(counts.get("splits", {}).items())),
+        f"dataset version {summary.dataset} (held-out splits of {summary.base}): {splits}; "
+        f"reviewed images joined {request.split!r}, "
+        f"{counts.get('unreviewed_production_dropped', 0)} unreviewed production images "
+        "are not in it (simulate on the base version for more traffic)",
         highlight=False,
     )
     for reason, images in sorted(counts.get("left_out", {}).items()):
         console.print(f"left out: {images} images ({reason})", highlight=False)
     for fmt, location in outcome.exports.items():
-        console.print(f"{fmt}: {location}", highlight=False)
+        late = not outcome.created and fmt in outcome.exported_now
+        console.print(
+            f"{fmt}: {location}{' (written now: it was missing)' if late else ''}", highlight=False
+        )
+    dataset_name, number = summary.dataset.rsplit("@", 1)
     console.print(
-        f"next: radlake model train NAME --dataset {summary.dataset.split('@')[0]} "
-        f"--version {summary.dataset.split('@')[1]}",
+        f"next: radlake model train NAME --dataset {dataset_name} --version {number}",
         highlight=False,
     )
 
@@ -112,7 +119,14 @@ def list_sets(
         print_json([s.as_dict() for s in found])
         return
     table = Table(
-        "name", "reviewed model", "base", "dataset version", "images", "boxes", "feedback"
+        "name",
+        "reviewed model",
+        "base",
+        "dataset version",
+        "images",
+        "boxes",
+        "feedback",
+        "exported",
     )
     for s in found:
         table.add_row(
@@ -123,6 +137,7 @@ def list_sets(
             str(s.counts.get("images", 0)),
             str(s.counts.get("boxes", 0)),
             str(s.feedback_rows),
+            ", ".join(s.exported) or "nothing yet: build again",
         )
     console.print(table)
 

@@ -9,10 +9,10 @@ The files are what the original pipeline kept as feedback; which of them become
 retraining data is the retrain set's choice (--min-confidence), not the import's.
 
 Re-running is a no-op: each box's feedback row is fingerprinted by (image, sha256 of
-the file's bytes, box index), and a file whose fingerprints are there is skipped
-before its run is created. One transaction per file, so an import stopped half-way
-is finished by running it again. Every entry of the folder ends imported, already
-imported, or rejected with a reason.
+the file's bytes, box index, model version), and a file whose fingerprints
+are there is skipped before its run is created. One transaction per file, so an
+import stopped half-way is finished by running it again. Every entry of the folder
+ends imported, already imported, or rejected with a reason.
 """
 
 from __future__ import annotations
@@ -77,11 +77,17 @@ class FeedbackImportSummary:
     def line(self) -> str:
         reasons = ", ".join(f"{count} {reason}" for reason, count in self.by_reason().items())
         return (
-            f"{self.files} files: {self.imported_boxes} boxes imported from "
-            f"{self.imported_files} files as feedback on {self.model}:{self.version}, "
-            f"{self.already_boxes} boxes ({self.already_files} files) already imported, "
-            f"{len(self.rejected)} files rejected" + (f" ({reasons})" if reasons else "")
+            f"{_count(self.files, 'file')}: {_count(self.imported_boxes, 'box')} imported from "
+            f"{_count(self.imported_files, 'file')} as feedback on {self.model}:{self.version}, "
+            f"{_count(self.already_boxes, 'box')} ({_count(self.already_files, 'file')}) "
+            f"already imported, {_count(len(self.rejected), 'file')} rejected"
+            + (f" ({reasons})" if reasons else "")
         )
+
+    @property
+    def nothing_usable(self) -> bool:
+        """Files were given and every one was rejected."""
+        return self.files > 0 and len(self.rejected) == self.files
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +108,10 @@ class FeedbackImportSummary:
         }
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("x") else f"{n} {noun}s"
+
+
 @dataclass(frozen=True, slots=True)
 class _Model:
     version_id: int
@@ -114,9 +124,12 @@ class _AlreadyThere(Exception):
     """Another import stored this file's boxes first (rolls this one back)."""
 
 
-def fingerprint(image_id: int, file_sha256: str, index: int) -> str:
-    """An imported box's feedback fingerprint: (image, file bytes, box index)."""
-    return hashlib.sha256(f"import\x1f{image_id}\x1f{file_sha256}\x1f{index}".encode()).hexdigest()
+def fingerprint(image_id: int, file_sha256: str, index: int, *, version_id: int) -> str:
+    """An imported box's feedback fingerprint: (image, file bytes, box index, model
+    version): the same folder imports once per model version (whatever --reviewer
+    calls it: another name for the same files would double them)."""
+    parts = ("import", image_id, file_sha256, index, version_id)
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
 
 
 def _prepare(session: Session, request: FeedbackImportRequest) -> tuple[_Model, ImageMatcher]:
@@ -166,7 +179,10 @@ def _write(
     request: FeedbackImportRequest,
 ) -> bool:
     """Store the file's run and feedback rows; False when they are already there."""
-    prints = [fingerprint(image.id, read.sha256, index) for index in range(len(read.boxes))]
+    prints = [
+        fingerprint(image.id, read.sha256, index, version_id=model.version_id)
+        for index in range(len(read.boxes))
+    ]
     stored = session.scalars(select(Feedback.id).where(Feedback.fingerprint.in_(prints))).all()
     if stored:
         return False

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,7 +47,6 @@ from radlake.catalog.model_registry import resolve_version
 from radlake.catalog.models import (
     DatasetMember,
     DatasetVersion,
-    Export,
     Image,
     Job,
     Label,
@@ -103,6 +102,7 @@ class RetrainOutcome:
     summary: RetrainSetSummary
     created: bool
     exports: dict[str, str] = field(default_factory=dict)  # format -> store location
+    exported_now: list[str] = field(default_factory=list)  # formats written by this call
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +115,29 @@ class _ImageLabels:
 def _reviewed_rows(
     session: Session, *, version_id: int, request: RetrainRequest
 ) -> dict[int, list[Feedback]]:
-    """Per image, the feedback rows on its newest reviewed run, oldest first."""
-    statement = select(Feedback).where(Feedback.model_version_id == version_id)
+    """Per image, the feedback rows on its newest reviewed run, oldest first. --since
+    picks runs, not rows: a run counts when any of its feedback is that recent, and
+    then with all its feedback (a box reviewed a minute earlier is still reviewed)."""
+    recent = select(Feedback.run_id).where(Feedback.model_version_id == version_id)
     if request.since is not None:
-        statement = statement.where(Feedback.created_at >= request.since)
+        recent = recent.where(Feedback.created_at >= request.since)
+    if not request.simulated:
+        recent = recent.where(Feedback.simulated.is_(False))
+    newest = dict(
+        session.execute(
+            select(Feedback.image_id, func.max(Feedback.run_id))
+            .where(Feedback.run_id.in_(recent.distinct()))
+            .group_by(Feedback.image_id)
+        ).all()
+    )
+    statement = select(Feedback).where(Feedback.run_id.in_(recent.distinct()))
     if not request.simulated:
         statement = statement.where(Feedback.simulated.is_(False))
     by_image: dict[int, list[Feedback]] = defaultdict(list)
     for row in session.scalars(statement.order_by(Feedback.created_at, Feedback.id)):
-        by_image[row.image_id].append(row)
-    return {
-        image_id: [row for row in rows if row.run_id == max(r.run_id for r in rows)]
-        for image_id, rows in by_image.items()
-    }
+        if row.run_id == newest[row.image_id]:
+            by_image[row.image_id].append(row)
+    return dict(by_image)
 
 
 def _run_boxes(session: Session, run_ids: Sequence[int]) -> dict[int, set[int]]:
@@ -155,18 +165,21 @@ def _image_labels(
     if not boxes <= set(verdicts):
         return "unreviewed boxes"
     findings: list[Finding] = []
+    seen: set[tuple[str, Box]] = set()
     for row in [*verdicts.values(), *added]:
-        if row.verdict == "reject" or row.class_name is None or row.x_min is None:
+        if row.verdict in ("reject", "none") or row.class_name is None or row.x_min is None:
             continue
         if row.verdict == "accept" and (row.confidence or 0.0) < min_confidence:
             return "accepted box below the confidence threshold"
         box = Box(row.x_min, row.y_min, row.x_max, row.y_max)  # type: ignore[arg-type]
-        same = any(
+        if (row.class_name, box) in seen:
+            continue  # the same box twice (an imported file may list it twice): one label
+        if row.prediction_id is None and any(
             f.class_name == row.class_name and f.box is not None and iou(f.box, box) >= SAME_BOX_IOU
             for f in findings
-        )
-        if row.prediction_id is None and same:
+        ):
             continue  # two reviewers added the same missed box
+        seen.add((row.class_name, box))
         findings.append(
             Finding(image_id, row.class_name, box, row.reviewer[:64], LabelOrigin.FEEDBACK)
         )
@@ -214,11 +227,25 @@ def _build(
     candidates = sorted(reviewed)
     pseudonyms = patient_pseudonyms(session, image_ids=[*candidates, *held_out_ids])
     held_out_patients = {pseudonyms[i] for i in held_out_ids if i in pseudonyms}
+    # Ground truth in training stays: readers' labels outrank a review of predictions
+    # (an imported file's pseudo-labels above all).
+    truth = {
+        image_id
+        for chunk in batches([i for i in candidates if split_of.get(i) == request.split])
+        for image_id in session.scalars(
+            select(Label.image_id).where(
+                Label.image_id.in_(chunk), Label.origin == LabelOrigin.GROUND_TRUTH.value
+            )
+        )
+    }
     taken: list[_ImageLabels] = []
     for image_id in candidates:
         where = split_of.get(image_id)
         if where is not None and where not in movable:
             left_out[f"in held-out split {where!r}"] += 1
+            continue
+        if image_id in truth:
+            left_out[f"already in {request.split!r} with ground truth"] += 1
             continue
         if where is None and pseudonyms.get(image_id) in held_out_patients:
             left_out["patient in a held-out split"] += 1
@@ -371,8 +398,14 @@ def _build(
     for item in taken:
         feedback_counts["boxes"] += len(item.findings)
         feedback_counts["negative_images" if not item.findings else "images_with_boxes"] += 1
+    dropped = sum(
+        1
+        for image_id, split in split_of.items()
+        if split in request.production_splits and image_id not in taken_ids
+    )
     retrain.counts = {
         "images": len(taken),
+        "unreviewed_production_dropped": dropped,
         **feedback_counts,
         "feedback_rows": len(links),
         "left_out": dict(left_out),
@@ -413,14 +446,9 @@ def build_retrain_set(
             if attempt == 2:
                 raise
     with session_factory(lake.engine)() as session:
-        made = session.get_one(RetrainSet, set_id)
-        summary = summarize(session, made)
-        dataset_name, number = summary.dataset.rsplit("@", 1)
-        done = set(
-            session.scalars(
-                select(Export.format).where(Export.version_id == made.dataset_version_id)
-            )
-        )
+        summary = summarize(session, session.get_one(RetrainSet, set_id))
+    dataset_name, number = summary.dataset.rsplit("@", 1)
+    done = set(summary.exported)
     outcome = RetrainOutcome(summary, created)
     if not request.export:
         return outcome
@@ -430,6 +458,7 @@ def build_retrain_set(
         outcome.exports[fmt] = location
         if fmt in done:
             continue
+        outcome.exported_now.append(fmt)
         export_version(
             engine=lake.engine,
             store=lake.store,
@@ -443,4 +472,7 @@ def build_retrain_set(
         )
         if progress is not None:
             progress(index, len(RETRAIN_FORMATS))
+    if outcome.exported_now:
+        with session_factory(lake.engine)() as session:
+            outcome.summary = summarize(session, session.get_one(RetrainSet, set_id))
     return outcome
