@@ -456,7 +456,16 @@ def test_simulate_refuses_bad_input_in_one_line(sqlite_site: Site) -> None:
         run("--model", "lungs", "--dataset", "traffic", "--url", "http://127.0.0.1:9", *base)
     )
     assert "token" in line
+    for bad in ("ftp://x", "notaurl", "http://"):
+        line = one_error_line(
+            run("--model", "lungs", "--dataset", "traffic", "--url", bad, "--token", "t", *base)
+        )
+        assert "--url: expected http" in line
     assert not (sqlite_site.home / "simulations").exists()  # nothing was sent
+    unwritable = one_error_line(
+        run("--model", "lungs", "--dataset", "traffic", "--out", "/proc/x.jsonl", *base)
+    )
+    assert "cannot write --out /proc/x.jsonl" in unwritable
 
 
 def free_port() -> int:
@@ -467,25 +476,26 @@ def free_port() -> int:
 
 def test_simulate_against_a_dead_url_counts_errors(sqlite_site: Site, tmp_path: Path) -> None:
     out = tmp_path / "dead.jsonl"
-    summary = ok_json(
-        sqlite_site.simulate(
-            "--model",
-            "lungs",
-            "--dataset",
-            "traffic",
-            "--pattern",
-            "1,2",
-            "--stage-seconds",
-            "1",
-            "--url",
-            f"http://127.0.0.1:{free_port()}",
-            "--token",
-            "rl_nothing",
-            "--out",
-            str(out),
-            "--json",
-        )
+    dead = sqlite_site.simulate(
+        "--model",
+        "lungs",
+        "--dataset",
+        "traffic",
+        "--pattern",
+        "1,2",
+        "--stage-seconds",
+        "1",
+        "--url",
+        f"http://127.0.0.1:{free_port()}",
+        "--token",
+        "rl_nothing",
+        "--out",
+        str(out),
+        "--json",
     )
+    # The report, and exit 1: a run that reached nothing is a failure a script sees.
+    assert dead.returncode == 1 and "every one of the" in dead.stderr, dead.stderr
+    summary = json.loads(dead.stdout)
     for stage in summary["stages"]:
         assert stage["requests"] > 0 and stage["errors"] == {"connect": stage["requests"]}
         assert stage["server_mean_ms"] is None

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -78,11 +79,22 @@ def simulate(
     lake = open_lake(settings)
     image_ids = select_image_ids(lake, dataset=dataset, dataset_version=version, split=split)
     if not image_ids:
-        raise SimulationError(f"split {split!r:.60} of dataset {dataset!r:.60} has no images")
+        which = "the newest version" if version is None else f"version {version}"
+        raise SimulationError(
+            f"split {split!r:.60} of {which} of dataset {dataset!r:.60} has no images (a "
+            "retraining set's version keeps no production images: give --version of the "
+            "version the traffic came from)"
+        )
     served = served_model(lake, model)
-    if url is not None and not token:
-        raise SimulationError("--url needs a token: give --token or set RADLAKE_TOKEN")
+    if url is not None:
+        _check_url(url)
+        if not token:
+            raise SimulationError("--url needs a token: give --token or set RADLAKE_TOKEN")
     results = _results_path(settings, out)
+    try:
+        sink_file = results.open("x", encoding="utf-8")
+    except OSError as exc:
+        raise SimulationError(f"cannot write --out {results}: {exc.strerror or exc}") from None
     plan = Plan(
         url="",
         token=token or "",
@@ -105,7 +117,7 @@ def simulate(
                 highlight=False,
             )
 
-    with results.open("x", encoding="utf-8") as sink, _api(lake, settings, url, review) as api:
+    with sink_file as sink, _api(lake, settings, url, review) as api:
         base, plan_token, caller = api
         plan = replace(plan, url=base, token=plan_token or plan.token)
         result = run_load(plan, _writer(sink), announce)
@@ -141,6 +153,18 @@ def simulate(
     if result.interrupted:
         err_console.print("interrupted: the report covers the requests sent until then")
         raise typer.Exit(EXIT_INTERRUPTED)
+    failed = sum(rows[-1].errors.values())
+    if rows[-1].requests and failed == rows[-1].requests:
+        # A run that reached nothing is a failure a script must see.
+        err_console.print(f"error: every one of the {failed} requests failed", highlight=False)
+        raise typer.Exit(1)
+
+
+def _check_url(url: str) -> None:
+    """An http(s) URL with a host, or one error line before any traffic."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SimulationError(f"--url: expected http://HOST:PORT or https://..., got {url[:80]!r}")
 
 
 def _results_path(settings: Settings, out: Path | None) -> Path:
