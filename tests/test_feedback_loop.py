@@ -119,7 +119,18 @@ def test_the_loop_closes_on_real_films(tmp_path: Path) -> None:
     assert all(key.endswith("(simulated)") for key in chain[0]["feedback"])
     assert chain[1]["trained_on"] == "lungs@1" and chain[1]["retrain_set"] is None
 
+    same = run_radlake(home, "model", "compare", "lungs-det:1", "lungs-det:1", "--dataset", "lungs")
+    assert same.returncode == 1 and "same version" in same.stderr
+    on_training = run_radlake(
+        home, "model", "compare", "lungs-det:1", "lungs-det:2", "--dataset", "lungs",
+        "--version", "2", "--split", "training",
+    )  # fmt: skip
+    assert on_training.returncode == 0, on_training.stderr
+    assert on_training.stderr.count("not a held-out comparison") == 2
+
     radlake_ok(home, "model", "promote", "lungs-det", "1")
     promoted = radlake_ok(home, "model", "promote", "lungs-det", "2")
     assert "lungs-det@production -> version 2 (was 1)" in promoted
     assert "delta: mAP50-95" in promoted and "lungs@2/test" in promoted
+    again = radlake_ok(home, "model", "promote", "lungs-det", "2")
+    assert "already points at version 2: nothing moved" in again

@@ -115,7 +115,7 @@ def test_an_outage_longer_than_retry_seconds_is_store_unavailable_in_bounded_tim
     with pytest.raises(StoreUnavailable, match=r"^store unreachable \(writing raw/") as caught:
         store.put_bytes(raw_key(SHA, "dcm"), PAYLOAD)
     took = time.monotonic() - started
-    assert 2.5 < took < 3.0 + 2.0  # retried until the deadline, then stopped
+    assert 2.5 < took < 3.0 + 8.0  # retried until the deadline, then stopped
     message = str(caught.value)
     assert "\n" not in message and "testing" not in message  # one line, no credentials
     assert isinstance(caught.value, StorageError) and isinstance(caught.value, ConnectionError)
@@ -149,7 +149,8 @@ def test_every_operation_reports_a_lasting_outage_as_store_unavailable(
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="store unreachable"):
         operation(store)
-    assert time.monotonic() - started < 1.0 + 2.0
+    # Bounded: the 1 s deadline plus one try's timeouts, with room for a loaded machine.
+    assert time.monotonic() - started < 1.0 + 8.0
 
 
 def test_a_stalled_server_is_a_fault_not_a_hang(
@@ -164,7 +165,7 @@ def test_a_stalled_server_is_a_fault_not_a_hang(
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="store unreachable"):
         store.get_bytes("raw/aa/there")
-    assert time.monotonic() - started < 2.0 + 2 * 2 + 2.0
+    assert time.monotonic() - started < 2.0 + 2 * 2 + 8.0
 
     # A large upload blocks once the socket buffers are full, where no read timeout
     # runs: the attempt's own deadline (timeouts + bytes at a minimum rate) ends it.
@@ -172,13 +173,13 @@ def test_a_stalled_server_is_a_fault_not_a_hang(
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="store unreachable"):
         store.put_bytes("raw/aa/large", os.urandom(32 * 1024 * 1024))
-    assert time.monotonic() - started < 2.0 + 2 * 5 + 3.0
+    assert time.monotonic() - started < 2.0 + 2 * 5 + 8.0
 
 
 def test_a_missing_object_is_not_retried(
     proxy: FaultProxy, through_proxy: Callable[[float], ObjectStore]
 ) -> None:
-    store = through_proxy(30.0)
+    store = through_proxy(60.0)
     started = time.monotonic()
     with pytest.raises(ObjectNotFound):
         store.get_bytes(raw_key(SHA, "dcm"))
@@ -187,7 +188,9 @@ def test_a_missing_object_is_not_retried(
     assert not store.exists(raw_key(SHA, "dcm"))
     assert list(store.list("nothing/here")) == []
     store.delete(raw_key(SHA, "dcm"))
-    assert time.monotonic() - started < 2.0
+    # Retrying a miss would spin until the 60 s deadline; half of it leaves a loaded
+    # machine plenty of room for five plain requests.
+    assert time.monotonic() - started < 30.0
 
     # An invalid key never reaches the store, even while it is down.
     proxy.set_mode("refuse")
@@ -291,7 +294,8 @@ def test_a_full_or_forbidden_disk_fails_at_once_with_a_clear_message(
     ) as caught:
         local_store.put_bytes(raw_key(SHA, "dcm"), PAYLOAD)
     assert not isinstance(caught.value, StoreUnavailable)
-    assert time.monotonic() - started < 1.0
+    # Not retried: a retry would go on to the 30 s deadline.
+    assert time.monotonic() - started < 10.0
 
 
 def test_a_passing_disk_error_is_retried(

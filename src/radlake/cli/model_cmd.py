@@ -22,7 +22,7 @@ from radlake.catalog.model_registry import (
 from radlake.catalog.retrain_sets import lineage as version_lineage
 from radlake.cli import train_cmd
 from radlake.cli.ingest_cmd import JsonOption, progress_reporter
-from radlake.cli.output import console, print_json
+from radlake.cli.output import console, err_console, print_json
 from radlake.curation.versions import get_version
 from radlake.inference.comparison import Comparison, compare_versions, stored_comparison
 from radlake.inference.errors import InferenceError
@@ -265,9 +265,12 @@ def promote_version(
             old = resolve_version(session, ref=f"{name}:{before}").metrics
             new = resolve_version(session, ref=f"{name}:{version}").metrics
             comparison = stored_comparison(old, new)
+    if before == version:
+        console.print(f"{name}@{alias} already points at version {version}: nothing moved")
+        return
     was = "" if before is None else f" (was {before})"
     console.print(f"{name}@{alias} -> version {version}{was}", highlight=False)
-    if before is None or before == version:
+    if before is None:
         return
     if comparison is None:
         console.print(
@@ -373,6 +376,8 @@ def compare(
         print_json(result.as_dict())
         return
     print_comparison(result)
+    for warning in result.warnings:
+        err_console.print(f"warning: {warning}", highlight=False)
 
 
 @app.command("lineage")

@@ -13,10 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from radlake.catalog.db import session_factory
+from radlake.catalog.model_registry import resolve_version
+from radlake.curation.versions import get_version, members
+from radlake.inference.errors import InferenceError
 from radlake.inference.evaluation import evaluate_version
 from radlake.lake import Lake
 
 FIGURES = ("map50_95", "map50")
+# The splits a version learns from (training) or stops on (validation).
+TRAINED_ON = ("training", "validation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,7 @@ class Comparison:
     key: str  # <dataset>@<version>/<split>
     before: Mapping[str, Any]
     after: Mapping[str, Any]
+    warnings: tuple[str, ...] = ()  # why the delta may not mean what it seems
 
     def delta(self) -> dict[str, float | None]:
         """after - before of each figure (None where either is missing)."""
@@ -46,6 +53,7 @@ class Comparison:
             "after_scores": {n: self.after["model_scores"].get(n) for n in FIGURES},
             "delta": self.delta(),
             "mean_box_baseline": {n: self.after["mean_box_baseline"].get(n) for n in FIGURES},
+            "warnings": list(self.warnings),
         }
 
     def line(self) -> str:
@@ -71,11 +79,36 @@ def compare_versions(
     split: str = "test",
     progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
-    """Evaluate both versions on the same split of one dataset version.
+    """Evaluate both versions on the same split of one dataset version, with warnings
+    where the delta would mislead: versions of two models, or a version that trained
+    on images of that split.
 
     Raises:
+        InferenceError: the same version twice.
         as evaluate_version().
     """
+    with session_factory(lake.engine)() as session:
+        versions = [resolve_version(session, ref=ref) for ref in (before, after)]
+        if versions[0].id == versions[1].id:
+            raise InferenceError(f"{before} and {after} are the same version: name two")
+        scored = get_version(session, dataset, dataset_version)
+        wanted = {i for i, s in members(session, scored.id).items() if s == split}
+        warnings = []
+        if versions[0].model_id != versions[1].model_id:
+            warnings.append(f"{before} and {after} are versions of different models")
+        for ref, version in zip((before, after), versions, strict=True):
+            if version.trained_on_id is None:
+                continue
+            seen = {
+                i
+                for i, s in members(session, version.trained_on_id).items()
+                if s in TRAINED_ON and i in wanted
+            }
+            if seen:
+                warnings.append(
+                    f"{ref} trained on {len(seen)} of the {len(wanted)} images of {split!r}: "
+                    "not a held-out comparison"
+                )
     reports = [
         evaluate_version(
             lake,
@@ -87,16 +120,20 @@ def compare_versions(
         )
         for ref in (before, after)
     ]
-    return Comparison(reports[1].key, reports[0].as_dict(), reports[1].as_dict())
+    return Comparison(reports[1].key, reports[0].as_dict(), reports[1].as_dict(), tuple(warnings))
 
 
 def stored_comparison(before: Mapping[str, Any], after: Mapping[str, Any]) -> Comparison | None:
-    """The newest split both versions' metrics hold an evaluation of, compared; None
-    when they share none."""
+    """The newest held-out split both versions' metrics hold an evaluation of,
+    compared; None when they share none. A test split wins over any other: a score
+    on training or validation images says little about the next model."""
     ours = after.get("evaluations", {})
     theirs = before.get("evaluations", {})
     shared = [key for key in ours if key in theirs]
     if not shared:
         return None
-    key = max(shared, key=lambda k: str(ours[k].get("evaluated_at", "")))
+    key = max(
+        shared,
+        key=lambda k: (k.endswith("/test"), str(ours[k].get("evaluated_at", ""))),
+    )
     return Comparison(key, theirs[key], ours[key])
