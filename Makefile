@@ -10,7 +10,7 @@ export RADLAKE_HOME
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,inference,train]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,inference,train,flows,dask]'
 	touch $@
 
 demo: $(BIN)/.installed

@@ -59,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 break
         except OSError:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "radlake serve did not start within 30 s"
+            assert time.monotonic() < deadline, "radlake serve did not start within 90 s"
             time.sleep(0.1)
     yield Server(port, created.stdout.strip())
     process.terminate()
