@@ -14,6 +14,7 @@ from radlake.cli import (
     feedback_cmd,
     ingest_cmd,
     labels_cmd,
+    mart_cmd,
     model_cmd,
     predict_cmd,
     quickstart,
@@ -48,6 +49,7 @@ app.command("verify")(verify_cmd.verify)
 app.add_typer(sources_cmd.app, name="source")
 app.add_typer(dataset_cmd.app, name="dataset")
 app.add_typer(labels_cmd.app, name="labels")
+app.add_typer(mart_cmd.app, name="mart")
 app.add_typer(model_cmd.app, name="model")
 app.command("predict")(predict_cmd.predict)
 app.command("serve")(serve_cmd.serve)
