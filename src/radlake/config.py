@@ -10,11 +10,14 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from radlake.errors import ConfigError
+from radlake.flows.cron import CronError, check_cron
 
 SECRET_KEY_FILE = "secret.key"  # noqa: S105 (a file name, not a secret)
 CATALOG_FILE = "catalog.sqlite"
@@ -50,6 +53,59 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=30.0, gt=0, le=3600)
     request_min_rate: int = Field(default=500, ge=1, le=1 << 30)  # bytes per second
     keep_alive_seconds: int = Field(default=5, ge=1, le=300)  # idle time between requests
+    # --- Prefect schedules (issue 12; radlake.flows, `radlake flows serve`) ---------------
+    # A cron string per flow (5 fields or @daily, in schedule_timezone), with the
+    # parameters its scheduled run uses; unset: not scheduled. Checked here, at load.
+    schedule_timezone: str = "UTC"
+    schedule_ingest: str | None = None
+    schedule_ingest_folder: Path | None = None  # required by schedule_ingest
+    schedule_ingest_source: str = "folder"
+    schedule_predict: str | None = None
+    schedule_predict_model: str | None = None  # required by schedule_predict
+    schedule_predict_dataset: str | None = None  # required by schedule_predict
+    schedule_predict_split: str | None = None  # default: every split
+    schedule_retrain_set: str | None = None
+    schedule_retrain_set_model: str | None = None  # required by schedule_retrain_set
+    # I/O steps of a flow retry store and catalog faults this often, this far apart
+    # (after the store's and catalog's own retry_seconds ran out).
+    flow_retries: int = Field(default=3, ge=0, le=100)
+    flow_retry_delay_seconds: float = Field(default=60.0, ge=0, le=86400)
+    # Scheduled flows (RADLAKE_SCHEDULE_<NAME>) -> the parameters each requires.
+    SCHEDULE_PARAMETERS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "ingest": ("folder",),
+        "predict": ("model", "dataset"),
+        "retrain_set": ("model",),
+    }
+
+    @model_validator(mode="after")
+    def _check_schedules(self) -> Settings:
+        # ConfigError, not ValueError: pydantic would wrap a ValueError as "Value error, ..."
+        # and lose the variable's name for the cross-field checks.
+        try:
+            ZoneInfo(self.schedule_timezone)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ConfigError(
+                "bad setting RADLAKE_SCHEDULE_TIMEZONE: expected an IANA zone like "
+                f"Europe/Paris, got {self.schedule_timezone[:40]!r}"
+            ) from None
+        for name, needs in self.SCHEDULE_PARAMETERS.items():
+            cron = getattr(self, f"schedule_{name}")
+            if cron is None:
+                continue
+            try:
+                setattr(self, f"schedule_{name}", check_cron(cron))
+            except CronError as exc:
+                raise ConfigError(f"bad setting RADLAKE_SCHEDULE_{name.upper()}: {exc}") from None
+            missing = [n for n in needs if getattr(self, f"schedule_{name}_{n}") is None]
+            if missing:
+                raise ConfigError(
+                    f"RADLAKE_SCHEDULE_{name.upper()} is set but "
+                    f"RADLAKE_SCHEDULE_{name.upper()}_{missing[0].upper()} is not "
+                    "(the scheduled run needs it)"
+                )
+        return self
+
+    # --- end of Prefect schedules ----------------------------------------------------------
 
     def web_session_lifetime(self) -> timedelta:
         """How long a web sign-in lasts."""

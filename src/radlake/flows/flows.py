@@ -1,0 +1,117 @@
+"""The flows: plain arguments in (paths, names, references), the lake from RADLAKE_*
+settings as the CLI builds it, one pipeline call (through tasks.py) and its summary
+out as a JSON-able dict. `FLOWS` names them for `radlake flows run` and the schedules.
+
+Arguments are checked before any task runs where that needs no catalog (a filter's
+syntax, a confidence range), so bad input fails the flow at once with its message;
+what needs the catalog to judge (an unknown model) fails its I/O task, unretried.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import Flow, flow
+
+from radlake.curation.filters import ImageFilter
+from radlake.flows.tasks import (
+    Layout,
+    ingest_paths,
+    load_parsed_source,
+    predict_images,
+    read_source,
+    retrain_set,
+    select_images,
+    with_retries,
+)
+from radlake.inference.runner import DEFAULT_BATCH, DEFAULT_IOU, DEFAULT_SCORE
+from radlake.lake import load_settings
+from radlake.pipelines.retrain_set import RetrainError, RetrainRequest
+
+
+@flow(name="ingest-folder")
+def ingest_folder(
+    folder: Path, source: str = "folder", workers: int | None = None
+) -> dict[str, Any]:
+    """Ingest a folder (or a file): every input catalogued, already present or
+    quarantined with its reason."""
+    settings = load_settings()
+    # A missing folder is discover()'s InputPathError in the task: failed, not retried.
+    return with_retries(ingest_paths, settings)([folder], source, workers)
+
+
+@flow(name="load-source")
+def load_source_flow(
+    layout: Layout,
+    root: Path,
+    name: str | None = None,
+    columns: list[str] | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Load a public chest X-ray dataset (vinbigdata, covid, nih): images, metadata,
+    labels; `columns` as canonical=actual, like `radlake source --column`."""
+    settings = load_settings()
+    parsed = read_source(layout, root, name, columns or [])
+    return with_retries(load_parsed_source, settings)(parsed, workers)
+
+
+@flow(name="batch-predict")
+def batch_predict(
+    model: str,
+    dataset: str | None = None,
+    dataset_version: int | None = None,
+    split: str | None = None,
+    select: list[str] | None = None,
+    score: float = DEFAULT_SCORE,
+    iou: float = DEFAULT_IOU,
+    batch: int = DEFAULT_BATCH,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Predict a dataset's split (or a selection, key=value) with a model version
+    (NAME, NAME:V, NAME@ALIAS); images already predicted are skipped."""
+    settings = load_settings()
+    selection = ImageFilter.parse(select) if select else None
+    image_ids = with_retries(select_images, settings)(selection, dataset, dataset_version, split)
+    return with_retries(predict_images, settings)(model, image_ids, score, iou, batch, workers)
+
+
+@flow(name="retrain-set")
+def retrain_set_flow(
+    model: str,
+    since: datetime | None = None,
+    min_confidence: float = 0.0,
+    dataset: str | None = None,
+    dataset_version: int | None = None,
+    simulated: bool = True,
+    split: str = "training",
+    size: int = 1024,
+) -> dict[str, Any]:
+    """Make reviewers' feedback on a model version a retraining set (a label set, a
+    dataset version keeping the base's held-out splits, YOLO and COCO exports)."""
+    settings = load_settings()
+    if dataset_version is not None and dataset is None:
+        raise RetrainError("dataset_version needs dataset")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise RetrainError(f"expected a confidence in [0, 1], got {min_confidence}")
+    request = RetrainRequest(
+        model=model,
+        # A time without a zone is UTC, as on the command line (cli/times.py).
+        since=since if since is None or since.tzinfo else since.replace(tzinfo=UTC),
+        min_confidence=min_confidence,
+        dataset=dataset,
+        dataset_version=dataset_version,
+        simulated=simulated,
+        split=split,
+        export_size=size,
+    )
+    return with_retries(retrain_set, settings)(request)
+
+
+FLOWS: dict[str, Flow[..., dict[str, Any]]] = {
+    "ingest-folder": ingest_folder,
+    "load-source": load_source_flow,
+    "batch-predict": batch_predict,
+    "retrain-set": retrain_set_flow,
+}
