@@ -9,9 +9,11 @@ import traceback
 import typer
 
 from radlake.cli import (
+    backup_cmd,
     browse,
     dataset_cmd,
     feedback_cmd,
+    flows_cmd,
     ingest_cmd,
     labels_cmd,
     mart_cmd,
@@ -25,6 +27,7 @@ from radlake.cli import (
     simulate_cmd,
     sources_cmd,
     verify_cmd,
+    warehouse_cmd,
 )
 from radlake.cli.output import err_console
 from radlake.errors import RadlakeError
@@ -57,6 +60,11 @@ app.add_typer(serve_cmd.token_app, name="token")
 app.add_typer(feedback_cmd.app, name="feedback")
 app.add_typer(retrain_cmd.app, name="retrain-set")
 app.command("simulate")(simulate_cmd.simulate)
+app.command("backup")(backup_cmd.backup)
+app.command("restore")(backup_cmd.restore)
+app.add_typer(flows_cmd.app, name="flows")
+app.add_typer(warehouse_cmd.app, name="warehouse")
+app.command("sql")(warehouse_cmd.sql)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

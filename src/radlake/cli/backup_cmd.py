@@ -1,0 +1,185 @@
+"""`radlake backup` and `radlake restore`: the catalog as Parquet, and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from radlake.catalog.db import make_engine, sqlite_file
+from radlake.cli.ingest_cmd import progress_bar
+from radlake.cli.output import console, err_console, human_bytes, print_json
+from radlake.config import Settings
+from radlake.imaging.deid import Pseudonymizer
+from radlake.lake import load_settings, open_lake
+from radlake.storage.store import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    from radlake.pipelines.backup import BackupSummary, RestoreSummary
+
+# pyarrow is imported by the commands that use it, not by every `radlake` start.
+
+EXIT_USAGE = 2  # what Typer answers for a bad argument
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
+def _store_at(settings: Settings, url: str) -> ObjectStore:
+    """A store for a URL or folder other than the lake's, with the lake's S3 settings
+    (endpoint, keys) when it is on S3."""
+    if "://" not in url:
+        url = Path(url).resolve().as_uri()
+    options = settings.model_copy(update={"store_url": url}).store_options()
+    return open_store(url, retry_seconds=settings.retry_seconds, **options)
+
+
+def _keep(text: str | None) -> int | None:
+    """--keep as a whole number >= 1, or one error line and exit 2."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        err_console.print(
+            f"error: --keep expects a whole number of at least 1, got {text!r}",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    return value
+
+
+def backup(
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="URL",
+            help="A folder or s3:// URL to write the backup under (default: backups/ in "
+            "the lake's store).",
+            show_default=False,
+        ),
+    ] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N",
+            help="Then keep only the last N complete backups there (the new one always).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a consistent snapshot of every catalog table as Parquet (store objects are
+    not copied: `radlake verify` checks those)."""
+    from radlake.pipelines.backup import BACKUPS_PREFIX, backup_catalog
+
+    count = _keep(keep)
+    settings = load_settings()
+    lake = open_lake(settings)
+    destination = lake.store if to is None else _store_at(settings, to)
+    prefix = BACKUPS_PREFIX if to is None else ""
+    with progress_bar("backing up", not as_json) as progress:
+        task = progress.add_task("backing up", total=None) if progress else None
+
+        def report(phase: str, done: int, total: int | None) -> None:
+            if progress is not None and task is not None:
+                progress.update(task, description=phase, completed=done, total=total)
+
+        summary = backup_catalog(
+            lake.engine,
+            destination,
+            prefix=prefix,
+            keep=count,
+            pseudonymizer=lake.pseudonymizer,
+            retry_seconds=settings.retry_seconds,
+            progress=report,
+        )
+    lake.engine.dispose()
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    console.print(_backup_line(summary), markup=False, highlight=False)
+    if summary.removed:
+        names = ", ".join(summary.removed)
+        console.print(
+            f"retention: removed {len(summary.removed)} older backup"
+            f"{'' if len(summary.removed) == 1 else 's'} ({names})",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _backup_line(summary: BackupSummary) -> str:
+    manifest = summary.manifest
+    return (
+        f"backup {manifest.name}: {len(manifest.tables)} tables, {manifest.total_rows:,} rows,"
+        f" {human_bytes(manifest.total_bytes)} in {summary.seconds:.1f} s -> {summary.location}"
+    )
+
+
+def restore(
+    backup: Annotated[
+        str,
+        typer.Argument(
+            metavar="BACKUP",
+            help="A backup folder, an s3:// URL, a backup name under backups/ in the "
+            "lake's store (20260101t120000z), or 'latest'.",
+        ),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Load a backup into this lake's catalog, which must be empty (a new database)."""
+    from radlake.pipelines.backup import locate_backup, restore_catalog
+
+    settings = load_settings()
+    settings.ensure_secret_key()  # a restored lake is ready to use, as after `init`
+    database = sqlite_file(settings.resolved_catalog_url())
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_catalog_url())
+    lake_store = open_store(
+        settings.resolved_store_url(),
+        retry_seconds=settings.retry_seconds,
+        **settings.store_options(),
+    )
+    source, folder = locate_backup(backup, lake_store, lambda url: _store_at(settings, url))
+    with progress_bar("restoring", not as_json) as progress:
+        task = progress.add_task("restoring", total=None) if progress else None
+
+        def report(phase: str, done: int, total: int | None) -> None:
+            if progress is not None and task is not None:
+                progress.update(task, description=phase, completed=done, total=total)
+
+        summary = restore_catalog(
+            engine,
+            source,
+            folder,
+            pseudonymizer=Pseudonymizer(settings.secret_key_bytes()),
+            retry_seconds=settings.retry_seconds,
+            progress=report,
+        )
+    engine.dispose()
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        console.print(_restore_line(summary), markup=False, highlight=False)
+    if summary.same_key is False:
+        err_console.print(
+            "note: this lake's secret key differs from the backed-up lake's: restored"
+            " pseudonyms stay as they were, but new ingests will give the same patients"
+            " other pseudonyms (set RADLAKE_SECRET_KEY to the old lake's key to avoid it)",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _restore_line(summary: RestoreSummary) -> str:
+    manifest = summary.manifest
+    return (
+        f"restored {manifest.name} (schema {manifest.revision}, from {manifest.backend}):"
+        f" {len(manifest.tables)} tables, {manifest.total_rows:,} rows,"
+        f" {human_bytes(manifest.total_bytes)} in {summary.seconds:.1f} s into {summary.backend}"
+    )
