@@ -52,7 +52,9 @@ from radlake.flows.flows import (
     batch_predict,
     ingest_folder,
     load_source_flow,
+    mart_push,
     retrain_set_flow,
+    warehouse_build,
 )
 from radlake.flows.schedules import deployments
 from radlake.inference.errors import ModelNotFound
@@ -321,7 +323,7 @@ def test_bad_input_fails_the_flow_at_once_without_retries(
         ingest_folder(folder=tmp_path / "absent")
 
 
-def test_source_predict_and_retrain_flows(
+def test_source_predict_retrain_warehouse_and_mart_flows(
     prefect_server: str, lake_home: Callable[..., Lake], tmp_path: Path
 ) -> None:
     pytest.importorskip("onnxruntime", reason="predictions need the [inference] extra")
@@ -373,6 +375,12 @@ def test_source_predict_and_retrain_flows(
     _, task_runs = recorded(state, tasks=1)
     assert state_name(task_runs["build-retrain-set"]) == "COMPLETED"
 
+    built_warehouse = warehouse_build()
+    assert built_warehouse["images"] == 12 and built_warehouse["format"] == "parquet"
+    pushed = mart_push(dataset="lungs", to=str(tmp_path / "mart"), format="yolo", size=64)
+    assert pushed["copied"] == pushed["files"] > 12
+    assert (tmp_path / "mart" / ".radlake-mart.json").is_file()
+
     # A model that does not exist is bad input: the predict task fails once, unretried.
     failed = batch_predict(model="nope", dataset="lungs", return_state=True)
     assert isinstance(failed.result(raise_on_failure=False), ModelNotFound)
@@ -391,6 +399,11 @@ SCHEDULES = {
     "RADLAKE_SCHEDULE_INGEST_FOLDER": "/data/incoming",
     "RADLAKE_SCHEDULE_RETRAIN_SET": "30 3 * * sun",
     "RADLAKE_SCHEDULE_RETRAIN_SET_MODEL": "lungs@production",
+    "RADLAKE_SCHEDULE_WAREHOUSE": "15 1 * * *",
+    "RADLAKE_SCHEDULE_MART": "0 4 1 * *",
+    "RADLAKE_SCHEDULE_MART_DATASET": "lungs",
+    "RADLAKE_SCHEDULE_MART_TO": "s3://mart/lungs",
+    "RADLAKE_SCHEDULE_MART_FORMAT": "coco",
     "RADLAKE_SCHEDULE_TIMEZONE": "Europe/Paris",
 }
 
@@ -436,7 +449,7 @@ def test_schedules_from_settings_make_deployments_with_their_cron(
     finally:
         _stop(serving)
     assert set(found) == set(FLOWS), log.read_text()[-2000:]
-    assert "serving 4 flows on http" in log.read_text()
+    assert f"serving {len(FLOWS)} flows on http" in log.read_text()
     assert {name: d.name for name, d in found.items()} == dict.fromkeys(FLOWS, "radlake")
     scheduled = {
         name: [(s.schedule.cron, s.schedule.timezone) for s in d.schedules]
@@ -446,6 +459,13 @@ def test_schedules_from_settings_make_deployments_with_their_cron(
     assert scheduled == {
         "ingest-folder": [("0 2 * * *", "Europe/Paris")],
         "retrain-set": [("30 3 * * sun", "Europe/Paris")],
+        "warehouse-build": [("15 1 * * *", "Europe/Paris")],
+        "mart-push": [("0 4 1 * *", "Europe/Paris")],
+    }
+    assert found["mart-push"].parameters == {
+        "dataset": "lungs",
+        "to": "s3://mart/lungs",
+        "format": "coco",
     }
     assert found["retrain-set"].parameters == {"model": "lungs@production"}
     assert found["ingest-folder"].entrypoint == "radlake.flows.flows.ingest_folder"

@@ -10,7 +10,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     schedule_predict_split: str | None = None  # default: every split
     schedule_retrain_set: str | None = None
     schedule_retrain_set_model: str | None = None  # required by schedule_retrain_set
+    schedule_warehouse: str | None = None
+    schedule_warehouse_format: Literal["parquet", "jsonl"] = "parquet"
+    schedule_mart: str | None = None
+    schedule_mart_dataset: str | None = None  # required by schedule_mart (newest version)
+    schedule_mart_to: str | None = None  # required by schedule_mart (a folder or s3://...)
+    schedule_mart_format: Literal["coco", "yolo"] | None = None  # required by schedule_mart
     # I/O steps of a flow retry store and catalog faults this often, this far apart
     # (after the store's and catalog's own retry_seconds ran out).
     flow_retries: int = Field(default=3, ge=0, le=100)
@@ -75,6 +81,8 @@ class Settings(BaseSettings):
         "ingest": ("folder",),
         "predict": ("model", "dataset"),
         "retrain_set": ("model",),
+        "warehouse": (),
+        "mart": ("dataset", "to", "format"),
     }
 
     @model_validator(mode="after")

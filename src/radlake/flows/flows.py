@@ -15,20 +15,26 @@ from typing import Any
 
 from prefect import Flow, flow
 
+from radlake.cli.mart_cmd import destination_url
 from radlake.curation.filters import ImageFilter
 from radlake.flows.tasks import (
     Layout,
     ingest_paths,
     load_parsed_source,
     predict_images,
+    push_mart,
     read_source,
     retrain_set,
     select_images,
+    warehouse,
     with_retries,
 )
 from radlake.inference.runner import DEFAULT_BATCH, DEFAULT_IOU, DEFAULT_SCORE
 from radlake.lake import load_settings
+from radlake.pipelines.mart import MartError
+from radlake.pipelines.mart import check_format as check_mart_format
 from radlake.pipelines.retrain_set import RetrainError, RetrainRequest
+from radlake.warehouse.state import check_format as check_warehouse_format
 
 
 @flow(name="ingest-folder")
@@ -109,9 +115,54 @@ def retrain_set_flow(
     return with_retries(retrain_set, settings)(request)
 
 
+@flow(name="warehouse-build")
+def warehouse_build(format: str = "parquet", full: bool = False) -> dict[str, Any]:
+    """Write per-image documents (parquet for `radlake sql`, or jsonl) under warehouse/
+    in the store; only images changed since the last build, all with full."""
+    settings = load_settings()
+    fmt = check_warehouse_format(format)
+    return with_retries(warehouse, settings)(fmt, full)
+
+
+@flow(name="mart-push")
+def mart_push(
+    dataset: str,
+    to: str,
+    format: str,
+    version: int | None = None,
+    size: int = 1024,
+    mode: str = "pad",
+    prune: bool = False,
+    checksum: bool = False,
+    jobs: int = 4,
+) -> dict[str, Any]:
+    """Copy a dataset version's YOLO or COCO export to a folder or s3://bucket/prefix,
+    new or changed files only, each read back; newest version by default."""
+    settings = load_settings()
+    fmt = check_mart_format(format)
+    if mode not in ("pad", "stretch"):
+        raise MartError(f"expected mode pad or stretch, got {mode[:40]!r}")
+    if not 0 <= size <= 65536 or not 1 <= jobs <= 32:
+        raise MartError(f"expected size in 0..65536 and jobs in 1..32, got {size}, {jobs}")
+    url = destination_url(to)
+    return with_retries(push_mart, settings)(
+        dataset,
+        version,
+        url,
+        fmt,
+        size or None,
+        "pad" if mode == "pad" else "stretch",
+        prune,
+        checksum,
+        jobs,
+    )
+
+
 FLOWS: dict[str, Flow[..., dict[str, Any]]] = {
     "ingest-folder": ingest_folder,
     "load-source": load_source_flow,
     "batch-predict": batch_predict,
     "retrain-set": retrain_set_flow,
+    "warehouse-build": warehouse_build,
+    "mart-push": mart_push,
 }

@@ -25,6 +25,8 @@ SCHEDULED_FLOWS = {
     "ingest": "ingest-folder",
     "predict": "batch-predict",
     "retrain_set": "retrain-set",
+    "warehouse": "warehouse-build",
+    "mart": "mart-push",
 }
 
 
@@ -44,6 +46,14 @@ def scheduled_parameters(settings: Settings) -> dict[str, dict[str, Any]]:
         }
     if settings.schedule_retrain_set:
         found["retrain-set"] = {"model": settings.schedule_retrain_set_model}
+    if settings.schedule_warehouse:
+        found["warehouse-build"] = {"format": settings.schedule_warehouse_format}
+    if settings.schedule_mart:
+        found["mart-push"] = {
+            "dataset": settings.schedule_mart_dataset,
+            "to": settings.schedule_mart_to,
+            "format": settings.schedule_mart_format,
+        }
     return found
 
 

@@ -25,10 +25,12 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
+from radlake.cli.mart_cmd import open_destination
 from radlake.config import Settings
 from radlake.curation.filters import ImageFilter
 from radlake.lake import Lake, load_settings, open_lake
 from radlake.pipelines.ingest import ingest
+from radlake.pipelines.mart import MartFormat, push_version
 from radlake.pipelines.predict import predict_batch, select_image_ids
 from radlake.pipelines.retrain_set import RetrainRequest, build_retrain_set
 from radlake.pipelines.source_load import load_source
@@ -38,6 +40,8 @@ from radlake.sources.csvfile import SourceFormatError, parse_column_map
 from radlake.sources.nih_cxr14 import read_nih_cxr14
 from radlake.sources.vinbigdata import COLUMNS as VINBIGDATA_COLUMNS
 from radlake.sources.vinbigdata import read_vinbigdata
+from radlake.warehouse.build import build_warehouse
+from radlake.warehouse.state import Format
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -190,3 +194,43 @@ def retrain_set(request: RetrainRequest) -> dict[str, Any]:
         "exports": outcome.exports,
         "exported_now": outcome.exported_now,
     }
+
+
+@io_task("build-warehouse")
+def warehouse(fmt: Format, full: bool) -> dict[str, Any]:
+    """Write the documents of images changed since the last build (warehouse.build)."""
+    with opened_lake() as lake:
+        summary = build_warehouse(lake, fmt=fmt, full=full, retry_seconds=lake.limits.retry_seconds)
+    return summary.as_dict()
+
+
+@io_task("push-mart")
+def push_mart(
+    dataset: str,
+    version: int | None,
+    destination_url: str,
+    fmt: MartFormat,
+    size: int | None,
+    mode: Literal["pad", "stretch"],
+    prune: bool,
+    checksum: bool,
+    jobs: int,
+) -> dict[str, Any]:
+    """Copy a version's export to a destination, new or changed files only (mart)."""
+    with opened_lake() as lake:
+        destination = open_destination(load_settings(), destination_url)
+        summary = push_version(
+            engine=lake.engine,
+            lake_store=lake.store,
+            destination=destination,
+            dataset=dataset,
+            version=version,
+            fmt=fmt,
+            size=size,
+            mode=mode,
+            prune=prune,
+            checksum=checksum,
+            jobs=jobs,
+            max_decoded_bytes=lake.limits.max_decoded_bytes,
+        )
+    return summary.as_dict()
