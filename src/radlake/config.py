@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_input_mb: int = Field(default=2048, ge=1, le=1048576)  # bytes of one input or upload
     file_seconds: int = Field(default=300, ge=1, le=86400)  # one input's time in a worker
     retry_seconds: float = Field(default=30.0, ge=0, le=3600)  # how long faults are retried
+    # Where per-input work runs (issue 12): "local" (the default, a process pool),
+    # "dask-local" (a Dask LocalCluster started per command) or "dask://HOST:PORT" (a
+    # running Dask scheduler). The --executor option of ingest and `source` overrides it.
+    executor: str | None = None
     # Web security (issue 8). A web sign-in lasts this long unless signed out first.
     web_session_hours: float = Field(default=12.0, gt=0, le=720)
     # `radlake serve`: a request's headers, and its body's first part, must arrive within

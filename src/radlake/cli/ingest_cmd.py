@@ -20,10 +20,17 @@ from sqlalchemy.engine import make_url
 
 from radlake.cli.output import console, err_console, print_json
 from radlake.lake import Lake, init_lake, load_settings, open_lake
+from radlake.pipelines.executor import EXECUTOR_SPECS, Executor, open_executor
 from radlake.pipelines.ingest import IngestSummary
 from radlake.pipelines.ingest import ingest as run_ingest
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ExecutorOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Where per-file work runs: {EXECUTOR_SPECS} (default: RADLAKE_EXECUTOR, else local)."
+    ),
+]
 
 
 def init() -> None:
@@ -70,7 +77,13 @@ def progress_reporter(description: str, enabled: bool) -> Iterator[Callable[[int
 
 
 def ingest_with_progress(
-    lake: Lake, paths: Sequence[Path], *, workers: int | None, source: str, show: bool
+    lake: Lake,
+    paths: Sequence[Path],
+    *,
+    workers: int | None,
+    source: str,
+    show: bool,
+    executor: Executor | None = None,
 ) -> IngestSummary:
     """Run ingest with a progress bar; used by `ingest` and `quickstart`."""
     with progress_reporter("ingesting", show) as report:
@@ -80,6 +93,7 @@ def ingest_with_progress(
             store=lake.store,
             pseudonymizer=lake.pseudonymizer,
             source=source,
+            executor=executor,
             workers=workers,
             limits=lake.limits,
             progress=report,
@@ -94,11 +108,17 @@ def ingest(
     source: Annotated[str, typer.Option(help="Name of the source these inputs come from.")] = (
         "folder"
     ),
+    executor: ExecutorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Ingest DICOM, NIfTI, PNG and JPEG files; re-running is a no-op for known bytes."""
-    lake = open_lake(load_settings())
-    summary = ingest_with_progress(lake, paths, workers=workers, source=source, show=not as_json)
+    settings = load_settings()
+    spec = executor or settings.executor
+    with open_executor(spec, workers, item_seconds=settings.file_seconds) as pool:
+        lake = open_lake(settings)
+        summary = ingest_with_progress(
+            lake, paths, workers=workers, source=source, show=not as_json, executor=pool
+        )
     if as_json:
         print_json(summary.as_dict())
     else:

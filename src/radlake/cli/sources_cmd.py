@@ -13,9 +13,10 @@ from typing import Annotated
 
 import typer
 
-from radlake.cli.ingest_cmd import JsonOption, progress_reporter
+from radlake.cli.ingest_cmd import ExecutorOption, JsonOption, progress_reporter
 from radlake.cli.output import console, err_console, print_json
 from radlake.lake import load_settings, open_lake
+from radlake.pipelines.executor import open_executor
 from radlake.pipelines.source_load import SourceSummary, load_source
 from radlake.sources.base import SourceLoad
 from radlake.sources.covid_cxr import KNOWN_COLUMNS, read_covid_cxr
@@ -42,18 +43,25 @@ def _run(
     reader: Callable[[Path], SourceLoad],
     root: Path,
     workers: int | None,
+    executor: str | None,
     as_json: bool,
 ) -> None:
     if not root.is_dir():
         raise SourceFormatError(f"no such folder: {root}")
-    lake = open_lake(load_settings())
+    settings = load_settings()
+    lake = open_lake(settings)
     parsed = reader(root)
-    with progress_reporter("ingesting", not as_json) as report:
+    spec = executor or settings.executor
+    with (
+        open_executor(spec, workers, item_seconds=lake.limits.file_seconds) as pool,
+        progress_reporter("ingesting", not as_json) as report,
+    ):
         summary: SourceSummary = load_source(
             parsed,
             engine=lake.engine,
             store=lake.store,
             pseudonymizer=lake.pseudonymizer,
+            executor=pool,
             workers=workers,
             limits=lake.limits,
             progress=report,
@@ -76,6 +84,7 @@ def vinbigdata(
     name: NameOption = None,
     column: ColumnOption = None,
     workers: WorkersOption = None,
+    executor: ExecutorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """VinBigData: train.csv, train/<image_id>.dicom|.png, optional train_meta.csv."""
@@ -84,6 +93,7 @@ def vinbigdata(
         lambda root: read_vinbigdata(root, name=name or "vinbigdata", columns=columns),
         root,
         workers,
+        executor,
         as_json,
     )
 
@@ -94,11 +104,18 @@ def covid(
     name: NameOption = None,
     column: ColumnOption = None,
     workers: WorkersOption = None,
+    executor: ExecutorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """COVID-19 chest X-ray collections (ieee8023, Figure1, Actualmed): metadata.csv + images/."""
     columns = parse_column_map(column or [], KNOWN_COLUMNS)
-    _run(lambda root: read_covid_cxr(root, name=name, columns=columns), root, workers, as_json)
+    _run(
+        lambda root: read_covid_cxr(root, name=name, columns=columns),
+        root,
+        workers,
+        executor,
+        as_json,
+    )
 
 
 @app.command("nih")
@@ -106,8 +123,15 @@ def nih(
     root: RootArgument,
     name: NameOption = None,
     workers: WorkersOption = None,
+    executor: ExecutorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """NIH ChestX-ray14: Data_Entry_2017*.csv, BBox_List_2017.csv, images/."""
     # Its CSVs are read by position (the header names two-valued columns once): no --column.
-    _run(lambda root: read_nih_cxr14(root, name=name or "nih-chestxray14"), root, workers, as_json)
+    _run(
+        lambda root: read_nih_cxr14(root, name=name or "nih-chestxray14"),
+        root,
+        workers,
+        executor,
+        as_json,
+    )

@@ -1,7 +1,8 @@
-"""Where per-item work runs: in this process, or in a local process pool.
+"""Where per-item work runs: in this process, in a local process pool, or on Dask.
 
-The interface is one method, so a Dask executor (client.map + as_completed) can
-slot in later without touching the pipelines.
+The interface is one method, so the Dask executor (pipelines/dask_executor.py, the
+only module that imports dask) slots in without touching the pipelines;
+`open_executor` chooses one from a spec string (--executor, RADLAKE_EXECUTOR).
 
 A worker process can die under an item: the kernel's OOM killer, a crash in a
 native decoder, or the per-item time limit (SIGALRM with its default action kills
@@ -14,6 +15,7 @@ ordinary result (a quarantine row), so the job goes on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -25,6 +27,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from typing import Protocol, TypeVar
+
+from radlake.errors import ConfigError, RadlakeError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -163,18 +167,77 @@ class LocalProcessExecutor:
         return pool
 
     def _death_reason(self, seconds: float) -> str:
-        if self.item_seconds and seconds >= self.item_seconds - 0.5:
-            return (
-                f"took longer than the {self.item_seconds} s limit for one input "
-                "(RADLAKE_FILE_SECONDS): the worker was stopped"
-            )
+        timed_out = bool(self.item_seconds) and seconds >= (self.item_seconds or 0) - 0.5
+        return death_reason(self.item_seconds if timed_out else None)
+
+
+def death_reason(timed_out_after: int | None) -> str:
+    """The quarantine reason of an input whose worker died twice under it: stopped by
+    the time limit of timed_out_after seconds, or (None) killed or crashed."""
+    if timed_out_after:
         return (
-            "the worker process died while reading it (killed for memory, or a crash "
-            "in a native decoder)"
+            f"took longer than the {timed_out_after} s limit for one input "
+            "(RADLAKE_FILE_SECONDS): the worker was stopped"
         )
+    return (
+        "the worker process died while reading it (killed for memory, or a crash "
+        "in a native decoder)"
+    )
 
 
 def default_executor(workers: int | None, item_seconds: float | None = None) -> Executor:
     """A process pool of `workers` (default: one per CPU), even for one worker: a
     worker that dies costs its input a quarantine row, never the job."""
     return LocalProcessExecutor(workers, item_seconds=item_seconds)
+
+
+class ExecutorUnavailable(RadlakeError, ConnectionError):
+    """The compute cluster cannot be reached (or was lost): a fault, never a bad input."""
+
+
+LOCAL = "local"
+DASK_LOCAL = "dask-local"
+DASK_SCHEME = "dask://"
+EXECUTOR_SPECS = f"{LOCAL}, {DASK_LOCAL} or {DASK_SCHEME}HOST:PORT"
+
+
+def dask_address(spec: str | None) -> str | None:
+    """The scheduler address a spec names: None for the local process pool, "" for
+    a Dask cluster started here (dask-local), else "tcp://HOST:PORT".
+
+    Raises:
+        ConfigError: the spec is none of local, dask-local, dask://HOST:PORT.
+    """
+    text = (spec or LOCAL).strip()
+    if text.lower() == LOCAL:
+        return None
+    if text.lower() == DASK_LOCAL:
+        return ""
+    if text.lower().startswith(DASK_SCHEME):
+        host, _, port = text[len(DASK_SCHEME) :].rstrip("/").rpartition(":")
+        if host and "/" not in host and port.isdigit() and 0 < int(port) < 65536:
+            return f"tcp://{host}:{port}"
+    raise ConfigError(f"unknown executor {text!r}: expected {EXECUTOR_SPECS}")
+
+
+@contextlib.contextmanager
+def open_executor(
+    spec: str | None, workers: int | None, item_seconds: float | None = None
+) -> Iterator[Executor]:
+    """The executor a spec names (see dask_address), started and, on leaving, stopped:
+    a Dask client is connected before any work (an unreachable scheduler fails here,
+    before a job is recorded) and closed afterwards with the cluster it started.
+
+    Raises:
+        ConfigError: the spec is not understood.
+        ExecutorUnavailable: the Dask scheduler cannot be reached or has no workers.
+    """
+    address = dask_address(spec)
+    if address is None:
+        yield default_executor(workers, item_seconds=item_seconds)
+        return
+    # Imported here: dask is optional and slow to import; only this path needs it.
+    from radlake.pipelines.dask_executor import DaskExecutor
+
+    with DaskExecutor(address or None, workers=workers, item_seconds=item_seconds) as executor:
+        yield executor
