@@ -24,15 +24,21 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from radlake.catalog.db import session_factory
+from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Image, Label
-from radlake.cli.main import app
+from radlake.cli.main import app, run
 from radlake.config import Settings
+from radlake.curation.filters import ImageFilter
+from radlake.curation.splits import SplitSpec
+from radlake.curation.versions import VersionRequest, create_version
 from radlake.domain import Box
 from radlake.formats.coords import ResizeTransform, box_to_coco, box_to_yolo
 from radlake.formats.manifest import read_manifest
-from radlake.lake import open_lake
+from radlake.lake import init_lake, open_lake
+from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.mart import MART_MANIFEST
+from radlake.pipelines.source_load import load_source
+from radlake.sources.vinbigdata import read_vinbigdata
 from tests.conftest import s3_options
 from tests.faultproxy import fault_proxy_fixture  # noqa: F401
 
@@ -124,11 +130,24 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("mart")
     write_source(base / "src")
     lake_home = base / "home"
-    assert radlake(lake_home, "init").returncode == 0
-    loaded = ok(radlake(lake_home, "source", "vinbigdata", str(base / "src"), "--json"))
-    assert loaded["boxes"] == 2 * IMAGES
-    spec = "training=0.5,test=0.5"
-    assert ok(radlake(lake_home, "dataset", "create", "films", "--splits", spec, "--json"))
+    # Built in this process (the CLI's own steps, without an interpreter per step).
+    lake, _ = init_lake(Settings(home=lake_home))
+    loaded = load_source(
+        read_vinbigdata(base / "src"),
+        engine=lake.engine,
+        store=lake.store,
+        pseudonymizer=lake.pseudonymizer,
+        executor=SerialExecutor(),
+    )
+    assert loaded.boxes == 2 * IMAGES
+    request = VersionRequest(
+        dataset="films",
+        selection=ImageFilter(source="vinbigdata"),
+        spec=SplitSpec.parse("training=0.5,test=0.5"),
+    )
+    with transaction(lake.engine) as session:
+        assert create_version(session, request)[0].version == 1
+    lake.engine.dispose()
     return lake_home
 
 
@@ -405,32 +424,49 @@ def test_killed_push_is_finished_by_the_next(
 
 
 def test_bad_requests_and_store_fault_are_one_line(
-    home: Path, tmp_path: Path, s3_bucket: str, s3_endpoint: str, fault_proxy: Any
+    home: Path,
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_endpoint: str,
+    fault_proxy: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "never"
-    push = ["mart", "push"]
-    assert one_error(radlake(home, *push, "nope", "--to", str(out), "--format", "coco")) == (
-        "error: no dataset 'nope'"
+    for name in [k for k in os.environ if k.startswith("RADLAKE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RADLAKE_HOME", str(home))
+
+    def refused(*args: str) -> str:
+        """The console script's own entry point in this process: its one stderr line."""
+        monkeypatch.setattr(sys, "argv", ["radlake", "mart", "push", *args])
+        with pytest.raises(SystemExit) as exited:
+            run()
+        captured = capsys.readouterr()
+        assert exited.value.code == 1 and captured.out == "", captured
+        assert captured.err.count("\n") == 1 and captured.err.startswith("error: "), captured
+        return captured.err.strip()
+
+    to = ["--to", str(out)]
+    assert refused("nope", *to, "--format", "coco") == "error: no dataset 'nope'"
+    assert "no version 9 of dataset 'films'" in refused("films:9", *to, "--format", "coco")
+    assert "expected a version number" in refused("films:x", *to, "--format", "coco")
+    assert "expected --format coco or yolo, got 'voc'" in refused("films", *to, "--format", "voc")
+    assert "expected --mode pad or stretch" in refused(
+        "films", *to, "--format", "yolo", "--mode", "crop"
     )
-    assert "no version 9 of dataset 'films'" in one_error(
-        radlake(home, *push, "films:9", "--to", str(out), "--format", "coco")
-    )
-    assert "expected a version number" in one_error(
-        radlake(home, *push, "films:x", "--to", str(out), "--format", "coco")
-    )
-    assert "expected --format coco or yolo, got 'voc'" in one_error(
-        radlake(home, *push, "films", "--to", str(out), "--format", "voc")
-    )
-    assert "expected --to DIR or s3://bucket/prefix" in one_error(
-        radlake(home, *push, "films", "--to", "http://host/x", "--format", "coco")
+    assert "expected --to DIR or s3://bucket/prefix" in refused(
+        "films", "--to", "http://host/x", "--format", "coco"
     )
     assert not out.exists()  # a refused push touches no destination
 
+    # A store fault, through the real command: reported as the destination's fault.
     host, port = s3_endpoint.removeprefix("http://").split(":")
     proxy = fault_proxy((host, int(port)))
     proxy.set_mode("refuse")
     env = s3_env(f"http://127.0.0.1:{proxy.port}", retry_seconds=1)
     fault = one_error(
-        radlake(home, *push, "films", "--to", f"s3://{s3_bucket}/m", "--format", "coco", env=env)
-    )
+        radlake(home, "mart", "push", "films", "--to", f"s3://{s3_bucket}/m", "--format", "coco",
+                env=env)
+    )  # fmt: skip
     assert fault.startswith("error: destination store unreachable ("), fault

@@ -270,9 +270,11 @@ class MartSink:
     def _place(self, path: str, data: bytes, sha256: str) -> None:
         size = len(data)
         found = self._info(path)
-        damaged = False
+        known = self.previous.get(path)
+        # This very content was verified here before: other bytes now are damage (a
+        # half-sent or changed file), not a new version of the file.
+        damaged = found is not None and known is not None and known.sha256 == sha256
         if found is not None and found.size == size:
-            known = self.previous.get(path)
             trusted = (
                 not self.checksum
                 and known is not None
@@ -280,17 +282,9 @@ class MartSink:
                 and known.modified is not None
                 and known.modified == found.modified
             )
-            if trusted:
+            if trusted or self._digest(path) == (sha256, size):
                 self._record(path, PushedFile(sha256, size, found.modified), copied=False)
                 return
-            if self._digest(path) == (sha256, size):
-                self._record(path, PushedFile(sha256, size, found.modified), copied=False)
-                return
-            damaged = True
-        elif found is not None:
-            damaged = self.previous.get(path, None) is not None and (
-                self.previous[path].sha256 == sha256
-            )
         self._mark_started()
         try:
             self.store.put_bytes(path, data, sync=False)
