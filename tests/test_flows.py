@@ -49,6 +49,7 @@ from radlake.flows import launch
 from radlake.flows.cron import check_cron
 from radlake.flows.flows import (
     FLOWS,
+    backup_flow,
     batch_predict,
     ingest_folder,
     load_source_flow,
@@ -323,7 +324,7 @@ def test_bad_input_fails_the_flow_at_once_without_retries(
         ingest_folder(folder=tmp_path / "absent")
 
 
-def test_source_predict_retrain_warehouse_and_mart_flows(
+def test_source_predict_retrain_backup_warehouse_and_mart_flows(
     prefect_server: str, lake_home: Callable[..., Lake], tmp_path: Path
 ) -> None:
     pytest.importorskip("onnxruntime", reason="predictions need the [inference] extra")
@@ -375,6 +376,10 @@ def test_source_predict_retrain_warehouse_and_mart_flows(
     _, task_runs = recorded(state, tasks=1)
     assert state_name(task_runs["build-retrain-set"]) == "COMPLETED"
 
+    backed_up = backup_flow(keep=2)
+    assert backed_up["tables"] > 10 and backed_up["rows"] > 0
+    assert lake.store.exists(f"backups/{backed_up['name']}/manifest.json")
+
     built_warehouse = warehouse_build()
     assert built_warehouse["images"] == 12 and built_warehouse["format"] == "parquet"
     pushed = mart_push(dataset="lungs", to=str(tmp_path / "mart"), format="yolo", size=64)
@@ -399,6 +404,8 @@ SCHEDULES = {
     "RADLAKE_SCHEDULE_INGEST_FOLDER": "/data/incoming",
     "RADLAKE_SCHEDULE_RETRAIN_SET": "30 3 * * sun",
     "RADLAKE_SCHEDULE_RETRAIN_SET_MODEL": "lungs@production",
+    "RADLAKE_SCHEDULE_BACKUP": "0 2 * * *",
+    "RADLAKE_SCHEDULE_BACKUP_KEEP": "7",
     "RADLAKE_SCHEDULE_WAREHOUSE": "15 1 * * *",
     "RADLAKE_SCHEDULE_MART": "0 4 1 * *",
     "RADLAKE_SCHEDULE_MART_DATASET": "lungs",
@@ -459,6 +466,7 @@ def test_schedules_from_settings_make_deployments_with_their_cron(
     assert scheduled == {
         "ingest-folder": [("0 2 * * *", "Europe/Paris")],
         "retrain-set": [("30 3 * * sun", "Europe/Paris")],
+        "backup": [("0 2 * * *", "Europe/Paris")],
         "warehouse-build": [("15 1 * * *", "Europe/Paris")],
         "mart-push": [("0 4 1 * *", "Europe/Paris")],
     }
@@ -468,19 +476,34 @@ def test_schedules_from_settings_make_deployments_with_their_cron(
         "format": "coco",
     }
     assert found["retrain-set"].parameters == {"model": "lungs@production"}
+    assert found["backup"].parameters == {"to": None, "keep": 7}
     assert found["ingest-folder"].entrypoint == "radlake.flows.flows.ingest_folder"
 
 
-def test_without_a_server_the_cli_says_so_in_one_line(prefect_server: str, tmp_path: Path) -> None:
+def test_cli_errors_are_one_line(prefect_server: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RADLAKE_"))}
     env |= {"RADLAKE_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
-    unset = subprocess.run(
-        [sys.executable, "-m", "radlake.cli.main", "flows", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+
+    def radlake(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "radlake.cli.main", *args],
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    assert radlake("init").returncode == 0
+    # Bad input against the server: Prefect's log lines, then the error; no traceback
+    # (that is in the flow run's log on the server).
+    absent = tmp_path / "absent"
+    failed = radlake(
+        "flows", "run", "ingest-folder", f"folder={absent}", PREFECT_API_URL=prefect_server
     )
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1] == f"error: no such file or folder: {absent}"
+    assert "Traceback" not in failed.stderr and "Finished in state Failed" in failed.stderr
+    unset = radlake("flows", "serve")
     assert unset.returncode == 1
     assert unset.stderr.startswith("error: PREFECT_API_URL is not set: start one with `prefect")
     assert unset.stderr.count("\n") == 1 and "Traceback" not in unset.stderr

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     schedule_predict_split: str | None = None  # default: every split
     schedule_retrain_set: str | None = None
     schedule_retrain_set_model: str | None = None  # required by schedule_retrain_set
+    schedule_backup: str | None = None
+    schedule_backup_to: str | None = None  # default: backups/ in the lake's store
+    schedule_backup_keep: int | None = Field(default=None, ge=1)  # default: keep all
     schedule_warehouse: str | None = None
     schedule_warehouse_format: Literal["parquet", "jsonl"] = "parquet"
     schedule_mart: str | None = None
@@ -85,6 +88,7 @@ class Settings(BaseSettings):
         "ingest": ("folder",),
         "predict": ("model", "dataset"),
         "retrain_set": ("model",),
+        "backup": (),
         "warehouse": (),
         "mart": ("dataset", "to", "format"),
     }

@@ -19,6 +19,7 @@ from radlake.cli.mart_cmd import destination_url
 from radlake.curation.filters import ImageFilter
 from radlake.flows.tasks import (
     Layout,
+    backup,
     ingest_paths,
     load_parsed_source,
     predict_images,
@@ -31,6 +32,7 @@ from radlake.flows.tasks import (
 )
 from radlake.inference.runner import DEFAULT_BATCH, DEFAULT_IOU, DEFAULT_SCORE
 from radlake.lake import load_settings
+from radlake.pipelines.backup import BackupError
 from radlake.pipelines.mart import MartError
 from radlake.pipelines.mart import check_format as check_mart_format
 from radlake.pipelines.retrain_set import RetrainError, RetrainRequest
@@ -158,7 +160,18 @@ def mart_push(
     )
 
 
+@flow(name="backup")
+def backup_flow(to: str | None = None, keep: int | None = None) -> dict[str, Any]:
+    """Write a consistent snapshot of every catalog table as Parquet, under backups/ in
+    the lake's store or a folder or s3:// URL; with keep, only the last N stay."""
+    settings = load_settings()
+    if keep is not None and keep < 1:
+        raise BackupError(f"expected keep of at least 1, got {keep}")
+    return with_retries(backup, settings)(None if to is None else destination_url(to), keep)
+
+
 FLOWS: dict[str, Flow[..., dict[str, Any]]] = {
+    "backup": backup_flow,
     "ingest-folder": ingest_folder,
     "load-source": load_source_flow,
     "batch-predict": batch_predict,

@@ -25,6 +25,7 @@ SCHEDULED_FLOWS = {
     "ingest": "ingest-folder",
     "predict": "batch-predict",
     "retrain_set": "retrain-set",
+    "backup": "backup",
     "warehouse": "warehouse-build",
     "mart": "mart-push",
 }
@@ -46,6 +47,8 @@ def scheduled_parameters(settings: Settings) -> dict[str, dict[str, Any]]:
         }
     if settings.schedule_retrain_set:
         found["retrain-set"] = {"model": settings.schedule_retrain_set_model}
+    if settings.schedule_backup:
+        found["backup"] = {"to": settings.schedule_backup_to, "keep": settings.schedule_backup_keep}
     if settings.schedule_warehouse:
         found["warehouse-build"] = {"format": settings.schedule_warehouse_format}
     if settings.schedule_mart:

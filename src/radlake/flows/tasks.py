@@ -29,6 +29,7 @@ from radlake.cli.mart_cmd import open_destination
 from radlake.config import Settings
 from radlake.curation.filters import ImageFilter
 from radlake.lake import Lake, load_settings, open_lake
+from radlake.pipelines.backup import BACKUPS_PREFIX, backup_catalog
 from radlake.pipelines.ingest import ingest
 from radlake.pipelines.mart import MartFormat, push_version
 from radlake.pipelines.predict import predict_batch, select_image_ids
@@ -232,5 +233,24 @@ def push_mart(
             checksum=checksum,
             jobs=jobs,
             max_decoded_bytes=lake.limits.max_decoded_bytes,
+        )
+    return summary.as_dict()
+
+
+@io_task("backup-catalog")
+def backup(destination_url: str | None, keep: int | None) -> dict[str, Any]:
+    """Snapshot every catalog table as Parquet, manifest last (pipelines.backup)."""
+    with opened_lake() as lake:
+        if destination_url is None:
+            destination, prefix = lake.store, BACKUPS_PREFIX
+        else:
+            destination, prefix = open_destination(load_settings(), destination_url), ""
+        summary = backup_catalog(
+            lake.engine,
+            destination,
+            prefix=prefix,
+            keep=keep,
+            pseudonymizer=lake.pseudonymizer,
+            retry_seconds=lake.limits.retry_seconds,
         )
     return summary.as_dict()
