@@ -201,7 +201,7 @@ def _scan(
     condition: ColumnElement[bool] = tracked.id > since
     if pending:
         condition = or_(condition, *(tracked.id.between(a, b) for a, b, _ in pending))
-    rows = list(session.execute(select(*tracked.columns).where(condition)))
+    rows = list(session.connection().execute(select(*tracked.columns).where(condition)))
     seen = sorted({row[0] for row in rows})
     top_seen = max(seen[-1] if seen else 0, since)
     still = [gap for a, b, t in pending for gap in _unseen(seen, a, b, t)]

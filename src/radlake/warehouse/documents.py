@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
-from sqlalchemy import and_, select
+from sqlalchemy import Select, Text, and_, select, type_coerce
 from sqlalchemy.orm import Session
 
 from radlake.catalog.feedback_models import Feedback, RetrainSet
@@ -186,8 +186,17 @@ def _box(x_min: float | None, y_min: float | None, x_max: float | None, y_max: f
     return {"x_min": x_min, "y_min": y_min, "x_max": x_max, "y_max": y_max}
 
 
-def _attributes(attributes: dict[str, Any] | None) -> str:
-    kept = {k: v for k, v in (attributes or {}).items() if k not in _HIDDEN_ATTRIBUTES}
+def _attributes(stored: str | dict[str, Any] | None) -> str:
+    """The attributes as JSON text, without the keys that may hold an input path.
+    SQLite and MariaDB hand the stored text over; psycopg decodes PostgreSQL's json."""
+    if not stored:
+        return "{}"
+    if isinstance(stored, str):
+        if not any(f'"{key}"' in stored for key in _HIDDEN_ATTRIBUTES):
+            return stored
+        stored = json.loads(stored)
+    assert isinstance(stored, dict)
+    kept = {k: v for k, v in stored.items() if k not in _HIDDEN_ATTRIBUTES}
     return json.dumps(kept, sort_keys=True, default=str)
 
 
@@ -218,7 +227,9 @@ def _images(
     statement = (
         select(
             *(getattr(Image, name) for name, _ in IMAGE_COLUMNS),
-            Image.attributes,
+            # The JSON as stored: decoding and encoding every image's costs more than
+            # the rest of its document (only a rare source_key is cut out).
+            type_coerce(Image.attributes, Text),
             Source.id,
             Source.name,
             Source.kind,
@@ -240,7 +251,7 @@ def _images(
     )
     documents: dict[int, Document] = {}
     width = len(IMAGE_COLUMNS)
-    for row in session.execute(statement):
+    for row in _rows(session, statement):
         document: Document = dict(
             zip((name for name, _ in IMAGE_COLUMNS), row[:width], strict=True)
         )
@@ -279,7 +290,7 @@ def _renditions(session: Session, ids: Sequence[int]) -> list[tuple[int, Any]]:
     )
     return [
         (image_id, {"name": name, "key": key, "width": width, "height": height})
-        for image_id, name, key, width, height in session.execute(statement)
+        for image_id, name, key, width, height in _rows(session, statement)
     ]
 
 
@@ -312,7 +323,7 @@ def _labels(session: Session, ids: Sequence[int]) -> list[tuple[int, Any]]:
         .order_by(Label.image_id, Label.id)
     )
     found: list[tuple[int, Any]] = []
-    for row in session.execute(statement):
+    for row in _rows(session, statement):
         image_id, label_id, class_name, class_id, x0, y0, x1, y1, *rest = row
         reader, origin, confidence, label_set, source, created_at = rest
         assert image_id is not None  # selected by image id
@@ -364,7 +375,7 @@ def _add_runs(session: Session, ids: Sequence[int], documents: dict[int, Documen
         .order_by(InferenceRun.image_id, InferenceRun.id, Prediction.id)
     )
     runs: dict[int, Document] = {}
-    for row in session.execute(statement):
+    for row in _rows(session, statement):
         image_id, run_id, model, version, score_t, iou_t, latency, created_at, *box_row = row
         run = runs.get(run_id)
         if run is None:
@@ -425,7 +436,7 @@ def _feedback(session: Session, ids: Sequence[int]) -> list[tuple[int, Any]]:
         .order_by(Feedback.image_id, Feedback.id)
     )
     found = []
-    for row in session.execute(statement):
+    for row in _rows(session, statement):
         image_id, feedback_id, run_id, prediction_id, model, version, verdict, class_name, *rest = (
             row
         )
@@ -479,8 +490,13 @@ def _memberships(session: Session, ids: Sequence[int]) -> list[tuple[int, Any]]:
                 "label_set": label_set,
             },
         )
-        for image_id, dataset, version, version_id, split, label_set in session.execute(statement)
+        for image_id, dataset, version, version_id, split, label_set in _rows(session, statement)
     ]
+
+
+def _rows(session: Session, statement: Select[*tuple[Any, ...]]) -> Sequence[Any]:
+    # Core, all rows at once: the ORM's per-row layer costs more than the query here.
+    return session.connection().execute(statement).all()
 
 
 def as_json_line(document: Document) -> str:
