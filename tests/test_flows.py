@@ -319,6 +319,11 @@ def test_bad_input_fails_the_flow_at_once_without_retries(
     flow_run, task_runs = recorded(state, tasks=1)
     assert state_name(flow_run) == "FAILED"
     assert (state_name(task_runs["ingest"]), task_runs["ingest"].run_count) == ("FAILED", 1)
+    # A bad executor spec fails the flow before any task.
+    spec = ingest_folder(folder=tmp_path, executor="spark://somewhere", return_state=True)
+    assert isinstance(spec.result(raise_on_failure=False), ConfigError)
+    flow_run, task_runs = recorded(spec, tasks=0)
+    assert state_name(flow_run) == "FAILED" and not task_runs
     # Called plainly (as `radlake flows run` does), the flow raises the input's error.
     with pytest.raises(InputPathError, match="no such file or folder"):
         ingest_folder(folder=tmp_path / "absent")

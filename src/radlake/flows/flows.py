@@ -16,6 +16,7 @@ from typing import Any
 from prefect import Flow, flow
 
 from radlake.cli.mart_cmd import destination_url
+from radlake.config import Settings
 from radlake.curation.filters import ImageFilter
 from radlake.flows.tasks import (
     Layout,
@@ -33,21 +34,32 @@ from radlake.flows.tasks import (
 from radlake.inference.runner import DEFAULT_BATCH, DEFAULT_IOU, DEFAULT_SCORE
 from radlake.lake import load_settings
 from radlake.pipelines.backup import BackupError
+from radlake.pipelines.executor import dask_address
 from radlake.pipelines.mart import MartError
 from radlake.pipelines.mart import check_format as check_mart_format
 from radlake.pipelines.retrain_set import RetrainError, RetrainRequest
 from radlake.warehouse.state import check_format as check_warehouse_format
 
 
+def _executor(executor: str | None, settings: Settings) -> str | None:
+    """The executor spec asked for, else RADLAKE_EXECUTOR; a bad one fails here, at once
+    (an unreachable cluster is a fault of the task: retried)."""
+    spec = executor or settings.executor
+    dask_address(spec)
+    return spec
+
+
 @flow(name="ingest-folder")
 def ingest_folder(
-    folder: Path, source: str = "folder", workers: int | None = None
+    folder: Path, source: str = "folder", workers: int | None = None, executor: str | None = None
 ) -> dict[str, Any]:
     """Ingest a folder (or a file): every input catalogued, already present or
-    quarantined with its reason."""
+    quarantined with its reason; executor local, dask-local or dask://HOST:PORT
+    (default RADLAKE_EXECUTOR)."""
     settings = load_settings()
+    spec = _executor(executor, settings)
     # A missing folder is discover()'s InputPathError in the task: failed, not retried.
-    return with_retries(ingest_paths, settings)([folder], source, workers)
+    return with_retries(ingest_paths, settings)([folder], source, workers, spec)
 
 
 @flow(name="load-source")
@@ -57,12 +69,14 @@ def load_source_flow(
     name: str | None = None,
     columns: list[str] | None = None,
     workers: int | None = None,
+    executor: str | None = None,
 ) -> dict[str, Any]:
     """Load a public chest X-ray dataset (vinbigdata, covid, nih): images, metadata,
     labels; `columns` as canonical=actual, like `radlake source --column`."""
     settings = load_settings()
+    spec = _executor(executor, settings)
     parsed = read_source(layout, root, name, columns or [])
-    return with_retries(load_parsed_source, settings)(parsed, workers)
+    return with_retries(load_parsed_source, settings)(parsed, workers, spec)
 
 
 @flow(name="batch-predict")

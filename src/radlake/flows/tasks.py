@@ -30,6 +30,7 @@ from radlake.config import Settings
 from radlake.curation.filters import ImageFilter
 from radlake.lake import Lake, load_settings, open_lake
 from radlake.pipelines.backup import BACKUPS_PREFIX, backup_catalog
+from radlake.pipelines.executor import open_executor
 from radlake.pipelines.ingest import ingest
 from radlake.pipelines.mart import MartFormat, push_version
 from radlake.pipelines.predict import predict_batch, select_image_ids
@@ -93,16 +94,22 @@ def opened_lake() -> Iterator[Lake]:
 
 
 @io_task("ingest")
-def ingest_paths(paths: Sequence[Path], source: str, workers: int | None) -> dict[str, Any]:
-    """Ingest files and folders (radlake.pipelines.ingest)."""
-    with opened_lake() as lake:
+def ingest_paths(
+    paths: Sequence[Path], source: str, workers: int | None, executor: str | None
+) -> dict[str, Any]:
+    """Ingest files and folders (radlake.pipelines.ingest) on the executor named
+    (local process pool, dask-local, dask://HOST:PORT)."""
+    with (
+        opened_lake() as lake,
+        open_executor(executor, workers, item_seconds=lake.limits.file_seconds) as pool,
+    ):
         summary = ingest(
             paths,
             engine=lake.engine,
             store=lake.store,
             pseudonymizer=lake.pseudonymizer,
             source=source,
-            workers=workers,
+            executor=pool,
             limits=lake.limits,
         )
     return summary.as_dict()
@@ -133,15 +140,20 @@ def read_source(layout: Layout, root: Path, name: str | None, columns: Sequence[
 
 
 @io_task("load-source")
-def load_parsed_source(parsed: SourceLoad, workers: int | None) -> dict[str, Any]:
+def load_parsed_source(
+    parsed: SourceLoad, workers: int | None, executor: str | None
+) -> dict[str, Any]:
     """Ingest a parsed source's images, write its metadata and labels (source_load)."""
-    with opened_lake() as lake:
+    with (
+        opened_lake() as lake,
+        open_executor(executor, workers, item_seconds=lake.limits.file_seconds) as pool,
+    ):
         summary = load_source(
             parsed,
             engine=lake.engine,
             store=lake.store,
             pseudonymizer=lake.pseudonymizer,
-            workers=workers,
+            executor=pool,
             limits=lake.limits,
         )
     return summary.as_dict()
