@@ -52,7 +52,8 @@ def list_flows() -> None:
         if name in parameters:
             shown = ", ".join(f"{k}={v}" for k, v in parameters[name].items() if v is not None)
             console.print(f"  with {shown}", highlight=False, markup=False)
-        console.print(f"  {(flow.description or '').split(chr(10))[0]}", highlight=False)
+        summary = " ".join((flow.description or "").split("\n\n")[0].split())
+        console.print(f"  {summary}", highlight=False, markup=False)
 
 
 @app.command("run")
