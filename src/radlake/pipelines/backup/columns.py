@@ -4,8 +4,10 @@ A value must come back exactly on any backend, whatever the one it left: ids and
 counts are int64 (BIGINT on servers), reals are float64 (8 bytes everywhere, see
 catalog.models.Real), booleans are bool (MySQL's TINYINT would read back as 0/1),
 datetimes are UTC microseconds (the catalog stores UTC, timezone-aware), JSON is
-its text (a Parquet reader sees the document, and no backend's JSON quirks leak in),
-strings are UTF-8 and bytes are binary; every field is nullable as its column is.
+its text as stored, read with a cast to text and written back verbatim (no decode
+and re-encode: a JSON null stays distinct from SQL NULL, and key order and number
+spelling are kept), strings are UTF-8 and bytes are binary; every field is nullable
+as its column is.
 
 Each Parquet field carries its kind in its metadata (`radlake.kind`), so a restore
 reads the types from the backup itself, not from the code's models: a backup made
@@ -14,9 +16,9 @@ at an older schema revision restores with the types it was written with.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
@@ -32,14 +34,18 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    cast,
 )
 from sqlalchemy.dialects.mysql import DOUBLE
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from radlake.catalog.models import UTCDateTime
 from radlake.errors import RadlakeError
 
 KIND_KEY = b"radlake.kind"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 _ARROW: dict[str, pa.DataType] = {
     "int": pa.int64(),
     "float": pa.float64(),
@@ -70,19 +76,20 @@ class ColumnCodec:
         )
 
     def to_arrow(self, values: Sequence[Any]) -> pa.Array:
-        """The column's values (as SQLAlchemy returns them) as an Arrow array."""
-        if self.kind == "json":
-            # ensure_ascii=False: the text is the document, not an escaped copy of it.
-            values = [
-                None if value is None else json.dumps(value, ensure_ascii=False) for value in values
-            ]
+        """The column's values (as read_expression() reads them) as an Arrow array."""
+        if self.kind == "timestamp":
+            # Microseconds since the epoch by integer arithmetic: exact, and no
+            # timezone conversion inside pyarrow (which pulls in pandas).
+            micros = [None if value is None else (value - EPOCH) // MICROSECOND for value in values]
+            return pa.array(micros, type=pa.int64()).cast(_ARROW["timestamp"])
         return pa.array(values, type=_ARROW[self.kind])
 
     def from_arrow(self, array: pa.Array) -> list[Any]:
-        """Python values of an Arrow array, as the catalog's column types bind them."""
+        """Python values of an Arrow array, as the insert's column types bind them."""
+        if self.kind == "timestamp":
+            micros = array.cast(pa.int64()).to_pylist()
+            return [None if value is None else EPOCH + value * MICROSECOND for value in micros]
         values: list[Any] = array.to_pylist()
-        if self.kind == "json":
-            return [None if value is None else json.loads(value) for value in values]
         return values
 
     def sql_type(self) -> TypeEngine[Any]:
@@ -93,8 +100,6 @@ class ColumnCodec:
             return Float().with_variant(DOUBLE(asdecimal=False), "mysql", "mariadb")
         if self.kind == "bool":
             return Boolean()
-        if self.kind == "json":
-            return JSON()
         if self.kind == "timestamp":
             return UTCDateTime()
         if self.kind == "bytes":
@@ -141,6 +146,13 @@ def codecs_for(table: Table) -> list[ColumnCodec]:
     return [ColumnCodec(column.name, kind_of(column), bool(column.nullable)) for column in table.c]
 
 
+def read_expression(column: Column[Any]) -> ColumnElement[Any]:
+    """What a backup selects for a column: JSON as its stored text, the rest as is."""
+    if isinstance(column.type, JSON):
+        return cast(column, Text).label(column.name)
+    return column
+
+
 def codecs_from_schema(schema: pa.Schema, where: str) -> list[ColumnCodec]:
     """The codecs a backup file was written with, from its fields' metadata.
 
@@ -172,13 +184,13 @@ def to_batch(
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def from_batch(codecs: Sequence[ColumnCodec], batch: pa.RecordBatch) -> list[dict[str, Any]]:
-    """A record batch as insert parameters (one dict per row)."""
-    names = [codec.name for codec in codecs]
+def from_batch(codecs: Sequence[ColumnCodec], batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
+    """A record batch as rows (tuples in codec order)."""
     columns = [codec.from_arrow(batch.column(n)) for n, codec in enumerate(codecs)]
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    return list(zip(*columns, strict=True))
 
 
 def insert_table(name: str, codecs: Sequence[ColumnCodec]) -> Table:
-    """A Table built from a backup file's columns, to insert its rows with its types."""
+    """A Table built from a backup file's columns, to insert its rows with its types
+    (JSON binds as its text: MySQL's JSON and SQLite's are text columns)."""
     return Table(name, MetaData(), *(Column(codec.name, codec.sql_type()) for codec in codecs))

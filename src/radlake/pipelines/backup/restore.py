@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Connection, Engine, func, inspect, literal, select, text
 from sqlalchemy import column as sql_column
 from sqlalchemy import table as sql_table
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from radlake.catalog.db import DEFAULT_RETRY_SECONDS, WRITE_BATCH, run_transaction, upgrade
@@ -268,11 +269,11 @@ def _load(
     done = 0
     for table, path in files:
         columns = codecs[table.table]
-        target = insert_table(table.table, columns)
+        write = _copy_writer if connection.dialect.name == "postgresql" else _insert_writer
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
             rows = from_batch(columns, batch)
             if rows:
-                connection.execute(target.insert(), rows)
+                write(connection, table.table, columns, rows)
             done += len(rows)
             report("loading", done, total)
     if connection.dialect.name == "postgresql":
@@ -284,6 +285,38 @@ def _load(
                 f"table {table.table} holds {counted} rows after loading, the backup {table.rows};"
                 " nothing was restored"
             )
+
+
+def _insert_writer(
+    connection: Connection, name: str, columns: Sequence[ColumnCodec], rows: list[tuple[Any, ...]]
+) -> None:
+    """One executemany of a batch (PyMySQL sends it as multi-row INSERTs)."""
+    names = [codec.name for codec in columns]
+    connection.execute(
+        insert_table(name, columns).insert(), [dict(zip(names, row, strict=True)) for row in rows]
+    )
+
+
+def _copy_writer(
+    connection: Connection, name: str, columns: Sequence[ColumnCodec], rows: list[tuple[Any, ...]]
+) -> None:
+    """PostgreSQL: COPY FROM STDIN on the load's own connection (in its transaction),
+    several times faster than an INSERT per row; JSON goes in as its text."""
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a live connection inside the transaction
+    quoted = ", ".join(_quoted(connection, codec.name) for codec in columns)
+    statement = f"COPY {_quoted(connection, name)} ({quoted}) FROM STDIN"
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:
+        # The driver's own error, as SQLAlchemy would raise it: faults (a lost
+        # connection) are retried like any other, refusals end the load.
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi.Error, hide_parameters=True, dialect=connection.dialect
+        ) from exc
 
 
 def _quoted(connection: Connection, name: str) -> str:

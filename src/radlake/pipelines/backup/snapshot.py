@@ -41,6 +41,7 @@ from radlake.pipelines.backup.columns import (
     BackupError,
     arrow_schema,
     codecs_for,
+    read_expression,
     to_batch,
 )
 from radlake.pipelines.backup.manifest import (
@@ -206,7 +207,8 @@ def _write_table(connection: Connection, table: Table, path: Path, batch_rows: i
     """Stream one table, in primary-key order, into a ZSTD Parquet file; its row count."""
     codecs = codecs_for(table)
     schema = arrow_schema(codecs)
-    query = select(table).order_by(*table.primary_key.columns)
+    query = select(*(read_expression(column) for column in table.c))
+    query = query.order_by(*table.primary_key.columns)
     rows = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         result = connection.execute(query.execution_options(yield_per=batch_rows))
