@@ -6,6 +6,7 @@ Entry points (CLI, later the API and flows) call these; pipelines receive the pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -91,3 +92,33 @@ def open_lake(settings: Settings) -> Lake:
         **settings.store_options(),
     )
     return Lake(engine, store, Pseudonymizer(settings.secret_key_bytes()), ingest_limits(settings))
+
+
+def store_url_for(text: str, option: str = "--to") -> str:
+    """A folder path, file:// or s3:// URL given by a user, as a store URL.
+
+    Raises:
+        ConfigError: another kind of URL, or an empty one (named after `option`).
+    """
+    expected = f"expected {option} DIR or s3://bucket/prefix"
+    if not text.strip():
+        raise ConfigError(f"{expected}, got an empty value")
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return Path(text).expanduser().resolve().as_uri()
+    if scheme == "s3" and rest.split("/", 1)[0]:
+        return text.rstrip("/")
+    if scheme == "file":
+        return text
+    raise ConfigError(f"{expected}, got a {scheme[:20]!r} URL")
+
+
+def open_store_at(settings: Settings, url: str) -> ObjectStore:
+    """A store other than the lake's (a mart, a backup target) reached like the lake's:
+    with its S3 settings (endpoint, keys, region) and fault retry time.
+
+    Raises:
+        StorageError: the store cannot be opened.
+    """
+    options = settings.model_copy(update={"store_url": url}).store_options()
+    return open_store(url, retry_seconds=settings.retry_seconds, **options)

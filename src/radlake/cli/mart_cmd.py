@@ -4,7 +4,6 @@ S3 prefix outside the lake, incrementally and verified (see pipelines/mart.py)."
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,43 +11,12 @@ import typer
 from radlake.catalog.db import session_factory
 from radlake.cli.ingest_cmd import JsonOption, progress_bar
 from radlake.cli.output import console, err_console, human_bytes, print_json
-from radlake.config import Settings
 from radlake.curation.versions import get_version
-from radlake.lake import load_settings, open_lake
+from radlake.lake import load_settings, open_lake, open_store_at, store_url_for
 from radlake.pipelines.mart import MART_FORMATS, MartError, check_format, parse_target, push_version
-from radlake.storage.store import ObjectStore, open_store
 
 app = typer.Typer(help="Push dataset exports to data marts outside the lake.")
 STALE_SHOWN = 10
-
-
-def destination_url(text: str) -> str:
-    """A folder path, file:// or s3:// URL as a store URL.
-
-    Raises:
-        MartError: another kind of URL, or an empty one.
-    """
-    if not text.strip():
-        raise MartError("expected --to DIR or s3://bucket/prefix, got an empty value")
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        return Path(text).expanduser().resolve().as_uri()
-    if scheme == "s3" and rest.split("/", 1)[0]:
-        return text.rstrip("/")
-    if scheme == "file":
-        return text
-    raise MartError(f"expected --to DIR or s3://bucket/prefix, got a {scheme[:20]!r} URL")
-
-
-def open_destination(settings: Settings, url: str) -> ObjectStore:
-    """The destination as a store, with the lake's S3 settings (endpoint, keys, region)
-    and fault retry time: a mart on S3 is reached like a lake on S3.
-
-    Raises:
-        StorageError: the store cannot be opened.
-    """
-    options = settings.model_copy(update={"store_url": url}).store_options()
-    return open_store(url, retry_seconds=settings.retry_seconds, **options)
 
 
 @app.command("push")
@@ -76,12 +44,12 @@ def push(
     chosen = check_format(fmt)
     if mode not in ("pad", "stretch"):
         raise MartError(f"expected --mode pad or stretch, got {mode[:40]!r}")
-    url = destination_url(to)
+    url = store_url_for(to)
     settings = load_settings()
     lake = open_lake(settings)
     with session_factory(lake.engine)() as session:
         get_version(session, dataset, version)  # a bad name touches no destination
-    destination = open_destination(settings, url)
+    destination = open_store_at(settings, url)
     lock = threading.Lock()
     with progress_bar("pushing", not as_json) as progress:
         # The number of files is known only once the export has run: a count, no total.

@@ -15,7 +15,6 @@ from typing import Any
 
 from prefect import Flow, flow
 
-from radlake.cli.mart_cmd import destination_url
 from radlake.config import Settings
 from radlake.curation.filters import ImageFilter
 from radlake.flows.tasks import (
@@ -32,7 +31,7 @@ from radlake.flows.tasks import (
     with_retries,
 )
 from radlake.inference.runner import DEFAULT_BATCH, DEFAULT_IOU, DEFAULT_SCORE
-from radlake.lake import load_settings
+from radlake.lake import load_settings, store_url_for
 from radlake.pipelines.backup import BackupError
 from radlake.pipelines.executor import dask_address
 from radlake.pipelines.mart import MartError
@@ -160,7 +159,7 @@ def mart_push(
         raise MartError(f"expected mode pad or stretch, got {mode[:40]!r}")
     if not 0 <= size <= 65536 or not 1 <= jobs <= 32:
         raise MartError(f"expected size in 0..65536 and jobs in 1..32, got {size}, {jobs}")
-    url = destination_url(to)
+    url = store_url_for(to)
     return with_retries(push_mart, settings)(
         dataset,
         version,
@@ -181,7 +180,7 @@ def backup_flow(to: str | None = None, keep: int | None = None) -> dict[str, Any
     settings = load_settings()
     if keep is not None and keep < 1:
         raise BackupError(f"expected keep of at least 1, got {keep}")
-    return with_retries(backup, settings)(None if to is None else destination_url(to), keep)
+    return with_retries(backup, settings)(None if to is None else store_url_for(to), keep)
 
 
 FLOWS: dict[str, Flow[..., dict[str, Any]]] = {

@@ -25,10 +25,9 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from radlake.cli.mart_cmd import open_destination
 from radlake.config import Settings
 from radlake.curation.filters import ImageFilter
-from radlake.lake import Lake, load_settings, open_lake
+from radlake.lake import Lake, load_settings, open_lake, open_store_at
 from radlake.pipelines.backup import BACKUPS_PREFIX, backup_catalog
 from radlake.pipelines.executor import open_executor
 from radlake.pipelines.ingest import ingest
@@ -231,7 +230,7 @@ def push_mart(
 ) -> dict[str, Any]:
     """Copy a version's export to a destination, new or changed files only (mart)."""
     with opened_lake() as lake:
-        destination = open_destination(load_settings(), destination_url)
+        destination = open_store_at(load_settings(), destination_url)
         summary = push_version(
             engine=lake.engine,
             lake_store=lake.store,
@@ -256,7 +255,7 @@ def backup(destination_url: str | None, keep: int | None) -> dict[str, Any]:
         if destination_url is None:
             destination, prefix = lake.store, BACKUPS_PREFIX
         else:
-            destination, prefix = open_destination(load_settings(), destination_url), ""
+            destination, prefix = open_store_at(load_settings(), destination_url), ""
         summary = backup_catalog(
             lake.engine,
             destination,
