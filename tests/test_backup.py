@@ -505,11 +505,8 @@ def test_a_target_with_rows_is_refused_and_kept(
             assert session.scalar(select(func.count(Image.id))) == 0
 
 
-def test_a_backup_at_an_older_revision_is_restored_and_upgraded(
-    sqlite_lake: Built, tmp_path: Path
-) -> None:
-    """An empty target made by `init` (head) goes down to the backup's revision, is
-    loaded, and comes back up to head."""
+def test_an_empty_catalog_made_by_init_is_restored_into(sqlite_lake: Built, tmp_path: Path) -> None:
+    """A target already migrated (by `radlake init`) but empty is a valid target."""
     backups, folder = backup_to_folder(sqlite_lake, tmp_path / "backups")
     with fresh_database("postgresql", tmp_path) as url, engine_on(url, migrate=True) as engine:
         restore_catalog(engine, backups, folder)
