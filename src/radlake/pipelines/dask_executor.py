@@ -223,6 +223,10 @@ class DaskExecutor:
             "distributed.scheduler.allowed-failures": 0,
             # One task per single-threaded worker, so a death takes one chunk with it.
             "distributed.scheduler.worker-saturation": 1.0,
+            # The statistical profiler samples every task thread's stack 100 times a
+            # second under the GIL: CPU the workers need for decoding (the nanny
+            # hands this configuration to the worker processes it starts).
+            "distributed.worker.profile.enabled": False,
         }
         with dask.config.set(settings):
             self._cluster = LocalCluster(
