@@ -10,7 +10,7 @@ import json
 import sys
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,9 +19,10 @@ from rich.text import Text
 from radlake.cli.ingest_cmd import JsonOption, progress_reporter
 from radlake.cli.output import console, err_console, print_json
 from radlake.lake import load_settings, open_lake
-from radlake.warehouse.build import build_warehouse
-from radlake.warehouse.sql import VIEWS, Result, query_warehouse
-from radlake.warehouse.state import check_format
+from radlake.warehouse.state import VIEWS, check_format
+
+if TYPE_CHECKING:
+    from radlake.warehouse.sql import Result
 
 app = typer.Typer(help="The analytics warehouse: per-image documents for DuckDB.")
 TABLE_ROWS = 1000  # rows a terminal table shows; csv and json print every row
@@ -54,6 +55,8 @@ def build(
     settings = load_settings()
     lake = open_lake(settings)
     with progress_reporter("documents", not as_json) as report:
+        from radlake.warehouse.build import build_warehouse  # pyarrow: only when building
+
         summary = build_warehouse(
             lake, fmt=chosen, full=full, progress=report, retry_seconds=settings.retry_seconds
         )
@@ -87,6 +90,8 @@ def sql(
     """Run one read-only SQL statement (DuckDB) over the warehouse, local or S3.
     Build it first with `radlake warehouse build`."""
     lake = open_lake(load_settings())
+    from radlake.warehouse.sql import query_warehouse  # DuckDB: only when querying
+
     result = query_warehouse(lake.store, query)
     if output is OutputFormat.json:
         print_json([dict(zip(result.columns, _plain(row), strict=True)) for row in result.rows])

@@ -41,7 +41,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from radlake.storage.store import ObjectStore
 from radlake.warehouse.documents import SCHEMA
-from radlake.warehouse.state import WarehouseError, load_state, root
+from radlake.warehouse.state import VIEWS, WarehouseError, load_state, root
 
 PROTOCOL = "radlake"
 ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
@@ -69,7 +69,8 @@ _FLAT = {
     "memberships": ("memberships", "e.*"),
     "renditions": ("renditions", "e.*"),
 }
-VIEWS = ("images", *_FLAT, "documents")
+if ("images", *_FLAT, "documents") != VIEWS:  # keep the CLI's list true
+    raise ImportError("radlake.warehouse.state.VIEWS differs from the views defined here")
 
 
 class _ReadOnlyFolder(DirFileSystem):  # type: ignore[misc]

@@ -16,6 +16,19 @@ from typing import Any, Literal
 from radlake.errors import ObjectNotFound, RadlakeError
 from radlake.storage.store import ObjectStore
 
+# The views `radlake sql` offers (radlake.warehouse.sql defines them). Named here, away
+# from DuckDB, so the CLI's help can list them without importing DuckDB and pyarrow.
+VIEWS = (
+    "images",
+    "labels",
+    "predictions",
+    "runs",
+    "feedback",
+    "memberships",
+    "renditions",
+    "documents",
+)
+
 Format = Literal["parquet", "jsonl"]
 FORMATS: tuple[Format, ...] = ("parquet", "jsonl")
 # Bumped when the document schema changes: an incremental build over an older

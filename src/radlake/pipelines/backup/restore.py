@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
+import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, func, inspect, literal, select, text
 from sqlalchemy import column as sql_column
 from sqlalchemy import table as sql_table
