@@ -233,7 +233,9 @@ class DaskExecutor:
                 n_workers=self.workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                # The scheduler serves HTTP (metrics) whatever we ask: on a free port,
+                # so a second cluster on this machine starts without a warning.
+                dashboard_address="127.0.0.1:0",
                 # Expected deaths (a poison input) are reported as quarantine rows;
                 # the scheduler's and nannies' log lines would only alarm a user.
                 silence_logs=logging.CRITICAL,
