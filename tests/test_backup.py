@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -57,6 +58,7 @@ from radlake.catalog.models import (
     WebSession,
 )
 from radlake.catalog.queries import ImageFilter, count_images, finding_classes, image_counts
+from radlake.cli.main import run
 from radlake.config import Settings
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import VersionRequest, create_version, members
@@ -663,3 +665,54 @@ def test_cli_backup_then_restore(tmp_path: Path) -> None:
         assert failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
         assert says in failed.stderr
     lake.engine.dispose()
+
+
+def run_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], home: Path, *args: str
+) -> tuple[int, str, str]:
+    """The console script's own entry point in this process: exit code, stdout, stderr."""
+    for name in [k for k in os.environ if k.startswith("RADLAKE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RADLAKE_HOME", str(home))
+    monkeypatch.setattr(sys, "argv", ["radlake", *args])
+    code = 0
+    try:
+        run()
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_folders_with_spaces_and_unicode_are_used_as_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--to "my backups/ünï" was written under my%20backups/%C3%BCn%C3%AF (a file URL
+    fsspec does not unquote), and an empty --to wrote into the working folder."""
+    home, copy = tmp_path / "home", tmp_path / "copy"
+    init_lake(Settings(home=home))[0].engine.dispose()
+    out = tmp_path / "my backups" / "ünï"
+    code, stdout, stderr = run_in_process(
+        monkeypatch, capsys, home, "backup", "--to", str(out), "--json"
+    )
+    assert code == 0, stderr
+    name = json.loads(stdout)["name"]
+    assert (out / name / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "my backups"]
+    code, stdout, stderr = run_in_process(monkeypatch, capsys, copy, "restore", str(out / name))
+    assert code == 0 and stdout.startswith(f"restored {name} "), stderr
+    a_file = home / "secret.key"
+    monkeypatch.chdir(tmp_path)
+    for home_, args, says in (
+        (home, ("backup", "--to", ""), "got an empty value"),
+        (home, ("backup", "--to", "http://host/x"), "got a 'http' URL"),
+        (home, ("backup", "--to", str(a_file)), "which is a file"),
+        (home, ("backup", "--to", "/proc/self/no/such"), "cannot create the folder"),
+        (copy, ("restore", ""), "got an empty value"),
+        (copy, ("restore", "http://host/x"), "got a 'http' URL"),
+    ):
+        code, stdout, stderr = run_in_process(monkeypatch, capsys, home_, *args)
+        assert code == 1 and stdout == "", (args, stderr)
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1, (args, stderr)
+        assert says in stderr, (args, stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "home", "my backups"]

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from radlake.catalog.db import check_current, make_engine, sqlite_file, upgrade
 from radlake.config import Settings
-from radlake.errors import ConfigError, NotInitialized
+from radlake.errors import ConfigError, NotInitialized, StorageError
 from radlake.imaging.budget import MIB
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.ingest import IngestLimits
@@ -98,14 +98,20 @@ def store_url_for(text: str, option: str = "--to") -> str:
     """A folder path, file:// or s3:// URL given by a user, as a store URL.
 
     Raises:
-        ConfigError: another kind of URL, or an empty one (named after `option`).
+        ConfigError: another kind of URL, an empty one, or a path to a file (named
+            after `option`).
     """
     expected = f"expected {option} DIR or s3://bucket/prefix"
     if not text.strip():
         raise ConfigError(f"{expected}, got an empty value")
     scheme, separator, rest = text.partition("://")
     if not separator:
-        return Path(text).expanduser().resolve().as_uri()
+        folder = Path(text).expanduser().resolve()
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{expected}, got {text[:200]!r}, which is a file")
+        # Not Path.as_uri(): fsspec does not unquote file URLs, so a folder named
+        # "my backups" would become one named "my%20backups".
+        return f"file://{folder}"
     if scheme == "s3" and rest.split("/", 1)[0]:
         return text.rstrip("/")
     if scheme == "file":
@@ -121,4 +127,9 @@ def open_store_at(settings: Settings, url: str) -> ObjectStore:
         StorageError: the store cannot be opened.
     """
     options = settings.model_copy(update={"store_url": url}).store_options()
-    return open_store(url, retry_seconds=settings.retry_seconds, **options)
+    try:
+        return open_store(url, retry_seconds=settings.retry_seconds, **options)
+    except FileNotFoundError as exc:
+        # The store passes "missing" through for its callers; a folder that cannot be
+        # created (a parent in /proc, a vanished mount) is this caller's error.
+        raise StorageError(f"cannot create the folder of {url[:200]}: {exc.strerror}") from None

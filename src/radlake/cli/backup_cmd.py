@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -10,10 +9,9 @@ import typer
 from radlake.catalog.db import make_engine, sqlite_file
 from radlake.cli.ingest_cmd import progress_bar
 from radlake.cli.output import console, err_console, human_bytes, print_json
-from radlake.config import Settings
 from radlake.imaging.deid import Pseudonymizer
-from radlake.lake import load_settings, open_lake
-from radlake.storage.store import ObjectStore, open_store
+from radlake.lake import load_settings, open_lake, open_store_at, store_url_for
+from radlake.storage.store import open_store
 
 if TYPE_CHECKING:
     from radlake.pipelines.backup import BackupSummary, RestoreSummary
@@ -22,15 +20,6 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2  # what Typer answers for a bad argument
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
-
-
-def _store_at(settings: Settings, url: str) -> ObjectStore:
-    """A store for a URL or folder other than the lake's, with the lake's S3 settings
-    (endpoint, keys) when it is on S3."""
-    if "://" not in url:
-        url = Path(url).resolve().as_uri()
-    options = settings.model_copy(update={"store_url": url}).store_options()
-    return open_store(url, retry_seconds=settings.retry_seconds, **options)
 
 
 def _keep(text: str | None) -> int | None:
@@ -77,9 +66,10 @@ def backup(
     from radlake.pipelines.backup import BACKUPS_PREFIX, backup_catalog
 
     count = _keep(keep)
+    url = None if to is None else store_url_for(to)  # a bad --to costs no catalog read
     settings = load_settings()
     lake = open_lake(settings)
-    destination = lake.store if to is None else _store_at(settings, to)
+    destination = lake.store if url is None else open_store_at(settings, url)
     prefix = BACKUPS_PREFIX if to is None else ""
     with progress_bar("backing up", not as_json) as progress:
         task = progress.add_task("backing up", total=None) if progress else None
@@ -145,7 +135,9 @@ def restore(
         retry_seconds=settings.retry_seconds,
         **settings.store_options(),
     )
-    source, folder = locate_backup(backup, lake_store, lambda url: _store_at(settings, url))
+    source, folder = locate_backup(
+        backup, lake_store, lambda url: open_store_at(settings, store_url_for(url, "BACKUP"))
+    )
     with progress_bar("restoring", not as_json) as progress:
         task = progress.add_task("restoring", total=None) if progress else None
 

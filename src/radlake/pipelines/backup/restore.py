@@ -97,6 +97,8 @@ def locate_backup(
         BackupError: spec names nothing that could be a backup.
         StoreUnavailable, StorageError: the store failed.
     """
+    if not spec.strip():
+        raise BackupError(f"expected a backup folder, URL, name or {LATEST}, got an empty value")
     if spec == LATEST:
         complete = [b for b in list_backups(lake_store, BACKUPS_PREFIX) if b.complete]
         if not complete:
@@ -112,7 +114,9 @@ def locate_backup(
             f"no backup at {spec}: expected a backup folder, a URL such as s3://bucket/path,"
             f" a backup name under {BACKUPS_PREFIX}/ such as 20260101t120000z, or {LATEST}"
         )
-    return open_url(folder.resolve().as_uri()), ""
+    # Not Path.as_uri(): fsspec does not unquote file URLs ("my backups" would be
+    # looked for as "my%20backups").
+    return open_url(f"file://{folder.resolve()}"), ""
 
 
 def restore_catalog(
