@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, func, inspect, select, text
 
 from radlake.catalog.db import make_engine, session_factory, transaction, upgrade
 from radlake.catalog.feedback_models import Feedback, RetrainSet, RetrainSetFeedback
@@ -475,6 +475,40 @@ def test_a_missing_file_or_manifest_is_refused(sqlite_lake: Built, tmp_path: Pat
     ):
         restore_catalog(engine, backups, folder)
     assert_untouched(target)
+
+
+def test_a_manifest_that_lies_is_refused(sqlite_lake: Built, tmp_path: Path) -> None:
+    """A manifest that left a table out restored a catalog without it (every label
+    gone, exit 0); one listing a table twice, or more rows than its file, is refused too."""
+    backups, folder = backup_to_folder(sqlite_lake, tmp_path / "backups")
+    path = tmp_path / "backups" / folder / "manifest.json"
+    original = json.loads(path.read_text())
+
+    def without_label(document: dict[str, Any]) -> None:
+        document["tables"] = [t for t in document["tables"] if t["table"] != "label"]
+
+    def twice(document: dict[str, Any]) -> None:
+        document["tables"].append(dict(document["tables"][0]))
+
+    def more_rows(document: dict[str, Any]) -> None:
+        next(t for t in document["tables"] if t["table"] == "image")["rows"] += 5
+
+    for edit, says in (
+        (without_label, "lists no file for table label"),
+        (twice, "listed twice"),
+        (more_rows, "image.parquet holds"),
+    ):
+        document = json.loads(json.dumps(original))
+        edit(document)
+        path.write_text(json.dumps(document))
+        target = f"sqlite:///{tmp_path / f'target-{edit.__name__}.sqlite'}"
+        with engine_on(target, migrate=False) as engine:
+            with pytest.raises(BackupError, match=says) as refused:
+                restore_catalog(engine, backups, folder)
+            assert "nothing was restored" in str(refused.value)
+            with engine.connect() as connection:
+                for name in set(inspect(connection).get_table_names()) & set(Base.metadata.tables):
+                    assert not connection.scalar(select(func.count()).select_from(text(name)))
 
 
 def test_an_unknown_schema_revision_is_refused(sqlite_lake: Built, tmp_path: Path) -> None:

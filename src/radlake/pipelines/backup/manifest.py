@@ -118,6 +118,11 @@ def read_manifest(store: ObjectStore, folder: str) -> Manifest:
             )
             for item in document["tables"]
         )
+        for field_name in ("table", "file"):
+            names = [getattr(table, field_name) for table in tables]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"{field_name} {', '.join(twice)} listed twice")
         return Manifest(
             name=str(document["name"]),
             revision=str(document["revision"]),

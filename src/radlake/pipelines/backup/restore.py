@@ -218,7 +218,8 @@ def _read_codecs(path: Path, table: TableFile) -> list[ColumnCodec]:
         raise BackupError(f"{table.file} is not a readable Parquet file ({exc})") from None
     if parquet.metadata.num_rows != table.rows:
         raise BackupError(
-            f"{table.file} holds {parquet.metadata.num_rows} rows, its manifest says {table.rows}"
+            f"{table.file} holds {parquet.metadata.num_rows} rows, its manifest says"
+            f" {table.rows}; nothing was restored"
         )
     return codecs_from_schema(parquet.schema_arrow, table.file)
 
@@ -245,10 +246,18 @@ def _check_empty(engine: Engine, manifest: Manifest) -> None:
 
 
 def _check_columns(engine: Engine, codecs: dict[str, list[ColumnCodec]]) -> None:
-    """Every backed-up column exists in the target at the backup's revision."""
+    """Every backed-up column exists in the target at the backup's revision, and every
+    catalog table there is in the backup (a manifest that leaves one out would restore
+    a catalog without, say, its labels)."""
     with engine.connect() as connection:
         inspector = inspect(connection)
         present = set(inspector.get_table_names())
+        left_out = sorted((present & set(Base.metadata.tables)) - set(codecs))
+        if left_out:
+            raise BackupError(
+                f"the backup's manifest lists no file for table {', '.join(left_out)}:"
+                " it is incomplete or edited; nothing was restored"
+            )
         for name, columns in codecs.items():
             if name not in present:
                 raise BackupError(f"table {name} of the backup is not in the catalog's schema")
