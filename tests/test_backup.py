@@ -19,9 +19,11 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -607,6 +609,35 @@ def test_two_backups_in_one_second_get_two_names(sqlite_lake: Built, tmp_path: P
     first = backup_catalog(sqlite_lake.engine, store, now=WHEN)
     second = backup_catalog(sqlite_lake.engine, store, now=WHEN)
     assert (first.manifest.name, second.manifest.name) == ("20260304t050607z", "20260304t050607z-2")
+
+
+def test_backups_running_at_once_never_share_a_folder(sqlite_lake: Built, tmp_path: Path) -> None:
+    """Runs started in one second all found the same name free, then wrote into one
+    folder: one manifest naming the others' files (a damaged backup)."""
+    store = open_store((tmp_path / "backups").as_uri())
+    runs = 3
+    # Every run waits here once it has chosen its folder, before its first upload.
+    chosen = threading.Barrier(runs, timeout=120)
+
+    def at_first_upload(phase: str, done: int, _total: int | None) -> None:
+        if phase == "uploading" and done == 0:
+            chosen.wait()
+
+    def one_backup() -> str:
+        return backup_catalog(
+            sqlite_lake.engine, store, now=WHEN, progress=at_first_upload
+        ).manifest.name
+
+    with ThreadPoolExecutor(runs) as pool:
+        names = sorted(pool.map(lambda _: one_backup(), range(runs)))
+    assert names == ["20260304t050607z", "20260304t050607z-2", "20260304t050607z-3"]
+    for name in names:
+        keys = {key.rsplit("/", 1)[1] for key in store.list(f"backups/{name}")}
+        manifest = read_manifest(store, f"backups/{name}")
+        assert keys == {"manifest.json", *(table.file for table in manifest.tables)}
+        for table in manifest.tables:
+            data = store.get_bytes(f"backups/{name}/{table.file}")
+            assert hashlib.sha256(data).hexdigest() == table.sha256
 
 
 def test_parquet_files_carry_exact_types(sqlite_lake: Built, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ from radlake.storage.store import ObjectStore
 
 BATCH_ROWS = 10_000  # rows per Parquet record batch (and per fetch from the cursor)
 HASH_CHUNK = 4 << 20
+CLAIM_PREFIX = ".claim-"  # a backup folder's name is taken (see _claim_name)
 Progress = Callable[[str, int, int | None], None]  # phase, done, total
 
 
@@ -116,7 +118,7 @@ def backup_catalog(
         revision, written = _read_with_retries(
             engine, tables, Path(work), batch_rows, retry_seconds, report
         )
-        name = _free_name(destination, prefix, backup_name(created))
+        name, claim = _claim_name(destination, prefix, backup_name(created))
         folder = join_key(prefix, name)
         files = []
         for done, (table, path, rows) in enumerate(written):
@@ -134,6 +136,7 @@ def backup_catalog(
         key_check=pseudonymizer(KEY_CHECK_INPUT) if pseudonymizer is not None else None,
     )
     destination.put_bytes(join_key(folder, MANIFEST), manifest.to_json())  # last: complete
+    destination.delete(claim)
     removed = prune(destination, prefix, keep, just_written=name) if keep is not None else []
     location = f"{destination.url.rstrip('/')}/{folder}"
     return BackupSummary(manifest, location, time.monotonic() - started, tuple(removed))
@@ -218,13 +221,31 @@ def _write_table(connection: Connection, table: Table, path: Path, batch_rows: i
     return rows
 
 
-def _free_name(store: ObjectStore, prefix: str, base: str) -> str:
-    """base, or base-2, base-3, ... when a backup of that name exists (same second)."""
+def _claim_name(store: ObjectStore, prefix: str, base: str) -> tuple[str, str]:
+    """A folder name no other backup uses: base, or base-2, base-3, ... (two backups in
+    one second), and the key of the claim object that holds it.
+
+    Two runs that both found a name free would write into one folder, each manifest
+    naming the other's files (a backup restore refuses as damaged). So a run claims a
+    free name with an object of its own, then lists the folder again: any other key
+    there means another run got in, and this one tries the next name. Two runs can
+    never both keep a name (each wrote its claim before it listed, so the later lister
+    sees the other's claim); at worst both move on. The claim is deleted once the
+    manifest is written; a run that died leaves it in an incomplete backup, which
+    retention removes.
+    """
+    claim_file = f"{CLAIM_PREFIX}{uuid.uuid4().hex}"
     name, n = base, 1
-    while next(store.iter_keys(join_key(prefix, name)), None) is not None:
+    while True:
+        folder = join_key(prefix, name)
+        if next(store.iter_keys(folder), None) is None:
+            claim = join_key(folder, claim_file)
+            store.put_bytes(claim, b"")
+            if all(key == claim for key in store.iter_keys(folder)):
+                return name, claim
+            store.delete(claim)
         n += 1
         name = f"{base}-{n}"
-    return name
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
