@@ -32,9 +32,10 @@ from radlake.curation.filters import ImageFilter
 from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import VersionRequest, create_version
 from radlake.domain import Box
+from radlake.errors import ConfigError, StorageError
 from radlake.formats.coords import ResizeTransform, box_to_coco, box_to_yolo
 from radlake.formats.manifest import read_manifest
-from radlake.lake import init_lake, open_lake
+from radlake.lake import init_lake, open_lake, open_store_at, store_url_for
 from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.mart import MART_MANIFEST
 from radlake.pipelines.source_load import load_source
@@ -470,3 +471,19 @@ def test_bad_requests_and_store_fault_are_one_line(
                 env=env)
     )  # fmt: skip
     assert fault.startswith("error: destination store unreachable ("), fault
+
+
+def test_destination_folders_keep_their_names(tmp_path: Path) -> None:
+    """--to "my mart/ü" was opened as my%20mart/%C3%BC (Path.as_uri(), which fsspec does
+    not unquote); a file, or a folder that cannot be made, is one error line."""
+    settings = Settings(home=tmp_path / "home")
+    folder = tmp_path / "my mart" / "ü#1"
+    store = open_store_at(settings, store_url_for(str(folder)))
+    store.put_bytes("images/a.png", b"x")
+    assert (folder / "images" / "a.png").read_bytes() == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == ["my mart"]
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(ConfigError, match="which is a file"):
+        store_url_for(str(tmp_path / "a-file"))
+    with pytest.raises(StorageError, match="cannot create the folder"):
+        open_store_at(settings, store_url_for("/proc/self/no/such"))
