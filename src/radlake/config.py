@@ -137,7 +137,9 @@ class Settings(BaseSettings):
         """The store URL, defaulting to a folder in the lake's home."""
         if self.store_url:
             return self.store_url
-        return (self.home.resolve() / STORE_DIR).as_uri()
+        # Not Path.as_uri(): fsspec does not unquote file URLs, so a home named
+        # "my lake" would keep its store in a folder named "my%20lake".
+        return f"file://{self.home.resolve() / STORE_DIR}"
 
     def store_options(self) -> dict[str, object]:
         """fsspec options for the store (credentials and endpoint for s3://)."""
