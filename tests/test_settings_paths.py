@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
@@ -20,3 +25,19 @@ def test_a_home_named_with_spaces_keeps_its_store_under_that_name(tmp_path: Path
     assert (home / "store" / key).read_bytes() == data
     # fsspec does not unquote file URLs: a percent-encoded URL would make a sibling.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my lake ünï"]
+
+
+def test_ctrl_c_while_the_cli_starts_is_one_line(tmp_path: Path) -> None:
+    # The console script imports the whole CLI first (seconds on a busy machine):
+    # Ctrl-C then must not print Python's traceback.
+    script = Path(sys.executable).with_name("radlake")
+    env = {**os.environ, "RADLAKE_HOME": str(tmp_path / "lake")}
+    process = subprocess.Popen(
+        [str(script), "query"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(0.4)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert b"Traceback" not in stderr
+    assert len(stderr.decode().strip().splitlines()) <= 1
