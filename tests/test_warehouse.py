@@ -342,6 +342,11 @@ def test_radlake_sql_answers_as_the_catalog_does(cli_lake: tuple[Lake, dict[str,
     assert csv_out.stdout.splitlines()[0] == "id,format" and len(csv_out.stdout.splitlines()) == 3
     table = cli(env, "sql", "SELECT count(*) AS n FROM images")
     assert table.returncode == 0 and str(FILMS + 1) in table.stdout
+    # Ten million rows: the table reads the first thousand and stops (it used to
+    # fetch every row into memory first).
+    huge = cli(env, "sql", "SELECT * FROM range(10000000)")
+    assert huge.returncode == 0 and "│ 999   │" in huge.stdout
+    assert huge.stderr.strip() == "1000 rows shown, more not read: add LIMIT or use --format csv"
     refused = cli(env, "sql", "SELECT nope FROM images")
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 1 and len(lines) == 1, lines
@@ -376,3 +381,73 @@ def test_a_store_read_cannot_escape_the_warehouse(lake: Lake, tmp_path: Path) ->
         sql(lake, "SELECT * FROM read_csv('{}')", tmp_path / "secret.csv")
     with pytest.raises(WarehouseError, match="Permission Error"):
         sql(lake, "SELECT * FROM read_parquet('/etc/*.parquet')")
+
+
+def _ingest_one(lake: Lake) -> None:
+    ingest_bytes(
+        pydicom_file(DICOM).read_bytes(),
+        engine=lake.engine,
+        store=lake.store,
+        pseudonymizer=lake.pseudonymizer,
+        source="upload",
+        source_kind="upload",
+        source_key=DICOM,
+    )
+
+
+def test_full_build_repairs_a_damaged_warehouse(lake: Lake) -> None:
+    """A deleted part and an unreadable state are one error line each, and
+    `--full` (which the errors name) rebuilds from the catalog alone."""
+    _ingest_one(lake)
+    first = build_warehouse(lake)
+    (part,) = load_state(lake.store, "parquet").parts  # type: ignore[union-attr]
+    lake.store.delete(part.key)
+    with pytest.raises(WarehouseError, match=r"cannot be read .* build --full") as caught:
+        sql(lake, "SELECT count(*) FROM images")
+    assert "\n" not in str(caught.value)
+    lake.store.put_bytes(state_key("parquet"), b'{"build": 1, "form')
+    with pytest.raises(WarehouseError, match="unreadable warehouse state"):
+        build_warehouse(lake)
+    stray = f"{parts_prefix('parquet')}part-000007-deadbeef-000.parquet"
+    lake.store.put_bytes(stray, b"a part no state lists")
+    repaired = build_warehouse(lake, full=True)
+    # Numbered past every part in the folder, so the strays count as older builds.
+    assert (repaired.reason, repaired.build, repaired.parts_removed) == ("--full", 8, 1)
+    assert first.build == 1 and sql(lake, "SELECT count(*) FROM images") == [(1,)]
+    assert list(lake.store.list(parts_prefix("parquet"))) == [
+        part.key
+        for part in load_state(lake.store, "parquet").parts  # type: ignore[union-attr]
+    ]
+
+
+def test_a_full_build_keeps_the_parts_of_a_build_racing_it(lake: Lake) -> None:
+    """Nothing locks the warehouse: a --full build deletes only older builds' parts,
+    so a concurrent build's parts (its number or newer) survive for its state."""
+    _ingest_one(lake)
+    build_warehouse(lake)
+    racing = f"{parts_prefix('parquet')}part-000002-0racing0-000.parquet"
+    lake.store.put_bytes(racing, b"another build 2, still running")
+    full = build_warehouse(lake, full=True)
+    assert (full.build, full.parts_removed) == (2, 1)  # build 1's part only
+    assert racing in set(lake.store.list(parts_prefix("parquet")))
+
+
+def test_a_huge_result_streams_in_batches(lake: Lake) -> None:
+    """Ten million rows: the first batch comes at once, and stopping stops DuckDB."""
+    from radlake.warehouse.sql import connect, stream_query
+
+    build_warehouse(lake)
+    connection = connect(lake.store)
+    try:
+        stream = stream_query(connection, "SELECT * FROM range(10000000)", batch_rows=100)
+        assert stream.columns == ["range"]
+        assert next(stream.batches) == [(value,) for value in range(100)]
+        with pytest.raises(WarehouseError, match="Invalid Input Error: late"):
+            failing = stream_query(
+                connection,
+                "SELECT CASE WHEN range < 150 THEN range ELSE error('late') END FROM range(200)",
+                batch_rows=100,
+            )
+            list(failing.batches)
+    finally:
+        connection.close()

@@ -8,6 +8,7 @@ import datetime as dt
 import decimal
 import json
 import sys
+import textwrap
 import uuid
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,7 +23,7 @@ from radlake.lake import load_settings, open_lake
 from radlake.warehouse.state import VIEWS, check_format
 
 if TYPE_CHECKING:
-    from radlake.warehouse.sql import Result
+    from radlake.warehouse.sql import RowStream
 
 app = typer.Typer(help="The analytics warehouse: per-image documents for DuckDB.")
 TABLE_ROWS = 1000  # rows a terminal table shows; csv and json print every row
@@ -90,31 +91,54 @@ def sql(
     """Run one read-only SQL statement (DuckDB) over the warehouse, local or S3.
     Build it first with `radlake warehouse build`."""
     lake = open_lake(load_settings())
-    from radlake.warehouse.sql import query_warehouse  # DuckDB: only when querying
+    from radlake.warehouse.sql import open_query  # DuckDB: only when querying
 
-    result = query_warehouse(lake.store, query)
-    if output is OutputFormat.json:
-        print_json([dict(zip(result.columns, _plain(row), strict=True)) for row in result.rows])
-    elif output is OutputFormat.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result.columns)
-        writer.writerows([_csv_cell(value) for value in _plain(row)] for row in result.rows)
-    else:
-        _print_table(result)
+    # Streamed: a result of millions of rows costs one batch of memory, and the
+    # table reads only the rows it shows.
+    with open_query(lake.store, query) as stream:
+        if output is OutputFormat.json:
+            _write_json(stream)
+        elif output is OutputFormat.csv:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(stream.columns)
+            for batch in stream.batches:
+                writer.writerows([_csv_cell(value) for value in _plain(row)] for row in batch)
+        else:
+            _print_table(stream)
 
 
-def _print_table(result: Result) -> None:
+def _write_json(stream: RowStream) -> None:
+    """One JSON array, as print_json writes it, one row at a time."""
+    sys.stdout.write("[")
+    first = True
+    for batch in stream.batches:
+        for row in batch:
+            item = dict(zip(stream.columns, _plain(row), strict=True))
+            text = json.dumps(item, indent=2, default=str, sort_keys=True)
+            sys.stdout.write(("\n" if first else ",\n") + textwrap.indent(text, "  "))
+            first = False
+    sys.stdout.write("]\n" if first else "\n]\n")
+
+
+def _print_table(stream: RowStream) -> None:
     # Text, not str: a value like "[red]" is data here, not rich markup.
     table = Table()
-    for column in result.columns:
+    for column in stream.columns:
         table.add_column(Text(column))
-    for row in result.rows[:TABLE_ROWS]:
-        table.add_row(*(Text(_cell(value)) for value in _plain(row)))
+    shown, more = 0, False
+    for batch in stream.batches:
+        for row in batch:
+            if shown == TABLE_ROWS:  # a row past the table: stop reading the result
+                more = True
+                break
+            table.add_row(*(Text(_cell(value)) for value in _plain(row)))
+            shown += 1
+        if more:
+            break
     console.print(table)
-    more = len(result.rows) - TABLE_ROWS
-    rows = "row" if len(result.rows) == 1 else "rows"
-    note = f" ({more} not shown: add LIMIT or use --format csv)" if more > 0 else ""
-    err_console.print(f"{len(result.rows)} {rows}{note}", highlight=False)
+    rows = "row" if shown == 1 else "rows"
+    note = " shown, more not read: add LIMIT or use --format csv" if more else ""
+    err_console.print(f"{shown} {rows}{note}", highlight=False)
 
 
 def _plain(row: tuple[Any, ...]) -> list[Any]:

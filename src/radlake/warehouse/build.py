@@ -41,6 +41,7 @@ from radlake.warehouse.state import (
     Format,
     Part,
     State,
+    WarehouseError,
     load_state,
     part_key,
     parts_prefix,
@@ -151,12 +152,19 @@ def build_warehouse(
     them when full, on the first build, or after a schema change).
 
     Raises:
-        WarehouseError: the warehouse's state is unreadable.
+        WarehouseError: the warehouse's state is unreadable (not when full).
         CatalogUnavailable, StorageError: the catalog or the store failed.
     """
     started = time.monotonic()
     report = progress or (lambda done, total: None)
-    previous = load_state(lake.store, fmt)
+    try:
+        previous = load_state(lake.store, fmt)
+    except WarehouseError:
+        if not full:
+            raise
+        # --full needs nothing from the old state (it rewrites every document and
+        # deletes every other part), so it is the way out of a damaged one.
+        previous = None
     reason = _full_reason(previous, full)
     now = datetime.now(UTC)
     last = None if reason != "incremental" or previous is None else previous.watermark
@@ -176,7 +184,9 @@ def build_warehouse(
             save_state(lake.store, _replace_watermark(previous, watermark))
         return _summary(previous, reason, 0, 0, 0, started)
 
-    build = (previous.build if previous else 0) + 1
+    # Without a state (the first build, or --full over a damaged one) the number goes
+    # past any part left in the folder, so _remove_unlisted sees those as older.
+    build = (previous.build if previous else _newest_part_build(lake.store, fmt)) + 1
     writer = _PartWriter(lake.store, fmt, build)
     written = 0
     report(0, len(image_ids))
@@ -211,7 +221,7 @@ def build_warehouse(
 
 def _full_reason(previous: State | None, full: bool) -> str:
     if previous is None:
-        return "first build"
+        return "--full" if full else "first build"
     if previous.schema != SCHEMA_VERSION:
         return f"document schema {previous.schema} -> {SCHEMA_VERSION}"
     return "--full" if full else "incremental"
@@ -230,12 +240,38 @@ def _replace_watermark(previous: State, watermark: dict[str, Any]) -> State:
 
 
 def _remove_unlisted(store: ObjectStore, state: State) -> int:
-    """Delete the parts the new state does not list (older builds, dead builds)."""
+    """Delete the parts of older builds the new state does not list (superseded
+    builds, dead builds).
+
+    Two builds may run at once (nothing locks the warehouse). Parts of this build's
+    number or a newer one may belong to a build still running, so they stay; and when
+    another build's state replaced this one meanwhile, this build removes nothing,
+    since the live state may list parts this one would call stale.
+    """
+    current = load_state(store, state.format)
+    if current is None or current.parts != state.parts:
+        return 0
     live = {part.key for part in state.parts}
-    stale = [key for key in store.list(parts_prefix(state.format)) if key not in live]
+    stale = [
+        key
+        for key in store.list(parts_prefix(state.format))
+        if key not in live and _part_build(key) < state.build
+    ]
     for key in stale:
         store.delete(key)
     return len(stale)
+
+
+def _newest_part_build(store: ObjectStore, fmt: Format) -> int:
+    return max((_part_build(key) for key in store.list(parts_prefix(fmt))), default=0)
+
+
+def _part_build(key: str) -> int:
+    """The build number in a part's key (part_key's layout); 0 for a foreign name, so
+    a stray file in the folder is treated as stale."""
+    name = key.rsplit("/", 1)[-1]
+    fields = name.split("-")
+    return int(fields[1]) if len(fields) >= 3 and fields[1].isdigit() else 0
 
 
 def _summary(

@@ -32,6 +32,8 @@ not read):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +43,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from radlake.storage.store import ObjectStore
 from radlake.warehouse.documents import SCHEMA
-from radlake.warehouse.state import VIEWS, WarehouseError, load_state, root
+from radlake.warehouse.state import VIEWS, State, WarehouseError, load_state, root
 
 PROTOCOL = "radlake"
+BATCH_ROWS = 10_000  # rows fetched from DuckDB at a time when streaming a result
 ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 _BOX = (
     "{0}.box.x_min AS x_min, {0}.box.y_min AS y_min, {0}.box.x_max AS x_max, {0}.box.y_max AS y_max"
@@ -98,6 +101,16 @@ class Result:
     rows: list[tuple[Any, ...]]
 
 
+@dataclass(frozen=True, slots=True)
+class RowStream:
+    """A query's column names and its rows in batches, read as they are consumed:
+    a result of any size costs one batch of memory, and a reader that stops early
+    (a terminal table's first rows) stops DuckDB too."""
+
+    columns: list[str]
+    batches: Iterator[list[tuple[Any, ...]]]
+
+
 def connect(store: ObjectStore) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the warehouse's views, reading nothing else.
 
@@ -108,6 +121,18 @@ def connect(store: ObjectStore) -> duckdb.DuckDBPyConnection:
     state = load_state(store, "parquet")
     if state is None:
         raise WarehouseError("no warehouse yet: run `radlake warehouse build` first")
+    try:
+        return _open(store, state)
+    except duckdb.Error as exc:
+        # The views read the parts' schemas now: a part deleted or damaged since its
+        # build surfaces here, not as an internal error.
+        raise WarehouseError(
+            f"the warehouse cannot be read ({_first_line(exc)}): "
+            "run `radlake warehouse build --full` to rebuild it"
+        ) from None
+
+
+def _open(store: ObjectStore, state: State) -> duckdb.DuckDBPyConnection:
     connection = duckdb.connect(
         ":memory:",
         config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
@@ -156,11 +181,24 @@ def _sql_list(values: list[str]) -> str:
 
 
 def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> Result:
-    """Run one read-only statement.
+    """Run one read-only statement and fetch its whole result.
 
     Raises:
         WarehouseError: not one statement, not a read, or DuckDB refused it (its
             message, first line).
+    """
+    stream = stream_query(connection, query)
+    return Result(stream.columns, [row for batch in stream.batches for row in batch])
+
+
+def stream_query(
+    connection: duckdb.DuckDBPyConnection, query: str, *, batch_rows: int = BATCH_ROWS
+) -> RowStream:
+    """Start one read-only statement; its rows come in batches as they are read.
+
+    Raises:
+        WarehouseError: not one statement, not a read, or DuckDB refused it (its
+            message, first line), here or while the batches are read.
     """
     try:
         statements = duckdb.extract_statements(query)
@@ -174,9 +212,20 @@ def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> Result:
     try:
         cursor = connection.execute(query)
         columns = [column[0] for column in cursor.description or []]
-        return Result(columns, cursor.fetchall())
     except duckdb.Error as exc:
         raise WarehouseError(_first_line(exc)) from None
+
+    def batches() -> Iterator[list[tuple[Any, ...]]]:
+        while True:
+            try:
+                batch = cursor.fetchmany(batch_rows)
+            except duckdb.Error as exc:
+                raise WarehouseError(_first_line(exc)) from None
+            if not batch:
+                return
+            yield batch
+
+    return RowStream(columns, batches())
 
 
 def query_warehouse(store: ObjectStore, query: str) -> Result:
@@ -189,6 +238,21 @@ def query_warehouse(store: ObjectStore, query: str) -> Result:
     connection = connect(store)
     try:
         return run_query(connection, query)
+    finally:
+        connection.close()
+
+
+@contextmanager
+def open_query(store: ObjectStore, query: str) -> Iterator[RowStream]:
+    """query_warehouse, streamed: the rows are read while the block runs.
+
+    Raises:
+        WarehouseError: no warehouse, or a bad or refused statement.
+        StorageError: the store failed.
+    """
+    connection = connect(store)
+    try:
+        yield stream_query(connection, query)
     finally:
         connection.close()
 
