@@ -7,7 +7,6 @@ siblings (Figure1, Actualmed) from their headers without it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,12 +17,8 @@ from radlake.cli.output import console, err_console, print_json
 from radlake.lake import load_settings, open_lake
 from radlake.pipelines.executor import open_executor
 from radlake.pipelines.source_load import SourceSummary, load_source
-from radlake.sources.base import SourceLoad
-from radlake.sources.covid_cxr import KNOWN_COLUMNS, read_covid_cxr
-from radlake.sources.csvfile import SourceFormatError, parse_column_map
-from radlake.sources.nih_cxr14 import read_nih_cxr14
-from radlake.sources.vinbigdata import COLUMNS as VINBIGDATA_COLUMNS
-from radlake.sources.vinbigdata import read_vinbigdata
+from radlake.sources.csvfile import SourceFormatError
+from radlake.sources.layouts import Reader, reader_for
 
 app = typer.Typer(help="Load public chest X-ray datasets (images, metadata and labels).")
 RootArgument = Annotated[Path, typer.Argument(help="The dataset's folder as downloaded.")]
@@ -40,7 +35,7 @@ ColumnOption = Annotated[
 
 
 def _run(
-    reader: Callable[[Path], SourceLoad],
+    reader: Reader,
     root: Path,
     workers: int | None,
     executor: str | None,
@@ -88,14 +83,7 @@ def vinbigdata(
     as_json: JsonOption = False,
 ) -> None:
     """VinBigData: train.csv, train/<image_id>.dicom|.png, optional train_meta.csv."""
-    columns = parse_column_map(column or [], VINBIGDATA_COLUMNS)
-    _run(
-        lambda root: read_vinbigdata(root, name=name or "vinbigdata", columns=columns),
-        root,
-        workers,
-        executor,
-        as_json,
-    )
+    _run(reader_for("vinbigdata", name, column or []), root, workers, executor, as_json)
 
 
 @app.command("covid")
@@ -108,14 +96,7 @@ def covid(
     as_json: JsonOption = False,
 ) -> None:
     """COVID-19 chest X-ray collections (ieee8023, Figure1, Actualmed): metadata.csv + images/."""
-    columns = parse_column_map(column or [], KNOWN_COLUMNS)
-    _run(
-        lambda root: read_covid_cxr(root, name=name, columns=columns),
-        root,
-        workers,
-        executor,
-        as_json,
-    )
+    _run(reader_for("covid", name, column or []), root, workers, executor, as_json)
 
 
 @app.command("nih")
@@ -128,10 +109,4 @@ def nih(
 ) -> None:
     """NIH ChestX-ray14: Data_Entry_2017*.csv, BBox_List_2017.csv, images/."""
     # Its CSVs are read by position (the header names two-valued columns once): no --column.
-    _run(
-        lambda root: read_nih_cxr14(root, name=name or "nih-chestxray14"),
-        root,
-        workers,
-        executor,
-        as_json,
-    )
+    _run(reader_for("nih", name, []), root, workers, executor, as_json)

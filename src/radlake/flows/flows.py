@@ -18,7 +18,6 @@ from prefect import Flow, flow
 from radlake.config import Settings
 from radlake.curation.filters import ImageFilter
 from radlake.flows.tasks import (
-    Layout,
     backup,
     ingest_paths,
     load_parsed_source,
@@ -37,6 +36,7 @@ from radlake.pipelines.executor import dask_address
 from radlake.pipelines.mart import MartError
 from radlake.pipelines.mart import check_format as check_mart_format
 from radlake.pipelines.retrain_set import RetrainError, RetrainRequest
+from radlake.sources.layouts import Layout
 from radlake.warehouse.state import check_format as check_warehouse_format
 
 

@@ -36,18 +36,12 @@ from radlake.pipelines.predict import predict_batch, select_image_ids
 from radlake.pipelines.retrain_set import RetrainRequest, build_retrain_set
 from radlake.pipelines.source_load import load_source
 from radlake.sources.base import SourceLoad
-from radlake.sources.covid_cxr import KNOWN_COLUMNS, read_covid_cxr
-from radlake.sources.csvfile import SourceFormatError, parse_column_map
-from radlake.sources.nih_cxr14 import read_nih_cxr14
-from radlake.sources.vinbigdata import COLUMNS as VINBIGDATA_COLUMNS
-from radlake.sources.vinbigdata import read_vinbigdata
+from radlake.sources.layouts import Layout, read_layout
 from radlake.warehouse.build import build_warehouse
 from radlake.warehouse.state import Format
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Layout = Literal["vinbigdata", "covid", "nih"]
-LAYOUTS: tuple[Layout, ...] = ("vinbigdata", "covid", "nih")
 # Defaults; a flow applies RADLAKE_FLOW_RETRIES and _FLOW_RETRY_DELAY_SECONDS (with_retries).
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY = 60.0
@@ -121,21 +115,7 @@ def read_source(layout: Layout, root: Path, name: str | None, columns: Sequence[
     Raises:
         SourceFormatError: no such folder, an unknown layout or bad CSVs.
     """
-    if not root.is_dir():
-        raise SourceFormatError(f"no such folder: {root}")
-    if layout == "vinbigdata":
-        mapped = parse_column_map(list(columns), VINBIGDATA_COLUMNS)
-        return read_vinbigdata(root, name=name or "vinbigdata", columns=mapped)
-    if layout == "covid":
-        return read_covid_cxr(
-            root, name=name, columns=parse_column_map(list(columns), KNOWN_COLUMNS)
-        )
-    if layout == "nih":
-        if columns:
-            # Its CSVs are read by position (sources_cmd says why): no column map.
-            raise SourceFormatError("the nih layout takes no column map")
-        return read_nih_cxr14(root, name=name or "nih-chestxray14")
-    raise SourceFormatError(f"expected a layout in {', '.join(LAYOUTS)}, got {layout!r:.40}")
+    return read_layout(layout, root, name, columns)
 
 
 @io_task("load-source")
