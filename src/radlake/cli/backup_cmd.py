@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from radlake.catalog.db import make_engine, sqlite_file
-from radlake.cli.ingest_cmd import progress_bar
-from radlake.cli.output import console, err_console, human_bytes, print_json
+from radlake.cli.ingest_cmd import phase_reporter
+from radlake.cli.output import console, err_console, human_bytes, print_json, whole_number
 from radlake.imaging.deid import Pseudonymizer
 from radlake.lake import load_settings, open_lake, open_store_at, store_url_for
 from radlake.storage.store import open_store
@@ -18,26 +18,7 @@ if TYPE_CHECKING:
 
 # pyarrow is imported by the commands that use it, not by every `radlake` start.
 
-EXIT_USAGE = 2  # what Typer answers for a bad argument
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
-
-
-def _keep(text: str | None) -> int | None:
-    """--keep as a whole number >= 1, or one error line and exit 2."""
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        err_console.print(
-            f"error: --keep expects a whole number of at least 1, got {text!r}",
-            markup=False,
-            highlight=False,
-        )
-        raise typer.Exit(EXIT_USAGE)
-    return value
 
 
 def backup(
@@ -65,19 +46,13 @@ def backup(
     not copied: `radlake verify` checks those)."""
     from radlake.pipelines.backup import BACKUPS_PREFIX, backup_catalog
 
-    count = _keep(keep)
+    count = whole_number(keep, "--keep", 1)
     url = None if to is None else store_url_for(to)  # a bad --to costs no catalog read
     settings = load_settings()
     lake = open_lake(settings)
     destination = lake.store if url is None else open_store_at(settings, url)
     prefix = BACKUPS_PREFIX if to is None else ""
-    with progress_bar("backing up", not as_json) as progress:
-        task = progress.add_task("backing up", total=None) if progress else None
-
-        def report(phase: str, done: int, total: int | None) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, description=phase, completed=done, total=total)
-
+    with phase_reporter("backing up", not as_json) as report:
         summary = backup_catalog(
             lake.engine,
             destination,
@@ -138,13 +113,7 @@ def restore(
     source, folder = locate_backup(
         backup, lake_store, lambda url: open_store_at(settings, store_url_for(url, "BACKUP"))
     )
-    with progress_bar("restoring", not as_json) as progress:
-        task = progress.add_task("restoring", total=None) if progress else None
-
-        def report(phase: str, done: int, total: int | None) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, description=phase, completed=done, total=total)
-
+    with phase_reporter("restoring", not as_json) as report:
         summary = restore_catalog(
             engine,
             source,

@@ -76,6 +76,22 @@ def progress_reporter(description: str, enabled: bool) -> Iterator[Callable[[int
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
+@contextmanager
+def phase_reporter(
+    description: str, enabled: bool
+) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A (phase, done, total) callback for work in named phases: the bar's description
+    follows the phase (does nothing when the bar is off)."""
+    with progress_bar(description, enabled) as progress:
+        if progress is None:
+            yield lambda phase, done, total: None
+            return
+        task = progress.add_task(description, total=None)
+        yield lambda phase, done, total: progress.update(
+            task, description=phase, completed=done, total=total
+        )
+
+
 def ingest_with_progress(
     lake: Lake,
     paths: Sequence[Path],

@@ -6,33 +6,13 @@ from typing import Annotated
 
 import typer
 
-from radlake.cli.ingest_cmd import progress_bar
-from radlake.cli.output import console, err_console, print_json
+from radlake.cli.ingest_cmd import phase_reporter
+from radlake.cli.output import console, print_json, whole_number
 from radlake.lake import load_settings, open_lake
 from radlake.pipelines.verify import verify_lake
 
 FINDINGS_SHOWN = 10
 EXIT_PROBLEMS = 1
-EXIT_USAGE = 2  # what Typer answers for a bad argument
-
-
-def _whole_number(text: str | None, option: str, minimum: int) -> int | None:
-    """The option's value as an int, or one error line and exit 2 (Typer's own
-    message for a bad value is a multi-line panel)."""
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        err_console.print(
-            f"error: {option} expects a whole number of at least {minimum}, got {text!r}",
-            markup=False,
-            highlight=False,
-        )
-        raise typer.Exit(EXIT_USAGE)
-    return value
 
 
 def verify(
@@ -62,16 +42,10 @@ def verify(
 ) -> None:
     """Check that every catalogued object is in the store, whole, and nothing else is;
     exit 1 while problems remain."""
-    sample_size = _whole_number(sample, "--sample", 1)
-    sample_seed = _whole_number(seed, "--seed", 0) or 0
+    sample_size = whole_number(sample, "--sample", 1)
+    sample_seed = whole_number(seed, "--seed", 0) or 0
     lake = open_lake(load_settings())
-    with progress_bar("verifying", not as_json) as progress:
-        task = progress.add_task("verifying", total=None) if progress else None
-
-        def report_progress(phase: str, done: int, total: int | None) -> None:
-            if progress is not None and task is not None:
-                progress.update(task, description=phase, completed=done, total=total)
-
+    with phase_reporter("verifying", not as_json) as report_progress:
         report = verify_lake(
             engine=lake.engine,
             store=lake.store,
