@@ -203,6 +203,16 @@ def run_transaction(
         with transaction(engine) as session:
             return work(session)
 
+    return retry_transient(once, retry_seconds=retry_seconds)
+
+
+def retry_transient(work: Callable[[], T], *, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> T:
+    """Run work() again from the start on transient catalog faults, with bounded
+    exponential backoff; work must be safe to repeat (one transaction, say).
+
+    Raises:
+        CatalogUnavailable: the fault outlasted retry_seconds.
+    """
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_delay(retry_seconds),
@@ -210,7 +220,7 @@ def run_transaction(
         reraise=True,
     )
     try:
-        return retrying(once)
+        return retrying(work)
     except SQLAlchemyError as exc:
         if is_transient(exc):
             raise CatalogUnavailable(f"catalog unreachable ({_short(exc)})") from exc

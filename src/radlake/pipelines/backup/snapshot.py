@@ -31,12 +31,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 import radlake
-from radlake.catalog.db import DEFAULT_RETRY_SECONDS, is_transient
+from radlake.catalog.db import DEFAULT_RETRY_SECONDS, retry_transient
 from radlake.catalog.models import Base
-from radlake.errors import CatalogError, CatalogUnavailable
+from radlake.errors import CatalogError
 from radlake.imaging.deid import Pseudonymizer
 from radlake.pipelines.backup.columns import (
     BackupError,
@@ -151,18 +150,13 @@ def _read_with_retries(
     report: Progress,
 ) -> tuple[str, list[tuple[str, Path, int]]]:
     """_read_snapshot, all of it again after a transient fault (a new snapshot)."""
-    retrying = Retrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_delay(retry_seconds),
-        wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.1),
-        reraise=True,
-    )
     try:
-        return retrying(_read_snapshot, engine, tables, work, batch_rows, report)
+        return retry_transient(
+            lambda: _read_snapshot(engine, tables, work, batch_rows, report),
+            retry_seconds=retry_seconds,
+        )
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-        if is_transient(exc):
-            raise CatalogUnavailable(f"catalog unreachable ({detail})") from exc
         raise CatalogError(f"cannot read catalog for backup: {detail}") from exc
 
 
