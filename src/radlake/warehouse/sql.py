@@ -110,6 +110,10 @@ class RowStream:
     columns: list[str]
     batches: Iterator[list[tuple[Any, ...]]]
 
+    def fetch_all(self) -> Result:
+        """Every row, in memory (for results known to be small)."""
+        return Result(self.columns, [row for batch in self.batches for row in batch])
+
 
 def connect(store: ObjectStore) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the warehouse's views, reading nothing else.
@@ -187,8 +191,7 @@ def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> Result:
         WarehouseError: not one statement, not a read, or DuckDB refused it (its
             message, first line).
     """
-    stream = stream_query(connection, query)
-    return Result(stream.columns, [row for batch in stream.batches for row in batch])
+    return stream_query(connection, query).fetch_all()
 
 
 def stream_query(
@@ -235,11 +238,8 @@ def query_warehouse(store: ObjectStore, query: str) -> Result:
         WarehouseError: no warehouse, or a bad or refused statement.
         StorageError: the store failed.
     """
-    connection = connect(store)
-    try:
-        return run_query(connection, query)
-    finally:
-        connection.close()
+    with open_query(store, query) as stream:
+        return stream.fetch_all()
 
 
 @contextmanager
