@@ -39,6 +39,7 @@ from radlake.pipelines.worker import WorkerContext, crashed_input, process_input
 from radlake.storage.store import ObjectStore, open_store
 from tests.conftest import SECRET, SHARED_DATA, pydicom_file, s3_options
 from tests.test_imaging_limits import _png_claiming
+from tests.test_worker_death import holders
 
 pytest.importorskip("distributed", reason="the Dask executor needs radlake[dask]")
 
@@ -143,21 +144,6 @@ def _ingest(
 # -- inputs that kill or hang their worker -------------------------------------------
 
 
-def _holders(fifo: Path) -> set[int]:
-    """Other processes that have the FIFO open (a worker blocked reading it)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except OSError:
-            continue
-        if str(fifo) in links:
-            pids.add(int(entry.name))
-    return pids
-
-
 @contextlib.contextmanager
 def _saboteur(folder: Path, flaky_bytes: bytes) -> Iterator[list[InputFile]]:
     """Three FIFOs and a thread that plays the OOM killer; yields them as inputs.
@@ -182,10 +168,10 @@ def _saboteur(folder: Path, flaky_bytes: bytes) -> Iterator[list[InputFile]]:
 
     def play() -> None:
         while not stop.is_set():
-            for pid in _holders(folder / "stuck.dcm"):
+            for pid in holders(folder / "stuck.dcm"):
                 kill(pid)
             if "flaky.dcm" in writers:
-                for pid in _holders(folder / "flaky.dcm"):
+                for pid in holders(folder / "flaky.dcm"):
                     if not flaky_killed:
                         flaky_killed.add(pid)
                         kill(pid)

@@ -24,18 +24,19 @@ from tests.conftest import SECRET, pydicom_file
 GOOD = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "liver_1frame.dcm"]
 
 
-def _holders(fifo: Path) -> list[int]:
-    """Processes that have the FIFO open (a worker blocked reading it)."""
-    pids = []
+def holders(fifo: Path) -> set[int]:
+    """Other processes that have the FIFO open (a worker blocked reading it); never
+    this one, which holds it open for writing."""
+    pids = set()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
         except OSError:
             continue
         if str(fifo) in links:
-            pids.append(int(entry.name))
+            pids.add(int(entry.name))
     return pids
 
 
@@ -69,7 +70,7 @@ def test_a_worker_killed_mid_file_quarantines_that_input_only(tmp_path: Path) ->
     def oom_killer() -> None:
         # What the kernel does to a worker that allocates too much: SIGKILL.
         while not stop.is_set():
-            for pid in _holders(fifo):
+            for pid in holders(fifo):
                 os.kill(pid, signal.SIGKILL)
                 kills.append(pid)
             time.sleep(0.05)
