@@ -11,7 +11,7 @@ import hashlib
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, PngImagePlugin
 
@@ -20,6 +20,7 @@ from radlake.errors import ImageError, ObjectNotFound, StorageError
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES, MIB
 from radlake.imaging.deid import Pseudonymizer
 from radlake.imaging.formats import detect_format, reader_for
+from radlake.imaging.intensity import INTENSITY_KEY, intensity_stats
 from radlake.imaging.pixels import PixelSource
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.pipelines.discover import InputFile
@@ -58,20 +59,24 @@ def encode_preview(rendered_image: Image.Image, window: tuple[float, float] | No
     return buffer.getvalue()
 
 
-def _rendition_from_png(key: str, png: bytes) -> RenditionInfo:
+Preview = tuple[RenditionInfo, dict[str, float]]  # the rendition and its intensity stats
+
+
+def _rendition_from_png(key: str, png: bytes) -> Preview:
     with Image.open(io.BytesIO(png)) as image:
         text = image.text.get(_WINDOW_TEXT_KEY, "") if hasattr(image, "text") else ""
         width, height = image.size
+        stats = intensity_stats(image)
     center = width_mm = None
     if text:
         center_text, width_text = text.split(",")
         center, width_mm = float(center_text), float(width_text)
-    return RenditionInfo(PREVIEW, key, width, height, center, width_mm)
+    return RenditionInfo(PREVIEW, key, width, height, center, width_mm), stats
 
 
 def _make_preview(
     context: WorkerContext, sha256: str, open_pixels: Callable[[], PixelSource]
-) -> RenditionInfo:
+) -> Preview:
     key = preview_key(sha256)
     try:
         return _rendition_from_png(key, context.store.get_bytes(key))
@@ -82,7 +87,8 @@ def _make_preview(
     png = encode_preview(rendered.image, window)
     context.store.put_bytes(key, png, sync=False)  # synced before the batch commits
     width, height = rendered.image.size
-    return RenditionInfo(PREVIEW, key, width, height, *(window or (None, None)))
+    rendition = RenditionInfo(PREVIEW, key, width, height, *(window or (None, None)))
+    return rendition, intensity_stats(rendered.image)
 
 
 def process_input(context: WorkerContext, item: InputFile) -> CataloguedInput | RejectedInput:
@@ -123,7 +129,8 @@ def process_bytes(
         metadata, open_pixels = reader_for(fmt).read(
             data, context.pseudonymizer, max_decoded_bytes=context.max_decoded_bytes
         )
-        preview = _make_preview(context, sha256, open_pixels)
+        preview, stats = _make_preview(context, sha256, open_pixels)
+        metadata = replace(metadata, attributes={**metadata.attributes, INTENSITY_KEY: stats})
         original_key = raw_key(sha256, fmt.extension)
         context.store.put_if_absent(original_key, data, sync=False)
     except StorageError:
