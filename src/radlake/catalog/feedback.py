@@ -531,6 +531,21 @@ def _disagreement(ours: list[tuple[str, Box]], theirs: list[tuple[str, Box]]) ->
     return 1.0 - sum(scores) / len(scores)
 
 
+def queue_sizes(session: Session) -> dict[int, int]:
+    """Per model version (id), the images review_queue would list: those it predicted
+    that have no feedback on that version yet."""
+    reviewed = select(Feedback.id).where(
+        Feedback.image_id == InferenceRun.image_id,
+        Feedback.model_version_id == InferenceRun.model_version_id,
+    )
+    rows = session.execute(
+        select(InferenceRun.model_version_id, func.count(func.distinct(InferenceRun.image_id)))
+        .where(~reviewed.exists())
+        .group_by(InferenceRun.model_version_id)
+    )
+    return {int(version): int(n) for version, n in rows}
+
+
 def reviewed_runs(session: Session, *, model_version_id: int) -> dict[int, int]:
     """Per image, the newest run of the version that has feedback (image id -> run id)."""
     return {

@@ -8,7 +8,9 @@ with --review a simulated reviewer files feedback on every answer through the AP
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -21,6 +23,7 @@ import typer
 
 from radlake.auth import Role, create_token, revoke_token
 from radlake.catalog.db import transaction
+from radlake.catalog.models import Job
 from radlake.cli.ingest_cmd import JsonOption
 from radlake.cli.output import console, err_console, print_json
 from radlake.cli.serve_cmd import receipt_protocol
@@ -30,7 +33,7 @@ from radlake.lake import Lake, load_settings, open_lake
 from radlake.pipelines.predict import select_image_ids
 from radlake.traffic.load import DEFAULT_TIMEOUT, Plan, Sent, run_load
 from radlake.traffic.pattern import DEFAULT_PATTERN, SimulationError, parse_pattern
-from radlake.traffic.report import review_line, summarize, table
+from radlake.traffic.report import Row, review_line, summarize, table
 from radlake.traffic.reviewer import DEFAULT_ACCEPT_IOU, MATCH_IOU
 
 EXIT_INTERRUPTED = 130
@@ -117,11 +120,28 @@ def simulate(
                 highlight=False,
             )
 
+    started = datetime.now(UTC)
     with sink_file as sink, _api(lake, settings, url, review) as api:
         base, plan_token, caller = api
         plan = replace(plan, url=base, token=plan_token or plan.token)
         result = run_load(plan, _writer(sink), announce)
     rows = summarize(result)
+    record_simulation(
+        lake,
+        parameters={
+            "model": model,
+            "dataset": dataset,
+            "split": split,
+            "images": len(image_ids),
+            "pattern": list(stages),
+            "stage_seconds": stage_seconds,
+            "url": "in-process" if url is None else "external",
+            "review": review,
+        },
+        rows=rows,
+        started=started,
+        interrupted=result.interrupted,
+    )
     if as_json:
         print_json(
             {
@@ -158,6 +178,38 @@ def simulate(
         # A run that reached nothing is a failure a script must see.
         err_console.print(f"error: every one of the {failed} requests failed", highlight=False)
         raise typer.Exit(1)
+
+
+def record_simulation(
+    lake: Lake,
+    *,
+    parameters: dict[str, object],
+    rows: list[Row],
+    started: datetime,
+    interrupted: bool,
+) -> None:
+    """Keep the run as a job of kind "simulate" (the dashboard's Models page lists
+    them): per-stage and total figures in its counts. The URL itself is not kept: it
+    may carry credentials."""
+    finished = datetime.now(UTC)
+    with transaction(lake.engine) as session:
+        session.add(
+            Job(
+                kind="simulate",
+                parameters=parameters,
+                status="interrupted" if interrupted else "succeeded",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                counts={
+                    "stages": [row.as_dict() for row in rows[:-1]],
+                    "total": rows[-1].as_dict(),
+                    "requests": rows[-1].requests,
+                },
+                started_at=started,
+                finished_at=finished,
+                seconds=(finished - started).total_seconds(),
+            )
+        )
 
 
 def _check_url(url: str) -> None:

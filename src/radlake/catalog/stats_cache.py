@@ -1,0 +1,80 @@
+"""Dashboard aggregates, cached until the catalog changes.
+
+Every dashboard request reads the catalog's stamp: the newest id and the row count of
+each table the dashboards read, and the count of finished jobs and open quarantine
+rows (which change in place). It is one round trip of index lookups and counts. A
+cached aggregate is reused while the stamp is the one it was computed under, so a
+figure is never stale: a new image, label, run, review or job makes the next request
+compute it again. Entries are kept per catalog (engine) in a small LRU.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from radlake.catalog.feedback_models import Feedback, RetrainSet
+from radlake.catalog.inference_models import InferenceRun, ModelAliasEvent, ModelVersion
+from radlake.catalog.models import DatasetVersion, Image, Job, Label, Quarantine
+
+T = TypeVar("T")
+MAX_ENTRIES = 128
+_TABLES: tuple[Any, ...] = (
+    Image,
+    Label,
+    Job,
+    Quarantine,
+    DatasetVersion,
+    ModelVersion,
+    ModelAliasEvent,
+    InferenceRun,
+    Feedback,
+    RetrainSet,
+)
+_lock = threading.Lock()
+_entries: OrderedDict[tuple[Hashable, ...], tuple[tuple[Any, ...], Any]] = OrderedDict()
+
+
+def catalog_stamp(session: Session) -> tuple[Any, ...]:
+    """What changes whenever a dashboard figure could: see the module docstring."""
+    parts: list[ColumnElement[Any]] = []
+    for table in _TABLES:
+        parts.append(select(func.max(table.id)).scalar_subquery())
+        parts.append(select(func.count(table.id)).scalar_subquery())
+    parts.append(select(func.count(Job.id)).where(Job.finished_at.is_not(None)).scalar_subquery())
+    parts.append(
+        select(func.count(Quarantine.id)).where(Quarantine.resolved_at.is_(None)).scalar_subquery()
+    )
+    row = session.execute(select(*parts)).one()
+    return tuple(row)
+
+
+def cached(session: Session, key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
+    """compute()'s value for key on this catalog, computed again when the catalog's
+    stamp has moved since. Exceptions are not cached."""
+    bind = session.get_bind()
+    full_key = (id(bind), str(bind.engine.url), *key)
+    stamp = catalog_stamp(session)
+    with _lock:
+        found = _entries.get(full_key)
+        if found is not None and found[0] == stamp:
+            _entries.move_to_end(full_key)
+            return found[1]  # type: ignore[no-any-return]
+    value = compute()
+    with _lock:
+        _entries[full_key] = (stamp, value)
+        _entries.move_to_end(full_key)
+        while len(_entries) > MAX_ENTRIES:
+            _entries.popitem(last=False)
+    return value
+
+
+def clear() -> None:
+    """Forget every cached aggregate (tests, and after a restore replaced the catalog)."""
+    with _lock:
+        _entries.clear()
