@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 from radlake import __version__
-from radlake.api import errors, schemas, web, web_predict, web_review
+from radlake.api import errors, schemas, web, web_dashboard, web_predict, web_review
 from radlake.api.deps import Viewer
 from radlake.api.routes import catalog, datasets, downloads, feedback, images, predict
 from radlake.lake import Lake, load_settings, open_lake
@@ -90,6 +90,7 @@ def create_app(
     app.include_router(web.router)
     app.include_router(web_predict.router)
     app.include_router(web_review.router)
+    app.include_router(web_dashboard.router)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from radlake.catalog.models import Dataset, DatasetMember, DatasetVersion, Image, Label
@@ -126,9 +126,10 @@ def _image_features(session: Session, side: Side) -> dict[str, Any]:
             Image.rows,
             Image.columns,
             Image.pixel_spacing_row,
-            attributes["patient_age"].as_string(),
+            # DICOM and NIH keep patient_age/_sex, the COVID-19 collection age/sex.
+            func.coalesce(attributes["patient_age"].as_string(), attributes["age"].as_string()),
             Image.view_position,
-            attributes["patient_sex"].as_string(),
+            func.coalesce(attributes["patient_sex"].as_string(), attributes["sex"].as_string()),
             Image.manufacturer,
             Image.modality,
             Image.format,

@@ -119,20 +119,23 @@ def _simulations(session: Session) -> list[Simulation]:
 def model_figures(session: Session) -> ModelFigures:
     """The Models page's figures (see the module docstring)."""
     versions = list_versions(session)
-    runs = dict(
-        session.execute(
+    # Result has keys(), so dict(result) would read it as a mapping: unpack the rows.
+    runs = {
+        version_id: n
+        for version_id, n in session.execute(
             select(InferenceRun.model_version_id, func.count(InferenceRun.id)).group_by(
                 InferenceRun.model_version_id
             )
-        ).tuples()
-    )
-    predictions = dict(
-        session.execute(
+        )
+    }
+    predictions = {
+        version_id: n
+        for version_id, n in session.execute(
             select(InferenceRun.model_version_id, func.count(Prediction.id))
             .join(Prediction, Prediction.run_id == InferenceRun.id)
             .group_by(InferenceRun.model_version_id)
-        ).tuples()
-    )
+        )
+    }
     verdicts: dict[int, dict[str, int]] = {}
     for version_id, verdict, simulated, n in session.execute(
         select(Feedback.model_version_id, Feedback.verdict, Feedback.simulated, func.count())
