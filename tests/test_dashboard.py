@@ -9,6 +9,8 @@ over the catalog's own tables and the label CSV, numpy, scipy.stats).
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image as PILImage
 from scipy import stats  # type: ignore[import-untyped]
 
 from radlake.api.app import create_app
@@ -30,6 +33,7 @@ from radlake.config import Settings
 from radlake.lake import Lake, open_lake
 from tests.conftest import run_radlake
 from tests.test_predict_batch import model_file
+from tests.test_web import CHROMIUM, IMAGES_LOADED, chromium, serve
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cxr_ieee8023_lung_boxes_subset/data"
 BOXES = DATA / "annotations/imageannotation_ai_lung_bounding_boxes.json"
@@ -369,3 +373,48 @@ def test_models_page_counts_match_the_catalog(lakeside: Lakeside) -> None:
     assert [s["workers"] for s in stages] == [1, 2]
     chart = figures[f"simulation-{simulations['id'][0]}"]["data"][0]
     assert chart["y"] == [s["requests_per_second"] or 0 for s in stages]
+
+
+PAGES = (
+    "/ui/dashboard",
+    "/ui/dashboard/dataset?dataset=lungs&version=1",
+    "/ui/dashboard/drift?a=lungs@1/train&b=lungs@1/test",
+    "/ui/dashboard/models",
+)
+DRAWN = "document.body.dataset.charts"
+# Every chart box plotly drew into holds its SVG; an empty box would mean a chart lost.
+CHART_BOXES = "document.querySelectorAll('.chart').length"
+PLOTTED = "document.querySelectorAll('.chart.js-plotly-plot .main-svg').length > 0"
+UNPLOTTED = "[...document.querySelectorAll('.chart')].filter(c => !c.querySelector('svg')).length"
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="headless Chromium absent: apt-get install -y chromium"
+)
+def test_dashboard_in_headless_chromium(lakeside: Lakeside, tmp_path: Path) -> None:
+    with serve(lakeside.client.app) as base, chromium(tmp_path) as page:
+        page.goto(f"{base}/ui/dashboard", landing=f"{base}/ui/signin?next=%2Fui%2Fdashboard")
+        page.evaluate(
+            f"document.querySelector('input[name=token]').value = "
+            f"{json.dumps(lakeside.tokens['viewer'])};"
+            "document.querySelector('form.signin button').click()"
+        )
+        page.wait_for("location.pathname === '/ui/dashboard' && document.readyState === 'complete'")
+        for number, url in enumerate(PAGES):
+            page.goto(base + url)
+            drawn = page.wait_for(DRAWN, timeout=30)
+            assert drawn != "failed", url
+            expected = len(figures_of(page.evaluate("document.documentElement.outerHTML")))
+            assert int(drawn) == expected == page.evaluate(CHART_BOXES) > 0, url
+            assert page.evaluate(PLOTTED), url
+            assert page.evaluate(UNPLOTTED) == 0, url
+            if "dataset" in url:  # samples load lazily: below the fold they would wait
+                assert page.evaluate("document.querySelectorAll('figure.sample img').length") > 0
+                page.evaluate("document.querySelectorAll('img').forEach(i => i.loading = 'eager')")
+                page.wait_for(IMAGES_LOADED, timeout=30)
+            shot = base64.b64decode(page.call("Page.captureScreenshot", {"format": "png"})["data"])
+            (tmp_path / f"dashboard-{number}.png").write_bytes(shot)
+            pixels = np.asarray(PILImage.open(io.BytesIO(shot)).convert("L"), dtype=np.float64)
+            assert pixels.std() > 10, f"{url}: the screenshot is blank"
+        # No CSP refusal, script error or failed load on any page.
+        assert page.errors() == [], "\n".join(page.errors())

@@ -105,6 +105,10 @@ def heatmap(title: str, cells: Sequence[Sequence[int]]) -> Figure:
         "x": axis,
         "y": axis,
         "colorscale": "Viridis",
+        # No colour bar and no pixelated <image>: plotly.js styles both with inline
+        # style attributes, which the pages' CSP refuses; counts show on hover.
+        "showscale": False,
+        "zsmooth": "best",
     }
     layout = _layout(
         title,

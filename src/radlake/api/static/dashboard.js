@@ -9,6 +9,7 @@ window.addEventListener("DOMContentLoaded", () => {
     if (!target) return Promise.resolve(false);
     return Plotly.newPlot(target, figure.data, figure.layout, {
       displaylogo: false,
+      displayModeBar: false, // its buttons' rules would be inline styles (refused by the CSP)
       responsive: true,
     }).then(() => true);
   });
