@@ -418,3 +418,35 @@ def test_dashboard_in_headless_chromium(lakeside: Lakeside, tmp_path: Path) -> N
             assert pixels.std() > 10, f"{url}: the screenshot is blank"
         # No CSP refusal, script error or failed load on any page.
         assert page.errors() == [], "\n".join(page.errors())
+
+
+def test_hostile_drift_sides_and_empty_pages_answer_cleanly(
+    lakeside: Lakeside, tmp_path: Path
+) -> None:
+    client = TestClient(lakeside.client.app, follow_redirects=False)
+    client.post("/ui/signin", data={"token": lakeside.tokens["viewer"]})
+    for a in ("0001-01-01..9999-12-31", "lungs@1\x00", "lungs@99999999999", "@", "x@1/"):
+        answer = client.get("/ui/dashboard/drift", params={"a": a, "b": "lungs@1"})
+        assert answer.status_code in (200, 422), (a, answer.status_code)
+        assert "\x00" not in answer.text
+    # The default comparison is the version's first split (train) against its last.
+    default = client.get("/ui/dashboard/drift")
+    assert 'name="a" list="sides" value="lungs@1/train"' in default.text
+    # A lake with nothing in it: every page renders and says what to do.
+    ok(tmp_path / "empty", "init")
+    empty = open_lake(Settings(home=tmp_path / "empty"))
+    with transaction(empty.engine) as session:
+        token = create_token(session, name="v", role=Role.VIEWER)
+    bare = TestClient(create_app(empty), follow_redirects=False)
+    bare.post("/ui/signin", data={"token": token})
+    for url, says in (
+        ("/ui/dashboard", "No jobs yet"),
+        ("/ui/dashboard/dataset", "radlake dataset create"),
+        ("/ui/dashboard/drift", "A side is NAME@VERSION"),
+        ("/ui/dashboard/models", "radlake model register"),
+    ):
+        page = bare.get(url)
+        assert page.status_code == 200 and says in page.text, url
+        figures = figures_of(page.text)
+        assert all(f'id="chart-{key}"' in page.text for key in figures), url
+    empty.engine.dispose()

@@ -123,13 +123,18 @@ def overview_page(request: Request, session: DbSession) -> Response:
 def _dataset_choices(session: Session) -> list[tuple[str, list[tuple[int, list[str]]]]]:
     """Every dataset with its versions and their splits, by name and version."""
     rows = session.execute(
-        select(Dataset.name, DatasetVersion.version, DatasetVersion.counts)
+        select(
+            Dataset.name, DatasetVersion.version, DatasetVersion.counts, DatasetVersion.split_spec
+        )
         .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
         .order_by(Dataset.name, DatasetVersion.version)
     )
     found: dict[str, list[tuple[int, list[str]]]] = {}
-    for name, version, counts in rows:
-        found.setdefault(name, []).append((int(version), sorted(counts or {})))
+    for name, version, counts, spec in rows:
+        # The splits in the order the version's spec names them (training first).
+        named = [s for s in (spec or {}).get("names", []) if s in (counts or {})]
+        splits = [*named, *sorted(set(counts or {}) - set(named))]
+        found.setdefault(name, []).append((int(version), splits))
     return list(found.items())
 
 
@@ -180,7 +185,9 @@ def dataset_page(
     }
     if data.agreement:
         figures["kappa"] = charts.bars(
-            "Fleiss' kappa per class", {row.class_name: row.kappa or 0.0 for row in data.agreement}
+            # An undefined kappa (every image alike) is left out, not drawn as 0.
+            "Fleiss' kappa per class",
+            {row.class_name: row.kappa for row in data.agreement if row.kappa is not None},
         )
     heat_ids = {name: f"heat-{i}" for i, name in enumerate(data.heatmaps)}
     for name, cells in data.heatmaps.items():
@@ -215,6 +222,11 @@ def _side_options(choices: list[tuple[str, list[tuple[int, list[str]]]]]) -> lis
     ]
 
 
+def _printable(text: str | None) -> str | None:
+    """The text without control characters (a NUL would be echoed into the form)."""
+    return None if text is None else "".join(c for c in text if c.isprintable())
+
+
 @router.get("/ui/dashboard/drift")
 def drift_page(
     request: Request, session: DbSession, a: SideText = None, b: SideText = None
@@ -224,10 +236,11 @@ def drift_page(
     caller = _cookie_caller(request, session)
     if caller is None:
         return _to_signin(request)
+    a, b = _printable(a), _printable(b)
     choices = _dataset_choices(session)
     options = _side_options(choices)
     if (a is None or b is None) and choices:
-        # The first dataset's newest version: its first split against its last.
+        # The first dataset's newest version: its first split (training) against its last.
         name, versions = choices[0]
         number, splits = versions[-1]
         a = a or (f"{name}@{number}/{splits[0]}" if splits else f"{name}@{number}")
@@ -297,6 +310,8 @@ def models_page(request: Request, session: DbSession) -> Response:
             "Metrics across versions", {v.name: v.metrics for v in data.versions if v.metrics}
         ),
     }
+    if not data.versions:
+        figures = {}  # the page says how to register or train one instead
     for run in data.simulations:
         points = {
             "requests/s": [

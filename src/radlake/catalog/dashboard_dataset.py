@@ -1,12 +1,13 @@
 """The Dataset version dashboard's figures, from the catalog (issue 14).
 
-A version's labels are read once into columns (numpy arrays: image, split, class,
-box corners, the image's size) and every figure is computed from those columns with
-numpy: counts by class and split via bincount over integer codes, box geometry and
-centre heatmaps via histograms. Labels are the version's own label set: its readers'
-ground truth is read with one query; a consensus or retraining set's labels come from
-`curation.versions.version_findings`, the same the exports use. Reader agreement is
-`curation.agreement.reader_agreement` over the members' reader-attributed ground truth.
+A version's members and the lake's ground-truth labels are numpy columns kept by
+catalog.dashboard_tables (read once, then topped up), and every figure is computed
+from those columns with numpy: counts by class and split via bincount over integer
+codes, box geometry and centre heatmaps via histograms. Labels are the version's own
+label set: its readers' ground truth as kept; a consensus or retraining set's labels
+come from `curation.versions.version_findings`, the same the exports use. Reader
+agreement is `curation.agreement_columns.table_agreement` (reader_agreement's
+measures) over the members' reader-attributed ground truth.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from radlake.catalog.labels import reader_findings
-from radlake.catalog.models import DatasetMember, DatasetVersion, Image, Label
-from radlake.curation.agreement import AgreementError, ClassAgreement, reader_agreement
+from radlake.catalog.columns import floats, texts
+from radlake.catalog.dashboard_tables import CORNERS, GROUND_TRUTH, members_table
+from radlake.catalog.models import DatasetVersion, Image
+from radlake.curation.agreement import ClassAgreement
+from radlake.curation.agreement_columns import ReadTable, table_agreement
 from radlake.curation.versions import version_findings
-from radlake.domain import Finding, LabelOrigin
+from radlake.domain import Finding
 
 HEATMAP_CELLS = 16  # the box-centre heatmap is HEATMAP_CELLS x HEATMAP_CELLS over the image
 SIZE_BINS = np.linspace(0.0, 1.0, 21)  # sqrt(box area / image area)
@@ -44,10 +47,12 @@ class Members:
 
 @dataclass(frozen=True, slots=True)
 class LabelColumns:
-    """Labels as columns; box corners are NaN for image-level findings."""
+    """Labels as columns; box corners are NaN for image-level findings, the reader ""
+    where none is named."""
 
     image_id: NDArray[np.int64]
     class_name: NDArray[np.str_]
+    reader: NDArray[np.str_]
     corners: NDArray[np.float64]  # n x 4: x_min, y_min, x_max, y_max
 
     @property
@@ -85,55 +90,51 @@ class DatasetFigures:
 
 def version_members(session: Session, *, version_id: int) -> Members:
     """The version's images, ordered by image id."""
-    rows = session.execute(
-        select(DatasetMember.image_id, DatasetMember.split, Image.columns, Image.rows)
-        .join(Image, Image.id == DatasetMember.image_id)
-        .where(DatasetMember.version_id == version_id)
-        .order_by(DatasetMember.image_id)
-    ).all()
-    return Members(
-        np.fromiter((r[0] for r in rows), np.int64, len(rows)),
-        np.array([r[1] for r in rows], dtype=np.str_),
-        np.fromiter((r[2] for r in rows), np.float64, len(rows)),
-        np.fromiter((r[3] for r in rows), np.float64, len(rows)),
-    )
+    found = members_table(version_id).columns(session)
+    return Members(found["id"], found["split"], found["columns"], found["rows"])
 
 
-def _columns(rows: Sequence[tuple[Any, ...]]) -> LabelColumns:
-    n = len(rows)
-    corners = np.array(
-        [[np.nan if v is None else v for v in row[2:6]] for row in rows], dtype=np.float64
-    ).reshape(n, 4)
+def _label_columns(
+    image_id: Sequence[int], class_name: Sequence[str], reader: Sequence[str | None], *corners: Any
+) -> LabelColumns:
     return LabelColumns(
-        np.fromiter((r[0] for r in rows), np.int64, n),
-        np.array([r[1] for r in rows], dtype=np.str_),
-        corners,
+        np.fromiter(image_id, np.int64, len(image_id)),
+        texts(class_name),
+        texts(reader),
+        np.stack([floats(c) for c in corners], axis=1) if image_id else np.zeros((0, 4)),
     )
 
 
-def version_labels(session: Session, version: DatasetVersion, members: Members) -> LabelColumns:
+def ground_truth_columns(session: Session, *, members: Members) -> LabelColumns:
+    """Every ground-truth label of the members, by image (then label id)."""
+    found = GROUND_TRUTH.columns(session)
+    chosen = np.flatnonzero(np.isin(found["image_id"], members.image_id))
+    chosen = chosen[np.argsort(found["image_id"][chosen], kind="stable")]
+    return LabelColumns(
+        found["image_id"][chosen],
+        found["class_name"][chosen],
+        found["reader"][chosen],
+        np.stack([found[c][chosen] for c in CORNERS], axis=1),
+    )
+
+
+def version_labels(
+    session: Session, version: DatasetVersion, members: Members, ground_truth: LabelColumns
+) -> LabelColumns:
     """The labels of the version's label set on its members (see the module docstring)."""
     if version.label_set == "readers":
-        rows = session.execute(
-            select(
-                Label.image_id, Label.class_name, Label.x_min, Label.y_min, Label.x_max, Label.y_max
-            )
-            .join(DatasetMember, DatasetMember.image_id == Label.image_id)
-            .where(
-                DatasetMember.version_id == version.id,
-                Label.origin == LabelOrigin.GROUND_TRUTH.value,
-            )
-            .order_by(Label.image_id, Label.id)
-        ).all()
-        return _columns([tuple(r) for r in rows])
+        return ground_truth
     found = version_findings(session, version, members.image_id.tolist())
-    return _columns([_finding_row(f) for fs in found.values() for f in fs])
+    rows = [_finding_row(f) for fs in found.values() for f in fs]
+    return (
+        _label_columns(*zip(*rows, strict=True)) if rows else _label_columns((), (), (), *[()] * 4)
+    )
 
 
 def _finding_row(f: Finding) -> tuple[Any, ...]:
     box = f.box
     corners = (None,) * 4 if box is None else (box.x_min, box.y_min, box.x_max, box.y_max)
-    return (f.image_id, f.class_name, *corners)
+    return (f.image_id, f.class_name, f.reader, *corners)
 
 
 def _codes(values: NDArray[Any], names: Sequence[str]) -> NDArray[np.int64]:
@@ -156,7 +157,8 @@ def dataset_figures(
 ) -> DatasetFigures:
     """The Dataset version page's figures (see the module docstring)."""
     members = version_members(session, version_id=version.id)
-    labels = version_labels(session, version, members)
+    ground_truth = ground_truth_columns(session, members=members)
+    labels = version_labels(session, version, members, ground_truth)
     named = list(dict.fromkeys([*split_order, *sorted(set(members.split.tolist()))]))
     splits = [s for s in named if s in set(members.split.tolist())]
     split_sorted = sorted(splits)
@@ -175,7 +177,7 @@ def dataset_figures(
     class_boxes = _reorder(_by_class_split(pair[box], classes, split_sorted), splits)
     per_image = np.bincount(at, minlength=len(members.image_id))
     geometry = _geometry(labels, members, at, class_code, classes)
-    agreement, single = _agreement(session, members)
+    agreement, single = _agreement(ground_truth)
     samples, attributes = _samples(session, labels, members, at, class_code, label_split, classes)
     return DatasetFigures(
         splits={s: int((members.split == s).sum()) for s in splits},
@@ -236,14 +238,18 @@ def _geometry(
     return sizes, aspects, heatmaps
 
 
-def _agreement(session: Session, members: Members) -> tuple[list[ClassAgreement], int]:
-    findings, _ = reader_findings(session, image_ids=members.image_id.tolist())
-    if not findings:
+def _agreement(ground_truth: LabelColumns) -> tuple[list[ClassAgreement], int]:
+    """Agreement of the reader-attributed ground truth (labels naming no reader left out)."""
+    named = ground_truth.reader != ""
+    if not named.any():
         return [], 0
-    try:
-        report = reader_agreement(findings)
-    except AgreementError:
-        return [], 0
+    table = ReadTable(
+        ground_truth.image_id[named],
+        ground_truth.reader[named],
+        ground_truth.class_name[named],
+        ground_truth.corners[named],
+    )
+    report = table_agreement(table, per_image=False)
     return [*report.classes, report.overall], report.single_reader_images
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from radlake.catalog.dashboard_tables import SCORES
 from radlake.catalog.feedback import queue_sizes
 from radlake.catalog.feedback_models import Feedback
 from radlake.catalog.inference_models import InferenceRun, ModelVersion, Prediction
@@ -84,17 +85,13 @@ def _metrics(version: ModelVersion) -> dict[str, float | None]:
 
 
 def _scores(session: Session) -> dict[int, list[int]]:
-    rows = session.execute(
-        select(InferenceRun.model_version_id, Prediction.score).join(
-            InferenceRun, InferenceRun.id == Prediction.run_id
-        )
-    ).all()
-    table = np.array(rows, dtype=np.float64).reshape(len(rows), 2)
-    found = {}
-    for version in np.unique(table[:, 0]).astype(np.int64).tolist():
-        chosen = np.clip(table[table[:, 0] == version, 1], 0.0, 1.0)
-        found[version] = np.histogram(chosen, SCORE_BINS)[0].tolist()
-    return found
+    """Per model version, its predictions' scores over SCORE_BINS."""
+    found = SCORES.columns(session)
+    versions, score = found["model_version_id"], np.clip(found["score"], 0.0, 1.0)
+    return {
+        version: np.histogram(score[versions == version], SCORE_BINS)[0].tolist()
+        for version in np.unique(versions).tolist()
+    }
 
 
 def _simulations(session: Session) -> list[Simulation]:

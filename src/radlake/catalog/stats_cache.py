@@ -2,20 +2,23 @@
 
 Every dashboard request reads the catalog's stamp: the newest id and the row count of
 each table the dashboards read, and the count of finished jobs and open quarantine
-rows (which change in place). It is one round trip of index lookups and counts. A
-cached aggregate is reused while the stamp is the one it was computed under, so a
-figure is never stale: a new image, label, run, review or job makes the next request
-compute it again. Entries are kept per catalog (engine) in a small LRU.
+rows (which change in place), and the images' filled modality and view and their
+sources (which a dataset source's claim changes in place). It is one round trip of
+index lookups and counts. A cached aggregate is reused while the stamp is the one it
+was computed under, so a figure is never stale: a new image, label, run, review or
+job makes the next request compute it again. Entries are kept per catalog (engine)
+in a small LRU.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Engine, func, select
 from sqlalchemy.orm import Session
 
 from radlake.catalog.feedback_models import Feedback, RetrainSet
@@ -37,7 +40,10 @@ _TABLES: tuple[Any, ...] = (
     RetrainSet,
 )
 _lock = threading.Lock()
-_entries: OrderedDict[tuple[Hashable, ...], tuple[tuple[Any, ...], Any]] = OrderedDict()
+# Per engine, weakly (a new engine never finds a dead one's entries), then by key.
+_entries: weakref.WeakKeyDictionary[Engine, OrderedDict[tuple[Hashable, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def catalog_stamp(session: Session) -> tuple[Any, ...]:
@@ -50,6 +56,10 @@ def catalog_stamp(session: Session) -> tuple[Any, ...]:
     parts.append(
         select(func.count(Quarantine.id)).where(Quarantine.resolved_at.is_(None)).scalar_subquery()
     )
+    # A dataset source claiming folder-ingested images updates them in place.
+    parts.append(select(func.count(Image.modality)).scalar_subquery())
+    parts.append(select(func.count(Image.view_position)).scalar_subquery())
+    parts.append(select(func.sum(Image.source_id)).scalar_subquery())
     row = session.execute(select(*parts)).one()
     return tuple(row)
 
@@ -58,19 +68,20 @@ def cached(session: Session, key: tuple[Hashable, ...], compute: Callable[[], T]
     """compute()'s value for key on this catalog, computed again when the catalog's
     stamp has moved since. Exceptions are not cached."""
     bind = session.get_bind()
-    full_key = (id(bind), str(bind.engine.url), *key)
+    engine = bind if isinstance(bind, Engine) else bind.engine
     stamp = catalog_stamp(session)
     with _lock:
-        found = _entries.get(full_key)
+        kept = _entries.setdefault(engine, OrderedDict())
+        found = kept.get(key)
         if found is not None and found[0] == stamp:
-            _entries.move_to_end(full_key)
+            kept.move_to_end(key)
             return found[1]  # type: ignore[no-any-return]
     value = compute()
     with _lock:
-        _entries[full_key] = (stamp, value)
-        _entries.move_to_end(full_key)
-        while len(_entries) > MAX_ENTRIES:
-            _entries.popitem(last=False)
+        kept[key] = (stamp, value)
+        kept.move_to_end(key)
+        while len(kept) > MAX_ENTRIES:
+            kept.popitem(last=False)
     return value
 
 

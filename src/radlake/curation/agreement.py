@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from itertools import combinations
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -47,6 +46,21 @@ class AgreementError(RadlakeError, ValueError):
     """Findings or parameters that agreement (or consensus) cannot work with."""
 
 
+def _iou(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    """IoU of boxes a and b (..., 4), broadcast against each other."""
+    wide = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    high = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    inter = np.clip(wide, 0.0, None) * np.clip(high, 0.0, None)
+
+    def area(x: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.clip(x[..., 2] - x[..., 0], 0.0, None) * np.clip(x[..., 3] - x[..., 1], 0.0, None)
+
+    union = area(a) + area(b) - inter
+    result: NDArray[np.float64] = np.zeros_like(inter)
+    np.divide(inter, union, out=result, where=union > 0)
+    return result
+
+
 def iou_matrix(a: ArrayLike, b: ArrayLike) -> NDArray[np.float64]:
     """IoU of every box of `a` (n x 4: x_min, y_min, x_max, y_max) with every box of `b`.
 
@@ -56,17 +70,19 @@ def iou_matrix(a: ArrayLike, b: ArrayLike) -> NDArray[np.float64]:
         AgreementError: an input that is not n x 4 (or empty).
     """
     a, b = _boxes(a), _boxes(b)
-    wide = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    high = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(wide, 0.0, None) * np.clip(high, 0.0, None)
+    return _iou(a[:, None, :], b[None, :, :])
 
-    def area(x: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.clip(x[:, 2] - x[:, 0], 0.0, None) * np.clip(x[:, 3] - x[:, 1], 0.0, None)
 
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    result: NDArray[np.float64] = np.zeros_like(inter)
-    np.divide(inter, union, out=result, where=union > 0)
-    return result
+def iou_pairs(a: ArrayLike, b: ArrayLike) -> NDArray[np.float64]:
+    """IoU of box i of `a` with box i of `b` (both n x 4), with iou_matrix's arithmetic.
+
+    Raises:
+        AgreementError: inputs that are not n x 4, or of different lengths.
+    """
+    a, b = _boxes(a), _boxes(b)
+    if len(a) != len(b):
+        raise AgreementError(f"expected as many boxes in a as in b, got {len(a)} and {len(b)}")
+    return _iou(a, b)
 
 
 def iou(a: Box, b: Box) -> float:
@@ -246,65 +262,12 @@ def reader_agreement(
     Raises:
         AgreementError: an IoU threshold outside (0, 1], or a finding without a reader.
     """
+    # Imported here: agreement_columns builds on this module's measures and reports.
+    from radlake.curation.agreement_columns import ReadTable, table_agreement
+
     check_threshold(iou_threshold)
-    reads = collect_reads(findings, no_finding=no_finding)
-    names = sorted({c for read in reads.values() for cs in read.classes.values() for c in cs})
-    reported: dict[str, int] = defaultdict(int)  # images where anyone reported the class
-    unanimous: dict[str, int] = defaultdict(int)
-    presence: dict[str, list[tuple[int, int]]] = {c: [] for c in names}  # (present, absent)
-    class_f1: dict[str, list[float]] = defaultdict(list)
-    pair_f1: list[float] = []
-    image_rows: list[ImageAgreement] = []
-    for image_id, read in reads.items():
-        sets = [read.classes[r] for r in read.readers]
-        union = frozenset().union(*sets)
-        if len(sets) < 2:
-            image_rows.append(ImageAgreement(image_id, 1, tuple(sorted(union)), None, None))
-            continue
-        for name in names:
-            present = sum(name in s for s in sets)
-            presence[name].append((present, len(sets) - present))
-            reported[name] += present > 0
-            unanimous[name] += present == len(sets)
-        scores: list[float] = []
-        for a, b in combinations(read.readers, 2):
-            matched = total = 0
-            for name in sorted(union):
-                boxes_a = read.boxes.get((a, name), np.empty((0, 4)))
-                boxes_b = read.boxes.get((b, name), np.empty((0, 4)))
-                if n_boxes := len(boxes_a) + len(boxes_b):
-                    found = len(match_boxes(boxes_a, boxes_b, iou_threshold))
-                    class_f1[name].append(2 * found / n_boxes)
-                    matched, total = matched + found, total + n_boxes
-            if total:
-                scores.append(2 * matched / total)
-        pair_f1.extend(scores)
-        same = all(s == sets[0] for s in sets)
-        image_rows.append(
-            ImageAgreement(image_id, len(sets), tuple(sorted(union)), same, _mean(scores))
-        )
-    multi = [r for r in image_rows if r.all_agree is not None]
-    rows = tuple(
-        ClassAgreement(
-            name,
-            reported[name],
-            unanimous[name] / reported[name] if reported[name] else None,
-            _mean(class_f1[name]),
-            fleiss_kappa(presence[name]) if presence[name] else None,
-        )
-        for name in names
-    )
-    pooled = [pair for name in names for pair in presence[name]]
-    overall = ClassAgreement(
-        "all classes",
-        len(multi),
-        sum(bool(r.all_agree) for r in multi) / len(multi) if multi else None,
-        _mean(pair_f1),
-        fleiss_kappa(pooled) if pooled else None,
-    )
-    return AgreementReport(
-        rows, overall, tuple(image_rows), len(image_rows) - len(multi), iou_threshold
-    )
+    table = ReadTable.from_findings(findings)
+    return table_agreement(table, iou_threshold=iou_threshold, no_finding=no_finding)
 
 
 def check_threshold(iou_threshold: float) -> None:
