@@ -19,20 +19,13 @@ def rng(seed: int = 14) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def evidently_shares(counts: pd.Series) -> np.ndarray:
-    """Shares with zeros filled as Evidently's get_binned_data fills them, written out."""
-    shares = counts.to_numpy(dtype=float) / counts.sum()
-    smallest = shares[shares > 0].min()
-    fill = smallest / 1e6 if smallest <= 0.0001 else 0.0001
-    return np.where(shares == 0, fill, shares)
-
-
 def js_by_formula(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon distance (natural log) from its definition."""
     p, q = p / p.sum(), q / q.sum()
     m = (p + q) / 2
-    kl_pm = float(np.sum(p * np.log(p / m)))
-    kl_qm = float(np.sum(q * np.log(q / m)))
+    # A zero share adds nothing (x log x -> 0 as x -> 0).
+    kl_pm = float(np.sum(p[p > 0] * np.log(p[p > 0] / m[p > 0])))
+    kl_qm = float(np.sum(q[q > 0] * np.log(q[q > 0] / m[q > 0])))
     return math.sqrt((kl_pm + kl_qm) / 2)
 
 
@@ -197,7 +190,7 @@ def test_a_single_value_on_both_sides_is_not_drift() -> None:
     assert numeric_drift("frames", [1.0] * 30, [1.0] * 4).drifted is False
 
 
-def test_jensen_shannon_fills_a_category_missing_on_one_side() -> None:
+def test_jensen_shannon_keeps_a_category_missing_on_one_side_at_zero() -> None:
     reference = ["PA"] * 700 + ["AP"] * 300 + ["LL"] * 200  # 1200 rows: a distance
     current = ["PA"] * 500 + ["AP"] * 500  # no LL
     result = categorical_drift("view", reference, current)
@@ -206,28 +199,13 @@ def test_jensen_shannon_fills_a_category_missing_on_one_side() -> None:
     keys = ["AP", "LL", "PA"]
     ref_counts = pd.Series(reference).value_counts().reindex(keys, fill_value=0)
     cur_counts = pd.Series(current).value_counts().reindex(keys, fill_value=0)
-    ref_shares = evidently_shares(ref_counts)
-    cur_shares = evidently_shares(cur_counts)
-    assert cur_shares[1] == 0.0001  # smallest non-zero share 0.5 > 0.0001: filled by 0.0001
+    ref_shares = (ref_counts / ref_counts.sum()).to_numpy()
+    cur_shares = (cur_counts / cur_counts.sum()).to_numpy()
+    assert cur_shares[1] == 0.0  # Evidently's Jensen-Shannon fills no zero
     assert result.statistic == pytest.approx(jensenshannon(ref_shares, cur_shares))
     assert result.statistic == pytest.approx(js_by_formula(ref_shares, cur_shares))
     assert result.statistic >= 0.1
     assert result.drifted is True
-
-
-def test_jensen_shannon_fill_uses_a_millionth_of_a_tiny_smallest_share() -> None:
-    # Current: one rare value among 20000 (share 0.00005 <= 0.0001), so its missing
-    # category is filled by 0.00005 / 1e6.
-    reference = ["x"] * 1500 + ["y"] * 500
-    current = ["x"] * 19_999 + ["z"]
-    result = categorical_drift("c", reference, current)
-    keys = ["x", "y", "z"]
-    ref_counts = pd.Series(reference).value_counts().reindex(keys, fill_value=0)
-    cur_counts = pd.Series(current).value_counts().reindex(keys, fill_value=0)
-    cur_shares = evidently_shares(cur_counts)
-    assert cur_shares[1] == pytest.approx(0.00005 / 1e6)
-    expected = jensenshannon(evidently_shares(ref_counts), cur_shares)
-    assert result.statistic == pytest.approx(expected)
 
 
 def test_jensen_shannon_separates_same_from_shifted_large_samples() -> None:

@@ -16,10 +16,10 @@ also +-inf) are dropped from each side first, and "rows" below counts what remai
 feature         reference rows       n_unique        test                drift when
 ==============  ===================  ==============  ==================  =========
 numeric         <= DRIFT_ROWS        > 5             Kolmogorov-Smirnov  p <= 0.05
-numeric         <= DRIFT_ROWS        <= 5            chi-squared         p <= 0.05
+numeric         <= DRIFT_ROWS        <= 5            chi-squared         p < 0.05
 numeric         > DRIFT_ROWS         > 5             Wasserstein (norm)  d >= 0.1
 numeric         > DRIFT_ROWS         <= 5            Jensen-Shannon      d >= 0.1
-categorical     <= DRIFT_ROWS        any             chi-squared         p <= 0.05
+categorical     <= DRIFT_ROWS        any             chi-squared         p < 0.05
 categorical     > DRIFT_ROWS         any             Jensen-Shannon      d >= 0.1
 ==============  ===================  ==============  ==================  =========
 
@@ -34,16 +34,12 @@ categorical     > DRIFT_ROWS         any             Jensen-Shannon      d >= 0.
   (statistic inf, p-value 0.0); a single value on both sides leaves the test no degree
   of freedom and the two samples identical (statistic 0.0, p-value 1.0, no drift).
 - Jensen-Shannon: the share of each key over the union (count / rows) per side, zeros
-  replaced as Evidently's ``get_binned_data`` does (per side: by min(non-zero share) /
-  1e6 when that minimum is <= 0.0001, else by 0.0001), then
+  kept (Evidently's stattest calls ``get_binned_data`` with its zero fill off), then
   ``scipy.spatial.distance.jensenshannon`` with its natural-log base. Numeric features
   with few values are binned as categories over their distinct values.
 
-Two details differ from Evidently on purpose, both from the issue: Evidently's own
-Jensen-Shannon stattest calls ``get_binned_data`` with the zero fill switched off (the
-fill moves the distance by less than 0.01 for one missing category), and its chi-squared test
-drifts at p < 0.05 where its KS test drifts at p <= 0.05; here both p-value tests use
-p <= 0.05.
+The thresholds' sides are Evidently's: KS drifts at p <= 0.05, chi-squared at
+p < 0.05, the distances at >= 0.1.
 
 Each result is a verdict for one feature only: p-values are not corrected for the
 number of features compared, and a distance is not a probability. An empty side is
@@ -233,19 +229,15 @@ def _counts_drift(
         statistic,
         p_value,
         P_VALUE_THRESHOLD,
-        p_value <= P_VALUE_THRESHOLD,
+        p_value < P_VALUE_THRESHOLD,  # Evidently's side; KS drifts at <=
         ref_rows,
         cur_rows,
     )
 
 
 def _shares(counts: NDArray[np.int64]) -> NDArray[np.float64]:
-    """Share of each key, zeros filled as Evidently's ``get_binned_data`` fills them."""
+    """Share of each key (zeros kept, as Evidently's Jensen-Shannon keeps them)."""
     shares: NDArray[np.float64] = counts.astype(np.float64) / float(counts.sum())
-    zero = shares == 0
-    if zero.any():
-        smallest = float(shares[~zero].min())
-        shares[zero] = smallest / 10**6 if smallest <= 0.0001 else 0.0001
     return shares
 
 
