@@ -405,7 +405,13 @@ def table(results: Sequence[Result]) -> str:
                 "-" if r.met is None else ("yes" if r.met else "no"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as text columns: the first left-aligned, the rest right-aligned, a rule
+    under the first row (the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
             cell.ljust(width) if i == 0 else cell.rjust(width)

@@ -57,7 +57,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Engine, delete, func, insert, select
 
-from api import api_server, percentile  # benchmarks/api.py: uvicorn in a child process
+from api import aligned, api_server, percentile  # benchmarks/api.py: uvicorn in a child process
 from dashboard_lake import DATASET, build_lake
 from radlake.api.deps import COOKIE_NAME
 from radlake.auth import Role, create_token
@@ -296,16 +296,7 @@ def table(results: Sequence[PageResult]) -> str:
                     "" if cold else _server(samples, 95),
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def verdicts(results: Sequence[PageResult]) -> tuple[list[str], bool]:

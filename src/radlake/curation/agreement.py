@@ -160,6 +160,16 @@ class Reads:
     boxes: dict[tuple[str, str], NDArray[np.float64]]
 
 
+def check_readers(findings: Sequence[Finding]) -> None:
+    """Raises AgreementError unless every finding names its reader."""
+    anonymous = sorted({f.image_id for f in findings if f.reader is None})
+    if anonymous:
+        raise AgreementError(
+            f"expected every finding to name its reader, got findings without one on "
+            f"{len(anonymous)} images (first image id {anonymous[0]})"
+        )
+
+
 def collect_reads(findings: Sequence[Finding], *, no_finding: str = NO_FINDING) -> dict[int, Reads]:
     """Findings grouped by image and reader; a reader with only `no_finding` reported
     nothing, and a `no_finding` row's box, if any, is ignored.
@@ -167,12 +177,7 @@ def collect_reads(findings: Sequence[Finding], *, no_finding: str = NO_FINDING) 
     Raises:
         AgreementError: a finding names no reader (agreement needs to know who read).
     """
-    anonymous = sorted({f.image_id for f in findings if f.reader is None})
-    if anonymous:
-        raise AgreementError(
-            f"expected every finding to name its reader, got findings without one on "
-            f"{len(anonymous)} images (first image id {anonymous[0]})"
-        )
+    check_readers(findings)
     classes: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     boxes: dict[int, dict[tuple[str, str], list[tuple[float, ...]]]] = defaultdict(
         lambda: defaultdict(list)

@@ -21,10 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from radlake.curation.agreement import (
-    AgreementError,
     AgreementReport,
     ClassAgreement,
     ImageAgreement,
+    check_readers,
     check_threshold,
     fleiss_kappa,
     iou_pairs,
@@ -51,12 +51,7 @@ class ReadTable:
         Raises:
             AgreementError: a finding names no reader (agreement needs to know who read).
         """
-        anonymous = sorted({f.image_id for f in findings if f.reader is None})
-        if anonymous:
-            raise AgreementError(
-                f"expected every finding to name its reader, got findings without one on "
-                f"{len(anonymous)} images (first image id {anonymous[0]})"
-            )
+        check_readers(findings)
         n = len(findings)
         corners = np.full((n, 4), np.nan)
         for i, f in enumerate(findings):
