@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +16,7 @@ from radlake import __version__
 from radlake.api import errors, schemas, web, web_dashboard, web_predict, web_review
 from radlake.api.deps import Viewer
 from radlake.api.routes import catalog, datasets, downloads, feedback, images, predict
+from radlake.catalog.dashboard_tables import warm
 from radlake.lake import Lake, load_settings, open_lake
 from radlake.web_sessions import DEFAULT_LIFETIME
 
@@ -48,6 +52,16 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+@asynccontextmanager
+async def _warm_dashboard(app: FastAPI) -> AsyncIterator[None]:
+    """A served app reads the dashboard's tables in the background as it starts."""
+    thread = threading.Thread(
+        target=warm, args=(app.state.lake.engine,), name="dashboard-warm-up", daemon=True
+    )
+    thread.start()
+    yield
+
+
 def create_app(
     lake: Lake | None = None,
     *,
@@ -58,7 +72,9 @@ def create_app(
     describe)."""
     # The schema needs a token like every route; /docs and /redoc are off because
     # FastAPI's pages load their scripts from a CDN (nothing is fetched from outside).
+    served = lake is None  # the factory `radlake serve` and uvicorn --factory call
     app = FastAPI(
+        lifespan=_warm_dashboard if served else None,
         title="radlake",
         version=__version__,
         description="Medical imaging data lake. Every route but /health needs a token.",

@@ -57,6 +57,9 @@ class ColumnTable:
         default_factory=weakref.WeakKeyDictionary
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # One reader at a time: a request arriving during a read (the server's warm-up)
+    # waits for it and takes its copy rather than reading the table a second time.
+    _reading: threading.Lock = field(default_factory=threading.Lock)
 
     def _stamp(self, session: Session) -> tuple[Any, ...]:
         base = self.statement().subquery()
@@ -79,6 +82,10 @@ class ColumnTable:
 
     def columns(self, session: Session) -> Columns:
         """The table's current rows as columns (arrays shared: do not modify them)."""
+        with self._reading:
+            return self._current(session)
+
+    def _current(self, session: Session) -> Columns:
         bind = session.get_bind()
         key = bind if isinstance(bind, Engine) else bind.engine
         stamp = self._stamp(session)

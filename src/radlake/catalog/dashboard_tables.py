@@ -5,6 +5,7 @@ and each dataset version's members.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,15 +13,17 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import ColumnElement, Subquery, func, select
+from sqlalchemy import ColumnElement, Engine, Subquery, func, select
 
 from radlake.catalog.column_cache import ColumnTable
 from radlake.catalog.columns import floats, texts
+from radlake.catalog.db import session_factory
 from radlake.catalog.inference_models import InferenceRun, Prediction
 from radlake.catalog.models import DatasetMember, Image, Label
 from radlake.domain import LabelOrigin
 from radlake.imaging.intensity import INTENSITY_FEATURES, INTENSITY_KEY
 
+log = logging.getLogger("radlake.dashboard")
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}  # PS3.5 AS
 CORNERS = ("x_min", "y_min", "x_max", "y_max")
 
@@ -154,6 +157,17 @@ def members_table(version_id: int) -> ColumnTable:
                 {"split": texts, "columns": floats, "rows": floats},
             )
         return _members[version_id]
+
+
+def warm(engine: Engine) -> None:
+    """Read the lake-wide tables once (a server does this at start, so the first
+    dashboard page does not pay for it). Best effort: a failure is logged, never raised."""
+    try:
+        with session_factory(engine)() as session:
+            for table in (IMAGES, GROUND_TRUTH, SCORES):
+                table.columns(session)
+    except Exception as exc:  # the pages read them again and report their own faults
+        log.warning("dashboard warm-up skipped: %s", type(exc).__name__)
 
 
 def forget_all() -> None:
