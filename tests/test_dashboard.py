@@ -28,6 +28,7 @@ from scipy import stats  # type: ignore[import-untyped]
 from radlake.api.app import create_app
 from radlake.auth import Role, create_token
 from radlake.catalog.db import transaction
+from radlake.catalog.models import Image
 from radlake.catalog.stats_cache import clear
 from radlake.config import Settings
 from radlake.lake import Lake, open_lake
@@ -37,9 +38,11 @@ from tests.test_web import CHROMIUM, IMAGES_LOADED, chromium, serve
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cxr_ieee8023_lung_boxes_subset/data"
 BOXES = DATA / "annotations/imageannotation_ai_lung_bounding_boxes.json"
-pytestmark = pytest.mark.skipif(
-    not BOXES.is_file(), reason="../shared/data (the lung subset) is absent"
-)
+pytestmark = [
+    pytest.mark.skipif(not BOXES.is_file(), reason="../shared/data (the lung subset) is absent"),
+    # One worker builds the module's lake once (make test runs --dist loadgroup).
+    pytest.mark.xdist_group("dashboard"),
+]
 CUT = 0.3  # r2's cut boxes keep the top CUT of the box: IoU 0.3 < 0.4, never a match
 
 
@@ -450,3 +453,28 @@ def test_hostile_drift_sides_and_empty_pages_answer_cleanly(
         figures = figures_of(page.text)
         assert all(f'id="chart-{key}"' in page.text for key in figures), url
     empty.engine.dispose()
+
+
+def test_samples_whose_pixels_a_viewer_may_not_see_are_named_not_shown(
+    lakeside: Lakeside,
+) -> None:
+    url = "/ui/dashboard/dataset?dataset=lungs&version=1"
+    before = lakeside.page(url)  # the figures are cached now; the flag must still apply
+    shown = sorted(set(map(int, re.findall(r'<img src="/images/(\d+)/render"', before))))
+    assert shown
+    flagged = shown[0]
+    with transaction(lakeside.lake.engine) as session:
+        image = session.get_one(Image, flagged)
+        image.attributes = {**image.attributes, "burned_in_annotation": "YES"}
+    try:
+        viewer = lakeside.page(url)
+        assert f"image {flagged}: not shown to your role" in viewer
+        assert f'src="/images/{flagged}/render"' not in viewer
+        curator = lakeside.page(url, role="curator")
+        assert f'src="/images/{flagged}/render"' in curator
+    finally:
+        with transaction(lakeside.lake.engine) as session:
+            image = session.get_one(Image, flagged)
+            image.attributes = {
+                k: v for k, v in image.attributes.items() if k != "burned_in_annotation"
+            }

@@ -28,7 +28,12 @@ from radlake.api import dashboard_charts as charts
 from radlake.api.deps import Caller, DbSession
 from radlake.api.privacy import pixels_withheld, sees_paths
 from radlake.api.web import PALETTE, _cookie_caller, _page, _to_signin
-from radlake.catalog.dashboard_dataset import ASPECT_BINS, SIZE_BINS, dataset_figures
+from radlake.catalog.dashboard_dataset import (
+    ASPECT_BINS,
+    SIZE_BINS,
+    dataset_figures,
+    image_attributes,
+)
 from radlake.catalog.dashboard_drift import DriftSideError, drift_report
 from radlake.catalog.dashboard_models import SCORE_BINS, model_figures
 from radlake.catalog.dashboard_overview import overview
@@ -194,7 +199,7 @@ def dataset_page(
         figures[heat_ids[name]] = charts.heatmap(f"{name}: box centres", cells)
     withheld = {
         image_id
-        for image_id, attributes in data.sample_attributes.items()
+        for image_id, attributes in image_attributes(session, image_ids=data.sample_ids).items()
         if pixels_withheld(caller.role, attributes)
     }
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(data.classes)}

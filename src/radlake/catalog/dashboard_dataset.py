@@ -85,7 +85,13 @@ class DatasetFigures:
     aspect_hist: dict[str, list[int]]  # class -> counts over ASPECT_BINS (clipped)
     heatmaps: dict[str, list[list[int]]]  # class -> [row y][column x] box centres
     samples: dict[str, dict[str, list[Sample]]]  # class -> split -> samples
-    sample_attributes: dict[int, dict[str, Any]]  # the samples' attributes (privacy checks)
+
+    @property
+    def sample_ids(self) -> list[int]:
+        """Every sample image's id, once, in id order."""
+        return sorted(
+            {s.image_id for per in self.samples.values() for ss in per.values() for s in ss}
+        )
 
 
 def version_members(session: Session, *, version_id: int) -> Members:
@@ -178,7 +184,7 @@ def dataset_figures(
     per_image = np.bincount(at, minlength=len(members.image_id))
     geometry = _geometry(labels, members, at, class_code, classes)
     agreement, single = _agreement(ground_truth)
-    samples, attributes = _samples(session, labels, members, at, class_code, label_split, classes)
+    samples = _samples(labels, members, at, class_code, label_split, classes)
     return DatasetFigures(
         splits={s: int((members.split == s).sum()) for s in splits},
         classes=classes,
@@ -193,7 +199,6 @@ def dataset_figures(
         samples={
             c: {s: samples[c].get(split_sorted.index(s), []) for s in splits} for c in classes
         },
-        sample_attributes=attributes,
     )
 
 
@@ -254,14 +259,13 @@ def _agreement(ground_truth: LabelColumns) -> tuple[list[ClassAgreement], int]:
 
 
 def _samples(
-    session: Session,
     labels: LabelColumns,
     members: Members,
     at: NDArray[np.int64],
     class_code: NDArray[np.int64],
     label_split: NDArray[np.int64],
     classes: list[str],
-) -> tuple[dict[str, dict[int, list[Sample]]], dict[int, dict[str, Any]]]:
+) -> dict[str, dict[int, list[Sample]]]:
     """The first SAMPLES images (by id) of each class in each split, with the class's
     boxes; image-level findings give samples without boxes."""
     n_members = max(len(members.image_id), 1)
@@ -291,8 +295,13 @@ def _samples(
             tuple(boxes.get((code, m), ())),
         )
         result[classes[code]].setdefault(split, []).append(sample)
-    ids = sorted({int(members.image_id[m]) for m in member.tolist()})
-    if not ids:
-        return result, {}
-    found = session.execute(select(Image.id, Image.attributes).where(Image.id.in_(ids)))
-    return result, {int(i): dict(a or {}) for i, a in found}
+    return result
+
+
+def image_attributes(session: Session, *, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The images' attributes now: read on every request, never cached, since the
+    privacy checks depend on them (a burned-in flag set later must apply at once)."""
+    if not image_ids:
+        return {}
+    found = session.execute(select(Image.id, Image.attributes).where(Image.id.in_(image_ids)))
+    return {int(i): dict(a or {}) for i, a in found}
