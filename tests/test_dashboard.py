@@ -165,6 +165,12 @@ def test_pages_need_a_session_and_serve_plotly_from_the_package(lakeside: Lakesi
         "text/javascript"
     )
     assert b"plotly.js" in served.content[:2000] and len(served.content) > 1_000_000
+    # Its base rules as a stylesheet: plotly.js would write them inline (CSP refuses).
+    sheet = re.search(r'id="plotly.js-style-global" class="no-inline-styles" href="([^"]+)"', html)
+    assert sheet is not None
+    rules = lakeside.client.get(sheet.group(1))
+    assert rules.status_code == 200 and rules.headers["content-type"].startswith("text/css")
+    assert ".js-plotly-plot .plotly .main-svg{position:absolute;top:0;left:0;" in rules.text
     assert "https://" not in "".join(re.findall(r'(?:src|href)="([^"]+)"', html))
 
 

@@ -13,8 +13,11 @@ see, as the image page does. Each page says its server time in Server-Timing.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
+import logging
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,8 +45,14 @@ from radlake.catalog.stats_cache import cached
 from radlake.curation.versions import DatasetError, get_version
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("radlake.dashboard")
 PLOTLY_VERSION = importlib.metadata.version("plotly")
 PLOTLY_PATH = f"/vendor/plotly-{PLOTLY_VERSION}.min.js"
+PLOTLY_CSS_PATH = f"/vendor/plotly-{PLOTLY_VERSION}.css"
+# plotly.js keeps its base stylesheet as a {selector: rules} object and writes it into
+# an inline <style> (which the pages' CSP refuses); X and Y stand for these prefixes.
+_PLOTLY_RULES_AT = '"X .main-svg"'
+_PLOTLY_PREFIXES = {"X": ".js-plotly-plot .plotly", "Y": ".plotly-notifier"}
 SideText = Annotated[str | None, Query(max_length=200)]
 
 
@@ -53,6 +62,38 @@ def _plotly_file() -> Path:
     if not locations:
         raise RuntimeError("the plotly package is not installed: pip install plotly")
     return Path(locations[0]) / "package_data" / "plotly.min.js"
+
+
+@functools.cache
+def plotly_css() -> str:
+    """plotly.js's base stylesheet, read from the installed plotly.min.js (the rules
+    it would inject inline), as a stylesheet the pages may load."""
+    script = _plotly_file().read_text(encoding="utf-8")
+    at = script.find(_PLOTLY_RULES_AT)
+    if at < 0:
+        log.warning("plotly.js %s: its base stylesheet was not found", PLOTLY_VERSION)
+        return "/* plotly.js base rules not found in this plotly version */\n"
+    start = script.rindex("{", 0, at)
+    end = script.index("}", at)  # the rules hold no braces
+    rules = re.findall(r'"([^"]+)":(?:"([^"]*)"|\'([^\']*)\')', script[start : end + 1])
+    lines = []
+    for selector, double, single in rules:
+        full = re.sub("[XY]", lambda m: _PLOTLY_PREFIXES[m.group()], selector)
+        lines.append(f"{full}{{{double or single}}}")
+    return "\n".join(lines) + "\n"
+
+
+@router.get(PLOTLY_CSS_PATH)
+def plotly_stylesheet() -> Response:
+    """plotly.js's base rules as a stylesheet (versioned path: cached for a year)."""
+    return Response(
+        plotly_css(),
+        media_type="text/css",
+        headers={
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 @router.get(PLOTLY_PATH)
@@ -84,6 +125,7 @@ def _dashboard(
         status_code,
         figures=figures,
         plotly_path=PLOTLY_PATH,
+        plotly_css_path=PLOTLY_CSS_PATH,
         **context,
     )
     response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
@@ -104,11 +146,10 @@ def overview_page(request: Request, session: DbSession) -> Response:
     }
     figures["per-day"] = charts.line("Images catalogued per day (UTC)", {"images": found.per_day})
     figures["jobs"] = charts.grouped("Jobs by kind and status", found.jobs_by_kind, stacked=True)
-    figures["reasons"] = charts.bars(
-        "Open quarantine rows by reason",
-        {row.reason[:80]: row.count for row in found.reasons},
-        horizontal=True,
-    )
+    reasons: dict[str, int] = {}
+    for row in found.reasons:  # long reasons are cut for the axis; the table has them whole
+        reasons[row.reason[:80]] = reasons.get(row.reason[:80], 0) + row.count
+    figures["reasons"] = charts.bars("Open quarantine rows by reason", reasons, horizontal=True)
     figures["bytes"] = charts.bars(
         "Original bytes by format", {**found.original_bytes, "quarantined": found.quarantined_bytes}
     )
