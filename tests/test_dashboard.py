@@ -380,8 +380,9 @@ def test_models_page_counts_match_the_catalog(lakeside: Lakeside) -> None:
     assert len(simulations) == 1
     stages = json.loads(simulations["counts"][0])["stages"]
     assert [s["workers"] for s in stages] == [1, 2]
-    chart = figures[f"simulation-{simulations['id'][0]}"]["data"][0]
-    assert chart["y"] == [s["requests_per_second"] or 0 for s in stages]
+    rate, p95 = figures[f"simulation-{simulations['id'][0]}"]["data"]
+    assert rate["y"] == [s["requests_per_second"] for s in stages]
+    assert p95["y"] == [s["p95_ms"] for s in stages] and p95["yaxis"] == "y2"
 
 
 PAGES = (

@@ -72,6 +72,32 @@ def line(title: str, series: Mapping[str, Sequence[tuple[str, int | float]]]) ->
     return {"data": data, "layout": _layout(title)}
 
 
+def two_axes(
+    title: str,
+    left: tuple[str, Sequence[tuple[str, float | None]]],
+    right: tuple[str, Sequence[tuple[str, float | None]]],
+) -> Figure:
+    """Two series of (x, y) points, each on its own y axis (left and right)."""
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "x": [x for x, _ in points],
+            "y": [y for _, y in points],
+            "yaxis": axis,
+        }
+        for (name, points), axis in ((left, "y"), (right, "y2"))
+    ]
+    layout = _layout(
+        title,
+        yaxis={"title": {"text": left[0]}},
+        yaxis2={"title": {"text": right[0]}, "overlaying": "y", "side": "right"},
+        margin={"l": 60, "r": 60, "t": 40, "b": 60},
+    )
+    return {"data": data, "layout": layout}
+
+
 def histograms(
     title: str, edges: Sequence[float], counts: Mapping[str, Sequence[int]], *, x_title: str
 ) -> Figure:

@@ -359,14 +359,10 @@ def models_page(request: Request, session: DbSession) -> Response:
     if not data.versions:
         figures = {}  # the page says how to register or train one instead
     for run in data.simulations:
-        points = {
-            "requests/s": [
-                (str(s["stage"]), s.get("requests_per_second") or 0) for s in run.stages
-            ],
-            "p95 ms / 100": [(str(s["stage"]), (s.get("p95_ms") or 0) / 100) for s in run.stages],
-        }
-        figures[f"simulation-{run.job_id}"] = charts.line(
-            f"Simulation {run.job_id}: per stage", points
+        figures[f"simulation-{run.job_id}"] = charts.two_axes(
+            f"Simulation {run.job_id}: per stage",
+            ("requests/s", [(str(s["stage"]), s.get("requests_per_second")) for s in run.stages]),
+            ("p95 ms", [(str(s["stage"]), s.get("p95_ms")) for s in run.stages]),
         )
     return _dashboard(
         request,
