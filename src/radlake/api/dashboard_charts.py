@@ -58,7 +58,8 @@ def grouped(
 
 
 def line(title: str, series: Mapping[str, Sequence[tuple[str, int | float]]]) -> Figure:
-    """One line per series of (x, y) points."""
+    """One line per series of (x, y) points; x values are labels (days, stages), so a
+    single day is one point, not a millisecond-wide time axis."""
     data = [
         {
             "type": "scatter",
@@ -69,7 +70,7 @@ def line(title: str, series: Mapping[str, Sequence[tuple[str, int | float]]]) ->
         }
         for name, points in series.items()
     ]
-    return {"data": data, "layout": _layout(title)}
+    return {"data": data, "layout": _layout(title, xaxis={"type": "category"})}
 
 
 def two_axes(
@@ -91,6 +92,7 @@ def two_axes(
     ]
     layout = _layout(
         title,
+        xaxis={"type": "category"},
         yaxis={"title": {"text": left[0]}},
         yaxis2={"title": {"text": right[0]}, "overlaying": "y", "side": "right"},
         margin={"l": 60, "r": 60, "t": 40, "b": 60},

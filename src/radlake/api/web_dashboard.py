@@ -352,10 +352,11 @@ def models_page(request: Request, session: DbSession) -> Response:
             "Feedback verdicts", {v.name: v.verdicts for v in data.versions}, stacked=True
         ),
         "queue": charts.bars("Images waiting for review", {v.name: v.queue for v in data.versions}),
-        "metrics": charts.grouped(
-            "Metrics across versions", {v.name: v.metrics for v in data.versions if v.metrics}
-        ),
     }
+    if any(v.metrics for v in data.versions):
+        figures["metrics"] = charts.grouped(
+            "Metrics across versions", {v.name: v.metrics for v in data.versions if v.metrics}
+        )
     if not data.versions:
         figures = {}  # the page says how to register or train one instead
     for run in data.simulations:
