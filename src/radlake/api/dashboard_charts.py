@@ -33,7 +33,11 @@ def bars(title: str, counts: Mapping[str, int | float], *, horizontal: bool = Fa
         if horizontal
         else {"type": "bar", "x": keys, "y": values}
     )
-    extra = {"margin": {"l": 220, "r": 10, "t": 40, "b": 40}} if horizontal else {}
+    extra: dict[str, Any] = (
+        {"margin": {"l": 220, "r": 10, "t": 40, "b": 40}}
+        if horizontal
+        else {"xaxis": {"type": "category"}}  # days, splits and counts are labels here
+    )
     layout = _layout(title, **extra)
     if horizontal:
         layout["yaxis"] = {"automargin": True, "autorange": "reversed"}
@@ -54,23 +58,8 @@ def grouped(
         }
         for column in columns
     ]
-    return {"data": data, "layout": _layout(title, barmode="stack" if stacked else "group")}
-
-
-def line(title: str, series: Mapping[str, Sequence[tuple[str, int | float]]]) -> Figure:
-    """One line per series of (x, y) points; x values are labels (days, stages), so a
-    single day is one point, not a millisecond-wide time axis."""
-    data = [
-        {
-            "type": "scatter",
-            "mode": "lines+markers",
-            "name": name,
-            "x": [x for x, _ in points],
-            "y": [y for _, y in points],
-        }
-        for name, points in series.items()
-    ]
-    return {"data": data, "layout": _layout(title, xaxis={"type": "category"})}
+    layout = _layout(title, barmode="stack" if stacked else "group", xaxis={"type": "category"})
+    return {"data": data, "layout": layout}
 
 
 def two_axes(

@@ -144,7 +144,7 @@ def overview_page(request: Request, session: DbSession) -> Response:
     figures = {
         f"by-{key}": charts.bars(f"Images by {key}", counts) for key, counts in found.by.items()
     }
-    figures["per-day"] = charts.line("Images catalogued per day (UTC)", {"images": found.per_day})
+    figures["per-day"] = charts.bars("Images catalogued per day (UTC)", dict(found.per_day))
     figures["jobs"] = charts.grouped("Jobs by kind and status", found.jobs_by_kind, stacked=True)
     reasons: dict[str, int] = {}
     for row in found.reasons:  # long reasons are cut for the axis; the table has them whole
@@ -268,6 +268,15 @@ def _side_options(choices: list[tuple[str, list[tuple[int, list[str]]]]]) -> lis
     ]
 
 
+def _by_day(series: dict[str, list[tuple[str, int]]]) -> dict[str, dict[str, int]]:
+    """Per-version (day, count) points as day -> version -> count, days in order."""
+    table: dict[str, dict[str, int]] = {}
+    for name, points in series.items():
+        for day, count in points:
+            table.setdefault(day, {})[name] = count
+    return dict(sorted(table.items()))
+
+
 def _printable(text: str | None) -> str | None:
     """The text without control characters (a NUL would be echoed into the form)."""
     return None if text is None else "".join(c for c in text if c.isprintable())
@@ -341,7 +350,7 @@ def models_page(request: Request, session: DbSession) -> Response:
     data = cached(session, ("models",), lambda: model_figures(session))
     names = [v.name for v in data.versions]
     figures: dict[str, charts.Figure] = {
-        "runs-per-day": charts.line("Inference runs per day (UTC)", data.runs_per_day),
+        "runs-per-day": charts.grouped("Inference runs per day (UTC)", _by_day(data.runs_per_day)),
         "scores": charts.histograms(
             "Prediction scores",
             SCORE_BINS.tolist(),
