@@ -12,6 +12,7 @@ from radlake.cli import (
     backup_cmd,
     browse,
     dataset_cmd,
+    deid_cmd,
     feedback_cmd,
     flows_cmd,
     ingest_cmd,
@@ -65,6 +66,7 @@ app.command("restore")(backup_cmd.restore)
 app.add_typer(flows_cmd.app, name="flows")
 app.add_typer(warehouse_cmd.app, name="warehouse")
 app.command("sql")(warehouse_cmd.sql)
+app.add_typer(deid_cmd.app, name="deid")
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
