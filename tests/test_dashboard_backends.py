@@ -11,15 +11,18 @@ import pandas as pd
 import pytest
 from scipy import stats  # type: ignore[import-untyped]
 from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
 
+from radlake.catalog.column_cache import ColumnTable
 from radlake.catalog.dashboard_dataset import dataset_figures
 from radlake.catalog.dashboard_drift import drift_report
 from radlake.catalog.dashboard_models import model_figures
 from radlake.catalog.dashboard_overview import overview
-from radlake.catalog.dashboard_tables import GROUND_TRUTH
+from radlake.catalog.dashboard_tables import GROUND_TRUTH, IMAGES
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.feedback import Review
-from radlake.catalog.models import Label, Source
+from radlake.catalog.models import Image, Label, Source
+from radlake.catalog.stats_cache import catalog_stamp
 from radlake.curation.versions import get_version
 from radlake.lake import Lake
 from tests.test_retrain_set import ALICE, boxes, review, reviewed_lake
@@ -123,3 +126,73 @@ def test_kept_columns_grow_by_new_rows_and_reload_after_a_deletion(reviewed_lake
         after = GROUND_TRUTH.columns(session)
     assert np.array_equal(after["id"], before["id"][1:])
     assert "Added" not in after["class_name"].tolist()
+
+
+def test_kept_columns_see_rows_replaced_or_changed_in_place(reviewed_lake: Lakes) -> None:
+    lake, by_split = reviewed_lake
+    image = by_split["test"][0]
+    with session_factory(lake.engine)() as session:
+        before = GROUND_TRUTH.columns(session)
+        IMAGES.columns(session)
+        stamp = catalog_stamp(session)
+    newest = int(before["id"][-1])
+    # The newest label replaced by another: on SQLite it takes the same id (no
+    # AUTOINCREMENT), so the count and the newest id stay.
+    with transaction(lake.engine) as session:
+        old = session.get_one(Label, newest)
+        row = {
+            c.key: getattr(old, c.key)
+            for c in Label.__table__.columns
+            if c.key not in ("id", "created_at")
+        }
+        session.delete(old)
+        session.flush()
+        session.execute(insert(Label).values(row | {"class_name": "Replaced"}))
+    # An image's metadata changed in place (as a dataset source's re-run does).
+    with transaction(lake.engine) as session:
+        changed = session.get_one(Image, image)
+        changed.view_position = "LL"
+    with session_factory(lake.engine)() as session:
+        after = GROUND_TRUTH.columns(session)
+        images = IMAGES.columns(session)
+        assert catalog_stamp(session) != stamp  # the per-page cache computes again
+    assert len(after["id"]) == len(before["id"]) and after["class_name"][-1] == "Replaced"
+    if lake.engine.dialect.name == "sqlite":
+        assert np.array_equal(after["id"], before["id"])
+    assert images["view"][np.searchsorted(images["id"], image)] == "LL"
+
+
+def test_a_write_between_the_stamp_and_the_read_is_not_kept(
+    reviewed_lake: Lakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake, by_split = reviewed_lake
+    GROUND_TRUTH.forget()
+    with session_factory(lake.engine)() as session:
+        source_id = session.scalar(select(Source.id).limit(1))
+        truth = len(GROUND_TRUTH.columns(session)["id"])
+    GROUND_TRUTH.forget()
+    stamp_of = ColumnTable._stamp
+    written: list[int] = []
+
+    def stamp_then_write(self: ColumnTable, session: Session) -> tuple[object, ...]:
+        found = stamp_of(self, session)
+        if not written:  # a label lands right after the stamp, before the read
+            with transaction(lake.engine) as other:
+                other.execute(
+                    insert(Label).values(
+                        source_id=source_id,
+                        source_image_key="late",
+                        image_id=by_split["test"][0],
+                        class_name="Late",
+                        origin="ground_truth",
+                    )
+                )
+            written.append(1)
+        return found
+
+    monkeypatch.setattr(ColumnTable, "_stamp", stamp_then_write)
+    with session_factory(lake.engine)() as session:
+        first = GROUND_TRUTH.columns(session)
+        again = GROUND_TRUTH.columns(session)
+    assert len(first["id"]) == truth + 1  # what was there when it read
+    assert len(again["id"]) == truth + 1 and len(set(again["id"].tolist())) == truth + 1

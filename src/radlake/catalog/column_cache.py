@@ -3,11 +3,13 @@
 The dashboard reads the same large tables on every page (ground-truth labels, image
 metadata, predictions); reading 100,000 rows through the driver costs about a second
 each time. A `ColumnTable` reads a table once, then on each use asks the database for
-its stamp (newest id, row count and, where rows change in place, a count that such a
-change moves) and reads only rows with a newer id when the stamp says rows were only
-added; any other change (a deletion, an update the stamp sees) reads it all again.
-So a page after an ingest of 500 images reads 500 rows, not 100,500, and a figure is
-never computed from a stale copy. Copies are kept per catalog (engine).
+its stamp: the newest id, the row count, and the newest value of each watched column
+(an insert time, an update time), which moves when rows are replaced or changed in
+place. When the stamp moved only by added rows, it reads the rows with a newer id and
+appends them; otherwise it reads the table again. A copy is kept only when the rows
+read agree with the stamp (count, newest id, watched values), so a write landing
+between the stamp and the read is never kept as if the stamp had seen it: a figure is
+never computed from a stale or doubled copy. Copies are kept per catalog (engine).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import ColumnElement, Engine, Select, Subquery, func, select
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from radlake.catalog.columns import fetch_columns
@@ -32,7 +34,6 @@ Converter = Callable[[Sequence[Any]], NDArray[Any]]
 @dataclass
 class _Copy:
     stamp: tuple[Any, ...]
-    newest: int
     columns: Columns
 
 
@@ -42,15 +43,15 @@ class ColumnTable:
 
     statement: the rows, selecting `id_column` first and then one column per name in
         `converters` (in that order), with any filter; it must not be ordered.
-    changed: aggregates over the statement's rows (a subquery) whose values move when a
-        row changes in place (e.g. a count of a column an update fills).
+    watch: names of converted columns whose newest value is part of the stamp; their
+        converters must keep order (numbers, times as seconds).
     """
 
     name: str
     statement: Callable[[], Select[*tuple[Any, ...]]]
     id_column: QueryableAttribute[int]
     converters: dict[str, Converter]
-    changed: Callable[[Subquery], Sequence[ColumnElement[Any]]] = lambda _: ()
+    watch: tuple[str, ...] = ()
     # Per engine, weakly: a disposed catalog's copies go with it, and a new engine
     # never finds an old one's copy (ids of dead objects are reused).
     _copies: weakref.WeakKeyDictionary[Engine, _Copy] = field(
@@ -63,19 +64,39 @@ class ColumnTable:
 
     def _stamp(self, session: Session) -> tuple[Any, ...]:
         base = self.statement().subquery()
-        key = base.c[0]
+        names = ["id", *self.converters]
+        watched = [func.max(base.c[names.index(name)]) for name in self.watch]
         row = session.execute(
-            select(func.max(key), func.count(key), *self.changed(base)).select_from(base)
+            select(func.max(base.c[0]), func.count(base.c[0]), *watched).select_from(base)
         ).one()
-        return tuple(row)
+        newest, count, *values = row
+        kept = [
+            self._newest(self.converters[name]([value]))
+            for name, value in zip(self.watch, values, strict=True)
+        ]
+        return (int(newest or 0), int(count), *kept)
+
+    @staticmethod
+    def _newest(values: NDArray[Any]) -> float | None:
+        """The largest known value (NaN is unknown), None when there is none."""
+        known = values[~np.isnan(values)] if values.dtype.kind == "f" else values
+        return None if not len(known) else float(np.max(known))
+
+    def _agrees(self, columns: Columns) -> tuple[Any, ...]:
+        """The stamp the rows in columns would give."""
+        ids = columns["id"]
+        return (
+            int(ids.max()) if len(ids) else 0,
+            len(ids),
+            *(self._newest(columns[name]) for name in self.watch),
+        )
 
     def _read(self, session: Session, after: int | None) -> Columns:
         statement = self.statement()
         if after is not None:
             statement = statement.where(self.id_column > after)
         found = fetch_columns(session, statement.order_by(self.id_column))
-        ids = np.fromiter(found[0], np.int64, len(found[0]))
-        columns: Columns = {"id": ids}
+        columns: Columns = {"id": np.fromiter(found[0], np.int64, len(found[0]))}
         for (name, convert), values in zip(self.converters.items(), found[1:], strict=True):
             columns[name] = convert(values)
         return columns
@@ -93,19 +114,15 @@ class ColumnTable:
             copy = self._copies.get(key)
         if copy is not None and copy.stamp == stamp:
             return copy.columns
-        newest, count = int(stamp[0] or 0), int(stamp[1])
-        grown = (
-            copy is not None
-            and stamp[2:] == copy.stamp[2:]
-            and newest >= copy.newest
-            and count >= int(copy.stamp[1])
-        )
-        if copy is not None and grown:
-            added = self._read(session, copy.newest)
-            if len(added["id"]) == count - int(copy.stamp[1]):
-                merged = {k: np.concatenate([copy.columns[k], added[k]]) for k in copy.columns}
-                return self._keep(key, _Copy(stamp, newest, merged))
-        return self._keep(key, _Copy(stamp, newest, self._read(session, None)))
+        if copy is not None and stamp[0] >= copy.stamp[0] and stamp[1] >= copy.stamp[1]:
+            added = self._read(session, copy.stamp[0])
+            merged = {k: np.concatenate([copy.columns[k], added[k]]) for k in copy.columns}
+            if self._agrees(merged) == stamp:
+                return self._keep(key, _Copy(stamp, merged))
+        columns = self._read(session, None)
+        if self._agrees(columns) == stamp:
+            return self._keep(key, _Copy(stamp, columns))
+        return columns  # a write landed after the stamp: right now, not kept
 
     def _keep(self, key: Engine, copy: _Copy) -> Columns:
         with self._lock:

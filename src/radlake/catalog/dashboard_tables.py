@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import ColumnElement, Engine, Subquery, func, select
+from sqlalchemy import Engine, func, select
 
 from radlake.catalog.column_cache import ColumnTable
 from radlake.catalog.columns import floats, texts
@@ -63,6 +63,7 @@ GROUND_TRUTH = ColumnTable(
         Label.y_min,
         Label.x_max,
         Label.y_max,
+        Label.created_at,
     ).where(Label.origin == LabelOrigin.GROUND_TRUTH.value, Label.image_id.is_not(None)),
     Label.id,
     {
@@ -70,7 +71,11 @@ GROUND_TRUTH = ColumnTable(
         "class_name": texts,
         "reader": texts,
         **dict.fromkeys(CORNERS, floats),
+        "created": seconds,
     },
+    # SQLite gives a deleted newest id to the next row: a source load that replaces
+    # its labels can keep both the newest id and the count. Their insert time moves.
+    watch=("created",),
 )
 
 
@@ -94,17 +99,8 @@ def _image_statement() -> Any:
         Image.modality,
         Image.format,
         Image.source_id,
+        Image.updated_at,
         *intensity,
-    )
-
-
-def _image_changes(rows: Subquery) -> Sequence[ColumnElement[Any]]:
-    # A dataset source claiming folder-ingested images updates them in place
-    # (pipelines/source_load.py): it fills modality and view and moves the source.
-    return (
-        func.count(rows.c.modality),
-        func.count(rows.c.view_position),
-        func.sum(rows.c.source_id),
     )
 
 
@@ -124,9 +120,12 @@ IMAGES = ColumnTable(
         "modality": texts,
         "format": texts,
         "source_id": ints,
+        "updated": seconds,
         **{f"intensity_{name}": floats for name in INTENSITY_FEATURES},
     },
-    _image_changes,
+    # Rows changed in place (a dataset source's claim or re-run, an upload's facts)
+    # carry updated_at.
+    watch=("updated",),
 )
 
 SCORES = ColumnTable(

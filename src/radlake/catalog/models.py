@@ -158,6 +158,9 @@ class Image(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set whenever the row changes in place (an ORM flush; bulk updates set it
+    # themselves), so caches of the catalog can see such a change.
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
 
     series: Mapped[Series | None] = relationship()
     source: Mapped[Source] = relationship()

@@ -1,17 +1,19 @@
 """Dashboard aggregates, cached until the catalog changes.
 
 Every dashboard request reads the catalog's stamp: the newest id and the row count of
-each table the dashboards read, and the count of finished jobs and open quarantine
-rows (which change in place), and the images' filled modality and view and their
-sources (which a dataset source's claim changes in place). It is one round trip of
-index lookups and counts. A cached aggregate is reused while the stamp is the one it
-was computed under, so a figure is never stale: a new image, label, run, review or
-job makes the next request compute it again. Entries are kept per catalog (engine)
-in a small LRU.
+each table the dashboards read, and what moves when rows change in place: finished
+jobs, open quarantine rows, the images' newest updated_at, the labels' newest insert
+time (SQLite reuses a deleted newest id), the newest audit event (a reviewer's change
+of mind) and a digest of the model versions' metrics (evaluations write there). It is
+two queries. A cached aggregate is reused while the stamp is the one it was computed
+under, so a figure is never stale: a new image, label, run, review or job makes the
+next request compute it again. Entries are kept per catalog (engine) in a small LRU.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import weakref
 from collections import OrderedDict
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from radlake.catalog.feedback_models import Feedback, RetrainSet
 from radlake.catalog.inference_models import InferenceRun, ModelAliasEvent, ModelVersion
-from radlake.catalog.models import DatasetVersion, Image, Job, Label, Quarantine
+from radlake.catalog.models import AuditEvent, DatasetVersion, Image, Job, Label, Quarantine
 
 T = TypeVar("T")
 MAX_ENTRIES = 128
@@ -56,12 +58,21 @@ def catalog_stamp(session: Session) -> tuple[Any, ...]:
     parts.append(
         select(func.count(Quarantine.id)).where(Quarantine.resolved_at.is_(None)).scalar_subquery()
     )
-    # A dataset source claiming folder-ingested images updates them in place.
-    parts.append(select(func.count(Image.modality)).scalar_subquery())
-    parts.append(select(func.count(Image.view_position)).scalar_subquery())
-    parts.append(select(func.sum(Image.source_id)).scalar_subquery())
+    # Changes in place: images (a dataset source's claim or re-run) carry updated_at;
+    # labels a source load replaced under reused ids (SQLite) have newer insert times;
+    # a reviewer's change of mind rewrites a feedback row and is audited.
+    parts.append(select(func.max(Image.updated_at)).scalar_subquery())
+    parts.append(select(func.max(Label.created_at)).scalar_subquery())
+    parts.append(select(func.max(AuditEvent.id)).scalar_subquery())
     row = session.execute(select(*parts)).one()
-    return tuple(row)
+    # An evaluation writes into its model version's metrics in place; versions are few.
+    metrics = session.execute(
+        select(ModelVersion.id, ModelVersion.metrics).order_by(ModelVersion.id)
+    )
+    digest = hashlib.sha256(
+        json.dumps([tuple(r) for r in metrics], sort_keys=True, default=str).encode()
+    )
+    return (*row, digest.hexdigest())
 
 
 def cached(session: Session, key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:

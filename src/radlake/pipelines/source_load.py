@@ -403,7 +403,12 @@ def _update_catalogued(
     series_ids = upsert_hierarchy(session, list(entries.values()))
     for key, entry in entries.items():
         linked[key].series_id = series_ids[entry.series_uid]
-    updates = [image.values() for key, image in linked.items() if image.values() != before[key]]
+    now = utcnow()
+    updates = [
+        image.values() | {"updated_at": now}
+        for key, image in linked.items()
+        if image.values() != before[key]
+    ]
     for batch in batches(updates, WRITE_BATCH):
         session.execute(update(Image), batch)  # bulk, by primary key
 
