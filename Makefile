@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RADLAKE_HOME ?= $(CURDIR)/radlake-data
 export RADLAKE_HOME
 
-.PHONY: demo test lint typecheck pytest bench clean chromium
+.PHONY: demo test lint typecheck pytest bench clean chromium dcmtk
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,18 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 demo: $(BIN)/.installed
 	$(BIN)/radlake quickstart
 
-test: $(BIN)/.installed chromium lint typecheck pytest
+test: $(BIN)/.installed chromium dcmtk lint typecheck pytest
 
 # Debian's Chromium for the browser test (that test skips, saying why, if it is absent).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium could not be installed: the browser test will be skipped"
+
+# dcmtk's storescu and echoscu as the DICOM clients of the receiver test (it skips,
+# saying why, if they are absent).
+dcmtk:
+	@command -v storescu >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null; } \
+		|| echo "dcmtk could not be installed: the storescu/echoscu test will be skipped"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

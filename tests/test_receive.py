@@ -236,13 +236,12 @@ def test_the_command_stops_on_sigterm_with_a_summary(tmp_path: Path) -> None:
     assert run_radlake(home, "init").returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADLAKE_")}
     env["RADLAKE_HOME"] = str(home)
-    # The command as main.py registers it, with its options as a user gives them.
-    script = (
-        "import typer; from radlake.cli.receive_cmd import receive; "
-        "app = typer.Typer(); app.command()(receive); app()"
-    )
+    # `radlake receive` as a user runs it.
     process = subprocess.Popen(
-        [sys.executable, "-c", script, "--port", "0", "--allow", "GOOD", "--json"],
+        [
+            *(sys.executable, "-m", "radlake.cli.main", "receive"),
+            *("--port", "0", "--allow", "GOOD", "--json"),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

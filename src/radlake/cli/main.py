@@ -21,6 +21,7 @@ from radlake.cli import (
     model_cmd,
     predict_cmd,
     quickstart,
+    receive_cmd,
     render_cmd,
     retrain_cmd,
     select_cmd,
@@ -67,6 +68,7 @@ app.add_typer(flows_cmd.app, name="flows")
 app.add_typer(warehouse_cmd.app, name="warehouse")
 app.command("sql")(warehouse_cmd.sql)
 app.add_typer(deid_cmd.app, name="deid")
+app.command("receive")(receive_cmd.receive)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
