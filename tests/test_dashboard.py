@@ -126,6 +126,7 @@ def lakeside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lakeside]:
     (root / "lungs.onnx").write_bytes(model_file())
     ok(home, "model", "register", "lungmodel", str(root / "lungs.onnx"))
     ok(home, "predict", "--model", "lungmodel", "--dataset", "lungs", "--split", "test")
+    # Bounded by time only (no --max-requests), so both stages always run.
     ok(
         home,
         "simulate",
@@ -134,7 +135,6 @@ def lakeside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lakeside]:
         "--split", "val",
         "--pattern", "1,2",
         "--stage-seconds", "1",
-        "--max-requests", "12",
     )  # fmt: skip
     lake = open_lake(Settings(home=home))
     with transaction(lake.engine) as session:
