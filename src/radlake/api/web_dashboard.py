@@ -24,7 +24,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from radlake.api import dashboard_charts as charts
@@ -40,7 +39,7 @@ from radlake.catalog.dashboard_dataset import (
 from radlake.catalog.dashboard_drift import DriftSideError, drift_report
 from radlake.catalog.dashboard_models import SCORE_BINS, model_figures
 from radlake.catalog.dashboard_overview import overview
-from radlake.catalog.models import Dataset, DatasetVersion
+from radlake.catalog.queries import list_dataset_versions
 from radlake.catalog.stats_cache import cached
 from radlake.curation.versions import DatasetError, get_version
 
@@ -53,6 +52,11 @@ PLOTLY_CSS_PATH = f"/vendor/plotly-{PLOTLY_VERSION}.css"
 # an inline <style> (which the pages' CSP refuses); X and Y stand for these prefixes.
 _PLOTLY_RULES_AT = '"X .main-svg"'
 _PLOTLY_PREFIXES = {"X": ".js-plotly-plot .plotly", "Y": ".plotly-notifier"}
+# Versioned paths: what they serve never changes.
+IMMUTABLE = {
+    "Cache-Control": "public, max-age=31536000, immutable",
+    "X-Content-Type-Options": "nosniff",
+}
 SideText = Annotated[str | None, Query(max_length=200)]
 
 
@@ -86,27 +90,13 @@ def plotly_css() -> str:
 @router.get(PLOTLY_CSS_PATH)
 def plotly_stylesheet() -> Response:
     """plotly.js's base rules as a stylesheet (versioned path: cached for a year)."""
-    return Response(
-        plotly_css(),
-        media_type="text/css",
-        headers={
-            "Cache-Control": "public, max-age=31536000, immutable",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    return Response(plotly_css(), media_type="text/css", headers=IMMUTABLE)
 
 
 @router.get(PLOTLY_PATH)
 def plotly_js() -> Response:
     """plotly.js from the installed package (versioned path: cached for a year)."""
-    return FileResponse(
-        _plotly_file(),
-        media_type="text/javascript",
-        headers={
-            "Cache-Control": "public, max-age=31536000, immutable",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    return FileResponse(_plotly_file(), media_type="text/javascript", headers=IMMUTABLE)
 
 
 def _dashboard(
@@ -168,19 +158,13 @@ def overview_page(request: Request, session: DbSession) -> Response:
 
 def _dataset_choices(session: Session) -> list[tuple[str, list[tuple[int, list[str]]]]]:
     """Every dataset with its versions and their splits, by name and version."""
-    rows = session.execute(
-        select(
-            Dataset.name, DatasetVersion.version, DatasetVersion.counts, DatasetVersion.split_spec
-        )
-        .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
-        .order_by(Dataset.name, DatasetVersion.version)
-    )
     found: dict[str, list[tuple[int, list[str]]]] = {}
-    for name, version, counts, spec in rows:
+    for version in list_dataset_versions(session):
+        counts, spec = version.counts or {}, version.split_spec or {}
         # The splits in the order the version's spec names them (training first).
-        named = [s for s in (spec or {}).get("names", []) if s in (counts or {})]
-        splits = [*named, *sorted(set(counts or {}) - set(named))]
-        found.setdefault(name, []).append((int(version), splits))
+        named = [s for s in spec.get("names", []) if s in counts]
+        splits = [*named, *sorted(set(counts) - set(named))]
+        found.setdefault(version.dataset.name, []).append((version.version, splits))
     return list(found.items())
 
 
