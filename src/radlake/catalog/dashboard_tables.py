@@ -167,9 +167,3 @@ def warm(engine: Engine) -> None:
                 table.columns(session)
     except Exception as exc:  # the pages read them again and report their own faults
         log.warning("dashboard warm-up skipped: %s", type(exc).__name__)
-
-
-def forget_all() -> None:
-    """Drop every kept copy (tests)."""
-    for table in (GROUND_TRUTH, IMAGES, SCORES, *_members.values()):
-        table.forget()

@@ -443,6 +443,13 @@ def _latest_runs(model_version_id: int) -> Any:
     )
 
 
+def _feedback_on(image_id: Any, model_version_id: Any) -> Any:
+    """Feedback on an image for a model version: what takes an image off the queue."""
+    return select(Feedback.id).where(
+        Feedback.image_id == image_id, Feedback.model_version_id == model_version_id
+    )
+
+
 def review_queue(
     session: Session,
     *,
@@ -459,9 +466,7 @@ def review_queue(
         FeedbackError: 'disagreement' without another version.
     """
     latest = _latest_runs(model_version_id)
-    reviewed = select(Feedback.id).where(
-        Feedback.image_id == latest.c.image_id, Feedback.model_version_id == model_version_id
-    )
+    reviewed = _feedback_on(latest.c.image_id, model_version_id)
     top = func.max(Prediction.score)
     statement = (
         select(latest.c.image_id, latest.c.run_id, func.count(Prediction.id), top)
@@ -534,10 +539,7 @@ def _disagreement(ours: list[tuple[str, Box]], theirs: list[tuple[str, Box]]) ->
 def queue_sizes(session: Session) -> dict[int, int]:
     """Per model version (id), the images review_queue would list: those it predicted
     that have no feedback on that version yet."""
-    reviewed = select(Feedback.id).where(
-        Feedback.image_id == InferenceRun.image_id,
-        Feedback.model_version_id == InferenceRun.model_version_id,
-    )
+    reviewed = _feedback_on(InferenceRun.image_id, InferenceRun.model_version_id)
     rows = session.execute(
         select(InferenceRun.model_version_id, func.count(func.distinct(InferenceRun.image_id)))
         .where(~reviewed.exists())

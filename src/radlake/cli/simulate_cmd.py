@@ -126,31 +126,25 @@ def simulate(
         plan = replace(plan, url=base, token=plan_token or plan.token)
         result = run_load(plan, _writer(sink), announce)
     rows = summarize(result)
+    run = {
+        "model": model,
+        "dataset": dataset,
+        "split": split,
+        "images": len(image_ids),
+        "pattern": list(stages),
+        "stage_seconds": stage_seconds,
+    }
     record_simulation(
         lake,
-        parameters={
-            "model": model,
-            "dataset": dataset,
-            "split": split,
-            "images": len(image_ids),
-            "pattern": list(stages),
-            "stage_seconds": stage_seconds,
-            "url": "in-process" if url is None else "external",
-            "review": review,
-        },
+        parameters=run | {"url": "in-process" if url is None else "external", "review": review},
         rows=rows,
         started=started,
         interrupted=result.interrupted,
     )
     if as_json:
         print_json(
-            {
-                "model": model,
-                "dataset": dataset,
-                "split": split,
-                "images": len(image_ids),
-                "pattern": list(stages),
-                "stage_seconds": stage_seconds,
+            run
+            | {
                 "url": url or "in-process",
                 "caller": caller,
                 "stages": [row.as_dict() for row in rows[:-1]],
