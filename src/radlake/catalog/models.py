@@ -160,7 +160,7 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set whenever the row changes in place (an ORM flush; bulk updates set it
     # themselves), so caches of the catalog can see such a change.
-    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow, index=True)
 
     series: Mapped[Series | None] = relationship()
     source: Mapped[Source] = relationship()
@@ -261,7 +261,7 @@ class Label(Base):
     x_max: Mapped[float | None] = mapped_column(Real)
     y_max: Mapped[float | None] = mapped_column(Real)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Dataset(Base):
