@@ -435,9 +435,15 @@ def test_hostile_drift_sides_and_empty_pages_answer_cleanly(
 ) -> None:
     client = TestClient(lakeside.client.app, follow_redirects=False)
     client.post("/ui/signin", data={"token": lakeside.tokens["viewer"]})
-    for a in ("0001-01-01..9999-12-31", "lungs@1\x00", "lungs@99999999999", "@", "x@1/"):
+    for a, status in (
+        ("0001-01-01..9999-12-31", 422),  # the day after 9999-12-31 does not exist
+        ("lungs@1\x00", 200),  # control characters are dropped
+        ("lungs@99999999999", 422),
+        ("@", 422),
+        ("x@1/", 422),
+    ):
         answer = client.get("/ui/dashboard/drift", params={"a": a, "b": "lungs@1"})
-        assert answer.status_code in (200, 422), (a, answer.status_code)
+        assert answer.status_code == status, (a, answer.status_code)
         assert "\x00" not in answer.text
     # The default comparison is the version's first split (train) against its last.
     default = client.get("/ui/dashboard/drift")
