@@ -6,17 +6,17 @@ BIN := $(VENV)/bin
 RADLAKE_HOME ?= $(CURDIR)/radlake-data
 export RADLAKE_HOME
 
-.PHONY: demo test lint typecheck pytest bench clean chromium dcmtk
+.PHONY: demo test lint typecheck pytest bench clean chromium dcmtk orthanc
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,inference,train,flows,dask]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,inference,train,flows,dask,deid]'
 	touch $@
 
 demo: $(BIN)/.installed
 	$(BIN)/radlake quickstart
 
-test: $(BIN)/.installed chromium dcmtk lint typecheck pytest
+test: $(BIN)/.installed chromium dcmtk orthanc lint typecheck pytest
 
 # Debian's Chromium for the browser test (that test skips, saying why, if it is absent).
 chromium:
@@ -28,6 +28,13 @@ chromium:
 dcmtk:
 	@command -v storescu >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null; } \
 		|| echo "dcmtk could not be installed: the storescu/echoscu test will be skipped"
+
+# Orthanc with its DICOMweb plugin as the PACS that the pull tests pull from (they skip,
+# saying why, if it is absent).
+orthanc:
+	@command -v Orthanc >/dev/null 2>&1 && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+		|| { apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; } \
+		|| echo "orthanc could not be installed: the PACS pull tests will be skipped"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
