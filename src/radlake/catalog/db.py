@@ -25,8 +25,9 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-# Imported for its tables (and, through it, inference_models'): wherever the catalog
-# is used, Base.metadata is complete.
+# Imported for their tables (and, through feedback_models, inference_models'): wherever
+# the catalog is used, Base.metadata is complete.
+import radlake.catalog.deid_models
 import radlake.catalog.feedback_models  # noqa: F401
 from radlake.errors import CatalogError, CatalogUnavailable, NotInitialized
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-import radlake.catalog.feedback_models  # noqa: F401  (its and inference_models' tables join Base.metadata)
+# Imported for their tables (feedback_models brings inference_models'): Base.metadata.
+import radlake.catalog.deid_models
+import radlake.catalog.feedback_models  # noqa: F401
 from radlake.catalog.models import Base
 
 config = context.config
