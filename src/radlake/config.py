@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     # "dask-local" (a Dask LocalCluster started per command) or "dask://HOST:PORT" (a
     # running Dask scheduler). The --executor option of ingest and `source` overrides it.
     executor: str | None = None
+    # De-identification (issue 13, PS3.15 Annex E). The options of E.3 the lake applies;
+    # where the burned-in text check runs ("flagged": images whose header or modality
+    # suggests text, "all", "off"); and whether ingest de-identifies each new DICOM image
+    # as it is catalogued (else `radlake deid run` or the first request does it).
+    deid_on_ingest: bool = False
+    deid_pixel_check: Literal["flagged", "all", "off"] = "flagged"
+    deid_retain_dates: bool = False  # Retain Longitudinal Temporal Information (shifted)
+    deid_retain_patient_characteristics: bool = False
+    deid_clean_descriptors: bool = False
     # Web security (issue 8). A web sign-in lasts this long unless signed out first.
     web_session_hours: float = Field(default=12.0, gt=0, le=720)
     # `radlake serve`: a request's headers, and its body's first part, must arrive within

@@ -16,6 +16,8 @@ from radlake.config import Settings
 from radlake.errors import ConfigError, NotInitialized, StorageError
 from radlake.imaging.budget import MIB
 from radlake.imaging.deid import Pseudonymizer
+from radlake.imaging.deid_profile import DeidOptions
+from radlake.pipelines.deidentify import DeidPolicy
 from radlake.pipelines.ingest import IngestLimits
 from radlake.storage.store import ObjectStore, open_store
 
@@ -26,6 +28,7 @@ class Lake:
     store: ObjectStore
     pseudonymizer: Pseudonymizer
     limits: IngestLimits = field(default_factory=IngestLimits)
+    deid: DeidPolicy = field(default_factory=DeidPolicy)
 
 
 def ingest_limits(settings: Settings) -> IngestLimits:
@@ -36,6 +39,16 @@ def ingest_limits(settings: Settings) -> IngestLimits:
         file_seconds=settings.file_seconds,
         retry_seconds=settings.retry_seconds,
     )
+
+
+def deid_policy(settings: Settings) -> DeidPolicy:
+    """How the settings ask the lake to de-identify."""
+    options = DeidOptions(
+        retain_longitudinal_modified_dates=settings.deid_retain_dates,
+        retain_patient_characteristics=settings.deid_retain_patient_characteristics,
+        clean_descriptors=settings.deid_clean_descriptors,
+    )
+    return DeidPolicy(options, settings.deid_pixel_check, settings.deid_on_ingest)
 
 
 def load_settings() -> Settings:
@@ -69,7 +82,13 @@ def init_lake(settings: Settings) -> tuple[Lake, bool]:
         retry_seconds=settings.retry_seconds,
         **settings.store_options(),
     )
-    lake = Lake(engine, store, Pseudonymizer(settings.secret_key_bytes()), ingest_limits(settings))
+    lake = Lake(
+        engine,
+        store,
+        Pseudonymizer(settings.secret_key_bytes()),
+        ingest_limits(settings),
+        deid_policy(settings),
+    )
     return lake, created_key
 
 
@@ -91,7 +110,13 @@ def open_lake(settings: Settings) -> Lake:
         retry_seconds=settings.retry_seconds,
         **settings.store_options(),
     )
-    return Lake(engine, store, Pseudonymizer(settings.secret_key_bytes()), ingest_limits(settings))
+    return Lake(
+        engine,
+        store,
+        Pseudonymizer(settings.secret_key_bytes()),
+        ingest_limits(settings),
+        deid_policy(settings),
+    )
 
 
 def store_url_for(text: str, option: str = "--to") -> str:

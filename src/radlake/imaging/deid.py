@@ -29,5 +29,10 @@ class Pseudonymizer:
         digest = hmac.new(self._key, patient_id.strip().encode(), hashlib.sha256).hexdigest()
         return digest[:PSEUDONYM_HEX_CHARS]
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for another use of the lake's secret (HMAC of the purpose): UID remapping
+        and date shifts must not be computable from a patient pseudonym's key alone."""
+        return hmac.new(self._key, b"radlake/" + purpose.encode(), hashlib.sha256).digest()
+
     def __repr__(self) -> str:  # never show the key
         return "Pseudonymizer(<key>)"

@@ -18,6 +18,7 @@ so a report is safe to log.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from radlake.imaging.deid import PSEUDONYM_HEX_CHARS
 from radlake.imaging.deid_profile import DUMMY_BY_VR, UID_ROOT, DeidOptions, resolve_action
 from radlake.imaging.deid_table import ProfileRow, ProfileTable, load_table
 from radlake.imaging.dicom_dataset import quiet
+
+# radlake writes the patient's keyed pseudonym (imaging/deid.py) into these.
+PSEUDONYM_KEYWORDS = frozenset({"PatientID", "PatientName"})
+_PSEUDONYM = re.compile(f"[0-9a-f]{{{PSEUDONYM_HEX_CHARS}}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,10 @@ def _values(elem: DataElement) -> list[object]:
 
 
 def _is_dummy(elem: DataElement) -> bool:
+    if elem.keyword in PSEUDONYM_KEYWORDS and all(
+        _PSEUDONYM.fullmatch(str(v)) for v in _values(elem)
+    ):
+        return True  # the lake's keyed pseudonym (pipelines/deidentify.py), not a name
     if elem.VR == "UI":
         return all(str(v).startswith(UID_ROOT) for v in _values(elem))
     dummy = DUMMY_BY_VR.get(elem.VR, "ANONYMIZED")
@@ -110,7 +120,8 @@ class _Checker:
                 return
             self._add(path, elem, row.basic_profile, "UID not remapped under 2.25")
             return
-        if "D" in allowed and _is_dummy(elem):
+        # Z and D both allow "a dummy value consistent with the VR" (PS3.15 E.1.1).
+        if allowed & {"D", "Z"} and _is_dummy(elem):
             return
         if "D" in allowed:
             self._add(path, elem, row.basic_profile, "value is not a known dummy")
