@@ -15,7 +15,15 @@ from fastapi.staticfiles import StaticFiles
 from radlake import __version__
 from radlake.api import errors, schemas, web, web_dashboard, web_predict, web_review
 from radlake.api.deps import Viewer
-from radlake.api.routes import catalog, datasets, downloads, feedback, images, predict
+from radlake.api.routes import (
+    catalog,
+    datasets,
+    deidentified,
+    downloads,
+    feedback,
+    images,
+    predict,
+)
 from radlake.catalog.dashboard_tables import warm
 from radlake.lake import Lake, load_settings, open_lake
 from radlake.web_sessions import DEFAULT_LIFETIME
@@ -101,7 +109,7 @@ def create_app(
         """The OpenAPI document of this API (any signed-in role)."""
         return app.openapi()
 
-    for module in (images, catalog, datasets, downloads, predict, feedback):
+    for module in (images, deidentified, catalog, datasets, downloads, predict, feedback):
         app.include_router(module.router)
     app.include_router(web.router)
     app.include_router(web_predict.router)

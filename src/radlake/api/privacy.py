@@ -1,9 +1,10 @@
 """What each role may see (issue 8, "Privacy by role"); every route asks here.
 
 Viewers get a source-relative name, never an input path (archives name folders
-after patients); originals, with their full headers, go to curators and admins only;
-pixels that may show burned-in patient data reach viewers only as a de-identified
-rendition. Curators and admins see everything.
+after patients); originals, with their full headers, go to admins only, audited
+(issue 13: everyone else gets the de-identified object); pixels that may show
+burned-in patient data reach viewers only as a de-identified rendition. Curators see
+paths and renderings; admins see everything.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from radlake.auth import Role
 
 BURNED_IN_REASON = "may show burned-in patient data; awaiting a de-identified rendition"
 ORIGINAL_REASON = (
-    "originals keep their full identifying headers: they need the curator role "
-    "(viewers get renderings)"
+    "originals keep their full identifying headers: they are for admins only "
+    "(everyone else gets the de-identified object: GET /images/{id}/dicom)"
 )
 DEIDENTIFIED = "deidentified"  # the rendition name a later de-identification step writes
 _QUOTE = '"'  # pipelines/discover.py quotes keys of names that are not UTF-8
@@ -70,9 +71,14 @@ def pixels_withheld(role: Role, attributes: Mapping[str, Any] | None) -> bool:
     return not sees_paths(role) and may_show_burned_in(attributes)
 
 
+def may_have_originals(role: Role) -> bool:
+    """Admins only: an original keeps every identifying header (issue 13)."""
+    return role >= Role.ADMIN
+
+
 def require_original_access(role: Role) -> None:
     """403 with the reason unless role may have originals."""
-    if not sees_paths(role):
+    if not may_have_originals(role):
         raise HTTPException(403, detail=ORIGINAL_REASON)
 
 

@@ -32,6 +32,7 @@ from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
 from radlake.catalog.db import batches, run_transaction
+from radlake.catalog.deid_instances import DeidRef, deid_refs
 from radlake.catalog.deid_models import (
     PIXELS_BLANKED,
     PIXELS_UNCHECKED,
@@ -42,12 +43,7 @@ from radlake.catalog.models import Image, Rendition
 from radlake.catalog.upsert import insert_missing
 from radlake.domain import ImageFormat
 from radlake.errors import ImageError
-from radlake.imaging.deid_header import (
-    CLEAN_PIXEL_CODE,
-    header_json,
-    instance_fields,
-    mark_clean_pixels,
-)
+from radlake.imaging.deid_header import header_json, instance_fields, mark_clean_pixels
 from radlake.imaging.deid_profile import DeidOptions, deidentify
 from radlake.imaging.formats import reader_for
 from radlake.imaging.render import PREVIEW_SIZE, render
@@ -269,6 +265,25 @@ def deidentify_images(
     return summary
 
 
+def ensure_deidentified(
+    lake: Lake, image_ids: Sequence[int]
+) -> tuple[dict[int, DeidRef], dict[int, str]]:
+    """The de-identified object of each DICOM image among image_ids, made now where
+    missing (what serving does on first request), and the reasons of those that failed.
+
+    Raises:
+        StorageError, CatalogError: as deidentify_images.
+    """
+    read = partial(deid_refs, image_ids=image_ids)
+    retry = lake.limits.retry_seconds
+    refs = run_transaction(lake.engine, read, retry_seconds=retry)
+    missing = [image_id for image_id in image_ids if image_id not in refs]
+    if not missing:
+        return refs, {}
+    summary = deidentify_images(lake, missing)
+    return run_transaction(lake.engine, read, retry_seconds=retry), summary.failed
+
+
 def _one(lake: Lake, worker: Deidentifier, row: Row[Any], summary: DeidSummary) -> _Made | None:
     image_id, sha256 = int(row.id), str(row.sha256)
     prone = text_prone(row.modality, row.attributes)
@@ -320,15 +335,3 @@ def _one(lake: Lake, worker: Deidentifier, row: Row[Any], summary: DeidSummary) 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-__all__ = [
-    "CLEAN_PIXEL_CODE",
-    "DEID_RENDITION",
-    "DeidPolicy",
-    "DeidSummary",
-    "Deidentifier",
-    "deidentify_images",
-    "encode",
-    "text_prone",
-]
