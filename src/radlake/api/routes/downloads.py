@@ -29,6 +29,7 @@ from radlake.api.privacy import (
     require_original_access,
     shown_key,
 )
+from radlake.api.routes.deidentified import WITHHELD_REASON
 from radlake.api.zipstream import ZipEntry, stream_zip
 from radlake.auth import Role
 from radlake.catalog import cohorts as saved_cohorts
@@ -39,11 +40,14 @@ from radlake.curation.filters import ImageFilter
 from radlake.curation.versions import get_version
 from radlake.domain import NEW_NAME, ImageFormat
 from radlake.lake import Lake
+from radlake.pipelines.deidentify import ensure_deidentified
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
 from radlake.storage.keys import preview_key
 
 router = APIRouter(tags=["downloads"], responses=schemas.errors(401, 422))
-Content = Literal["preview", "rendered", "original"]
+# dicom: de-identified DICOM objects (issue 13; other formats as their preview);
+# original: the bytes as received, admins only.
+Content = Literal["preview", "rendered", "original", "dicom"]
 CSV_FIELDS = (
     "id",
     "file",
@@ -72,6 +76,7 @@ class CohortIn(BaseModel):
 def _reader(
     lake: Lake, row: Row[Any], content: Content, fmt: str, size: int, stand_in: str | None
 ) -> Callable[[], bytes]:
+    """stand_in: a key served in place of the image (a de-identified object or picture)."""
     images = StoredImages(
         lake.store, max_decoded_bytes=lake.limits.max_decoded_bytes, decode_guard=decode_slot
     )
@@ -81,7 +86,7 @@ def _reader(
             return lake.store.get_bytes(stand_in)
         if content == "original":
             return lake.store.get_bytes(row.original_key)
-        if content == "preview":
+        if content in ("preview", "dicom"):
             return lake.store.get_bytes(preview_key(row.sha256))
         # Rendered on the fly, not kept: a zip of 10,000 images writes nothing.
         options = RenderOptions(format="jpeg" if fmt == "jpeg" else "png", size=size)
@@ -91,11 +96,14 @@ def _reader(
 
 
 def _file_name(row: Row[Any], content: Content, fmt: str, stand_in: str | None) -> str:
+    if stand_in is not None and stand_in.endswith(".dcm"):
+        return f"images/{row.id}.dcm"
     if stand_in is not None:
         return f"images/{row.id}.{'jpg' if stand_in.endswith(('.jpg', '.jpeg')) else 'png'}"
     if content == "original":
         return f"images/{row.id}.{ImageFormat(row.format).extension}"
-    return f"images/{row.id}.{'png' if content == 'preview' else 'jpg' if fmt == 'jpeg' else 'png'}"
+    preview = content in ("preview", "dicom")
+    return f"images/{row.id}.{'png' if preview else 'jpg' if fmt == 'jpeg' else 'png'}"
 
 
 def _metadata_csv(
@@ -157,12 +165,35 @@ def _stand_ins(session: DbSession, caller: Caller, rows: Sequence[Row[Any]]) -> 
     found = rendition_keys(session, image_ids=flagged, name=DEIDENTIFIED)
     missing = [image_id for image_id in flagged if image_id not in found]
     if missing:
-        shown = ", ".join(str(image_id) for image_id in missing[:10])
-        more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
         raise HTTPException(
-            403, detail=f"images {shown}{more} {BURNED_IN_REASON} (leave them out of the filter)"
+            403, detail=f"images {_ids(missing)} {BURNED_IN_REASON} (leave them out of the filter)"
         )
     return found
+
+
+def _deidentified_objects(lake: Lake, rows: Sequence[Row[Any]]) -> dict[int, str]:
+    """The de-identified object of every DICOM image (made where missing); 403/422 with
+    the images' ids when one is withheld or cannot be de-identified."""
+    dicom = [row.id for row in rows if row.format == ImageFormat.DICOM.value]
+    refs, failed = ensure_deidentified(lake, dicom)
+    withheld = sorted(i for i, ref in refs.items() if ref.withheld)
+    if withheld:
+        raise HTTPException(
+            403, detail=f"images {_ids(withheld)}: {WITHHELD_REASON} (leave them out of the filter)"
+        )
+    missing = sorted(i for i in dicom if i not in refs)
+    if missing:
+        reason = failed.get(missing[0], "cannot de-identify")
+        raise HTTPException(
+            422, detail=f"images {_ids(missing)} cannot be de-identified ({reason})"
+        )
+    return {image_id: ref.key for image_id, ref in refs.items()}
+
+
+def _ids(image_ids: Sequence[int]) -> str:
+    shown = ", ".join(str(image_id) for image_id in image_ids[:10])
+    more = "" if len(image_ids) <= 10 else f" and {len(image_ids) - 10} more"
+    return shown + more
 
 
 def _zip(
@@ -177,7 +208,11 @@ def _zip(
     content, fmt, size = options.content, options.image_format, options.size
     if content == "original":
         require_original_access(caller.role)
-    stand_ins = _stand_ins(session, caller, rows)
+    stand_ins = (
+        _deidentified_objects(lake, rows)
+        if content == "dicom"
+        else _stand_ins(session, caller, rows)
+    )
     names = [_file_name(row, content, fmt, stand_ins.get(row.id)) for row in rows]
     # Rendered images are already compressed: stored, not deflated again.
     entries = [
