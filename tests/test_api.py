@@ -112,7 +112,7 @@ def test_query_filters_pagination_and_detail(api: Api) -> None:
 def test_pixels_original_render_and_etag(api: Api) -> None:
     image_id = first_id(api, modality="CT")
     headers = api.auth("viewer")
-    original = api.client.get(f"/images/{image_id}/original", headers=api.auth("curator"))
+    original = api.client.get(f"/images/{image_id}/original", headers=api.auth("admin"))
     assert original.content == pydicom_file("CT_small.dcm").read_bytes()
     preview = api.client.get(f"/images/{image_id}/render", headers=headers)
     assert preview.headers["content-type"] == "image/png"
@@ -260,7 +260,8 @@ ROLES = ("viewer", "reviewer", "curator", "admin")  # in order: each can what th
 ROUTES = {
     ("GET", "/images"): "viewer",
     ("GET", "/images/{id}"): "viewer",
-    ("GET", "/images/{id}/original"): "curator",  # full identifying headers (issue 8)
+    ("GET", "/images/{id}/original"): "admin",  # full identifying headers (issues 8, 13)
+    ("GET", "/images/{id}/dicom"): "viewer",  # the de-identified object (issue 13)
     ("GET", "/images/{id}/render"): "viewer",
     ("GET", "/images/{id}/labels"): "viewer",
     ("GET", "/images/{id}/predictions"): "viewer",

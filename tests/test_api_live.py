@@ -220,7 +220,7 @@ def test_a_zip_that_breaks_off_is_cut_and_logged_in_one_line(
             with serve(api.app) as url, httpx.Client(base_url=url, timeout=60) as client:
                 params = {"content": "original"}
                 with pytest.raises(httpx.RemoteProtocolError):  # cut, not finished
-                    client.get("/images.zip", params=params, headers=api.auth(CURATOR))
+                    client.get("/images.zip", params=params, headers=api.auth("admin"))
                 assert client.get("/health").status_code == 200  # the server lives on
         finally:
             logging.getLogger("uvicorn.error").removeHandler(keep)

@@ -2,7 +2,7 @@
 
 Inputs sit under a folder named after a patient, as real archives name them; one is
 CT_small with BurnedInAnnotation YES. Viewers must never see the folder, the
-originals or the burned-in pixels; curators see everything.
+originals or the burned-in pixels; curators see paths, admins also originals (issue 13).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from radlake.api.privacy import BURNED_IN_REASON, DEIDENTIFIED, shown_key
 from radlake.auth import Role
 from radlake.catalog.db import session_factory, transaction
 from radlake.catalog.models import Image, Rendition
+from radlake.imaging.deid_check import check
 from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.ingest import ingest
 from tests.conftest import pydicom_file
@@ -103,23 +104,47 @@ def test_viewers_see_file_names_curators_full_keys(api: Api) -> None:
             assert "/" not in json.dumps([job["parameters"] for job in jobs])
 
 
-def test_originals_are_for_curators(api: Api) -> None:
+def test_originals_are_for_admins_and_everyone_gets_deidentified_objects(api: Api) -> None:
     image_id = ids_by_file(api)["plain.dcm"]
-    refused = api.client.get(f"/images/{image_id}/original", headers=api.auth("viewer"))
-    assert refused.status_code == 403 and "curator" in refused.json()["detail"]
-    for role in ("curator", "admin"):
-        answer = api.client.get(f"/images/{image_id}/original", headers=api.auth(role))
-        assert answer.status_code == 200 and answer.content[128:132] == b"DICM"
+    for role in ("viewer", "curator"):
+        refused = api.client.get(f"/images/{image_id}/original", headers=api.auth(role))
+        assert refused.status_code == 403 and "admins" in refused.json()["detail"]
+    answer = api.client.get(f"/images/{image_id}/original", headers=api.auth("admin"))
+    assert answer.status_code == 200 and answer.content[128:132] == b"DICM"
+    original = pydicom.dcmread(io.BytesIO(answer.content))
+    for role in ("viewer", "curator"):
+        got = api.client.get(f"/images/{image_id}/dicom", headers=api.auth(role))
+        assert got.status_code == 200, got.text
+        ds = pydicom.dcmread(io.BytesIO(got.content))
+        assert ds.PatientIdentityRemoved == "YES"
+        assert ds.SOPInstanceUID != original.SOPInstanceUID and ds.SOPInstanceUID.startswith(
+            "2.25."
+        )
+        assert str(original.PatientName) not in got.content.decode("latin-1")
+        assert check(ds) == []
     api.client.post(
         "/cohorts", json={"name": "mr", "filter": {"modality": "MR"}}, headers=api.auth("curator")
     )
     for path in ("/images.zip", "/cohorts/mr.zip"):
         params = {"content": "original"} | ({"modality": "MR"} if path == "/images.zip" else {})
-        refused = api.client.get(path, params=params, headers=api.auth("viewer"))
-        assert refused.status_code == 403 and "curator" in refused.json()["detail"]
-        allowed = api.client.get(path, params=params, headers=api.auth("curator"))
+        refused = api.client.get(path, params=params, headers=api.auth("curator"))
+        assert refused.status_code == 403 and "admins" in refused.json()["detail"]
+        allowed = api.client.get(path, params=params, headers=api.auth("admin"))
         assert allowed.status_code == 200
         assert zipfile.ZipFile(io.BytesIO(allowed.content)).namelist()[0].endswith(".dcm")
+        params["content"] = "dicom"
+        shared_zip = api.client.get(path, params=params, headers=api.auth("viewer"))
+        assert shared_zip.status_code == 200, shared_zip.text
+        archive = zipfile.ZipFile(io.BytesIO(shared_zip.content))
+        members = [name for name in archive.namelist() if name.endswith(".dcm")]
+        assert members
+        for name in members:
+            ds = pydicom.dcmread(io.BytesIO(archive.read(name)))
+            assert ds.PatientIdentityRemoved == "YES" and check(ds) == []
+    actions = {
+        event["action"] for event in api.client.get("/audit", headers=api.auth("admin")).json()
+    }
+    assert {"download.original", "download.deidentified"} <= actions
 
 
 def test_burned_in_pixels_are_withheld_from_viewers(api: Api) -> None:

@@ -284,9 +284,11 @@ def test_image_page_has_metadata_overlay_and_downloads(site: Site) -> None:
     assert 'x="30.0" y="12.0"' in page.text and 'width="28.0" height="28.0"' in page.text
     assert len({re.findall(r'stroke="(#[0-9a-f]{6})"', box)[0] for box in boxes}) == 2
     assert "Effusion" in page.text and "image-level" in page.text
-    assert f'href="/images/{png}/original"' not in page.text  # originals: curators (issue 8)
+    assert f'href="/images/{png}/original"' not in page.text  # originals: admins (issue 13)
     curator_page = site.client("curator").get(f"/ui/images/{png}").text
-    assert f'href="/images/{png}/original"' in curator_page
+    assert f'href="/images/{png}/original"' not in curator_page
+    admin_page = site.client("admin").get(f"/ui/images/{png}").text
+    assert f'href="/images/{png}/original"' in admin_page
     assert f'src="/images/{png}/render"' in page.text
     assert "data-window" not in page.text  # window presets are for DICOM only
     ct = client.get(f"/ui/images/{site.ids['CT']}", params={"window": "-600,1500"})

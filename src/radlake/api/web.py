@@ -142,6 +142,7 @@ def _page(
         "caller": caller,
         "is_curator": caller is not None and caller.role >= Role.CURATOR,
         "is_reviewer": caller is not None and caller.role >= Role.REVIEWER,
+        "is_admin": caller is not None and caller.role >= Role.ADMIN,
         # Pages of a signed-in session only: the token that its writes send back.
         "csrf_token": csrf_token_for(cookie) if caller is not None and cookie else None,
         "csrf_field": CSRF_FIELD,
