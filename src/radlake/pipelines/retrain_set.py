@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from radlake.catalog.db import WRITE_BATCH, batches, run_transaction, session_factory
 from radlake.catalog.feedback_models import Feedback, RetrainSet, RetrainSetFeedback
-from radlake.catalog.inference_models import Prediction
+from radlake.catalog.inference_models import ModelVersion, Prediction
 from radlake.catalog.model_registry import resolve_version
 from radlake.catalog.models import (
     DatasetMember,
@@ -202,11 +202,15 @@ def _set_name(session: Session, now: datetime) -> str:
 
 
 def _build(
-    session: Session, request: RetrainRequest, left_out: defaultdict[str, int]
+    session: Session, request: RetrainRequest, left_out: defaultdict[str, int], version_id: int
 ) -> tuple[int, bool]:
     """The catalog half, in one transaction: (retrain set id, created)."""
     left_out.clear()
-    version = resolve_version(session, ref=request.model)
+    # Builds of one model version take turns on its row. The lock is the transaction's
+    # first statement: MariaDB's REPEATABLE READ fixes its snapshot at the first plain
+    # read, which must come after the lock so it sees the set a build before made.
+    session.execute(select(ModelVersion.id).where(ModelVersion.id == version_id).with_for_update())
+    version = session.get_one(ModelVersion, version_id)
     if request.dataset is not None:
         base = get_version(session, request.dataset, request.dataset_version)
     elif version.trained_on_id is not None:
@@ -434,10 +438,13 @@ def build_retrain_set(
     if not 0.0 <= request.min_confidence <= 1.0:
         raise RetrainError(f"expected a confidence in [0, 1], got {request.min_confidence}")
     left_out: defaultdict[str, int] = defaultdict(int)
+    version_id = run_transaction(
+        lake.engine, lambda session: resolve_version(session, ref=request.model).id
+    )
     for attempt in range(3):
         try:
             set_id, created = run_transaction(
-                lake.engine, lambda session: _build(session, request, left_out)
+                lake.engine, lambda session: _build(session, request, left_out, version_id)
             )
             break
         except IntegrityError:
