@@ -9,9 +9,13 @@ no-op, and one bad original costs only itself.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -28,7 +32,8 @@ from radlake.curation.versions import VersionRequest, create_version
 from radlake.imaging.deid import Pseudonymizer
 from radlake.imaging.deid_check import check, check_path
 from radlake.lake import Lake
-from radlake.pipelines.deidentify import deidentify_images
+from radlake.network.receiver import Receiver
+from radlake.pipelines.deidentify import DeidPolicy, deidentify_images
 from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.ingest import ingest
 from radlake.storage.store import open_store
@@ -164,3 +169,46 @@ def test_cli_run_and_export_give_a_clean_folder(catalog_url: str, tmp_path: Path
     assert json.loads(again.stdout)["copied"] == 0
     missing = run_radlake(home, "deid", "export", "nope", "--to", str(out))
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
+
+
+def test_receiver_deidentifies_on_receipt_when_asked(lake: Lake) -> None:
+    from tests.test_receive import _send
+
+    asking = dataclasses.replace(lake, deid=DeidPolicy(on_ingest=True))
+    receiver = Receiver(asking, port=0, batch_seconds=0.2)
+    receiver.start()
+    try:
+        files = [pydicom_file("CT_small.dcm"), pydicom_file("MR_small.dcm")]
+        statuses = _send(receiver, files)
+        assert [status.Status for status in statuses] == [0, 0]
+    finally:
+        summary = receiver.stop()
+    assert summary.catalogued == 2
+    with session_factory(lake.engine)() as session:
+        rows = list(session.scalars(select(DeidInstance)))
+    assert len(rows) == 2
+    for row in rows:
+        assert check(pydicom.dcmread(io.BytesIO(lake.store.get_bytes(row.key)))) == []
+
+
+def test_cli_ingest_deidentifies_when_the_setting_asks(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert run_radlake(home, "init").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADLAKE_")}
+    env |= {"RADLAKE_HOME": str(home), "RADLAKE_DEID_ON_INGEST": "true"}
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(pydicom_file("CT_small.dcm"), inputs)
+    shutil.copy(pydicom_file("MR_small.dcm"), inputs)
+    done = subprocess.run(
+        [sys.executable, "-m", "radlake.cli.main", "ingest", str(inputs), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["catalogued"] == 2 and result["deidentified"]["written"] == 2
+    plain = run_radlake(home, "ingest", str(inputs), "--json")  # the setting off: no deid
+    assert "deidentified" not in json.loads(plain.stdout)

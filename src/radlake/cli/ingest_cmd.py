@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from radlake.cli.output import console, err_console, print_json
 from radlake.lake import Lake, init_lake, load_settings, open_lake
+from radlake.pipelines.deidentify import deidentify_job
 from radlake.pipelines.executor import EXECUTOR_SPECS, Executor, open_executor
 from radlake.pipelines.ingest import IngestSummary
 from radlake.pipelines.ingest import ingest as run_ingest
@@ -135,7 +136,13 @@ def ingest(
         summary = ingest_with_progress(
             lake, paths, workers=workers, source=source, show=not as_json, executor=pool
         )
+    deid = None
+    if lake.deid.on_ingest:  # setting deid_on_ingest: each new DICOM image, now
+        with progress_reporter("de-identifying", not as_json) as report:
+            deid = deidentify_job(lake, summary.job_id, progress=report)
     if as_json:
-        print_json(summary.as_dict())
+        print_json(summary.as_dict() | ({"deidentified": deid.as_dict()} if deid else {}))
     else:
         console.print(summary.line(), highlight=False)
+        if deid is not None:
+            console.print(deid.line(), highlight=False)

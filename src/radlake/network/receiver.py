@@ -53,6 +53,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from radlake.domain import CataloguedInput, RejectedInput
 from radlake.errors import CatalogError, RadlakeError, StorageError
 from radlake.lake import Lake
+from radlake.pipelines.deidentify import deidentify_digests
 from radlake.pipelines.ingest import IngestFault, IngestSession, IngestSummary
 from radlake.pipelines.worker import WorkerContext, process_bytes
 
@@ -176,6 +177,7 @@ class Receiver:
         self._server: ThreadedAssociationServer | None = None
         self._flusher: threading.Thread | None = None
         self.received = self.refused = self.faults = self.bytes_received = 0
+        self._new: list[str] = []  # digests written, waiting for de-identification on ingest
         self.summary: ReceiveSummary | None = None
 
     @property
@@ -238,15 +240,36 @@ class Receiver:
         while not self._stopping.wait(self.batch_seconds):
             with self._lock:
                 self._flush_logged()
+            self._deidentify_new()
+
+    def _deidentify_new(self) -> None:
+        """De-identification on receipt (setting deid_on_ingest), outside the lock and
+        the associations' threads: a C-STORE answer never waits for it."""
+        if not self.lake.deid.on_ingest:
+            return
+        with self._lock:
+            digests, self._new = self._new, []
+        if not digests:
+            return
+        try:
+            summary = deidentify_digests(self.lake, digests)
+        except (StorageError, CatalogError) as exc:
+            LOG.error("de-identification deferred (run `radlake deid run`): %s", exc)
+            return
+        for image_id, reason in summary.failed.items():
+            LOG.warning("image %d: %s", image_id, reason)
 
     def _flush_logged(self) -> bool:
         """Write what is pending; a fault is logged and kept pending. Call with the lock."""
         assert self._session is not None
+        had_pending = bool(self._session.pending)
         try:
             self._session.flush()
         except (StorageError, CatalogError) as exc:
             LOG.error("catalog write failed (kept pending, retried): %s", exc)
             return False
+        if had_pending:
+            self._new.extend(self._session.last_inserted)
         return True
 
     def _on_store(self, event: Event) -> Dataset:
@@ -325,12 +348,16 @@ class Receiver:
             self._flusher.join()
         with self._lock:
             self._closed, error = True, None
+            had_pending = bool(session.pending)
             try:
                 session.flush()
+                if had_pending:
+                    self._new.extend(session.last_inserted)
             except (StorageError, CatalogError) as exc:
                 error = f"{type(exc).__name__}: {str(exc)[:300]}"
             ingest = session.finish("failed" if error else "succeeded", error, self.received)
             self.summary = self._summary(ingest)
+        self._deidentify_new()
         LOG.info("receiver stopped: %s", self.summary.line())
         if error:
             raise IngestFault(f"{error}: originals kept; re-send to catalogue them")

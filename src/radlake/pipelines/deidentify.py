@@ -265,6 +265,42 @@ def deidentify_images(
     return summary
 
 
+def deidentify_job(
+    lake: Lake, job_id: int, *, progress: Callable[[int, int], None] | None = None
+) -> DeidSummary:
+    """De-identify the DICOM images an ingest job catalogued (de-identification on
+    ingest, setting deid_on_ingest).
+
+    Raises:
+        StorageError, CatalogError: as deidentify_images.
+    """
+    ids = run_transaction(
+        lake.engine,
+        lambda session: list(session.scalars(select(Image.id).where(Image.job_id == job_id))),
+        retry_seconds=lake.limits.retry_seconds,
+    )
+    return deidentify_images(lake, ids, progress=progress)
+
+
+def deidentify_digests(lake: Lake, sha256s: Sequence[str]) -> DeidSummary:
+    """De-identify the catalogued images with these original digests (the receiver's
+    newly written batch).
+
+    Raises:
+        StorageError, CatalogError: as deidentify_images.
+    """
+
+    def ids(session: Session) -> list[int]:
+        return [
+            image_id
+            for chunk in batches(sorted(set(sha256s)))
+            for image_id in session.scalars(select(Image.id).where(Image.sha256.in_(chunk)))
+        ]
+
+    found = run_transaction(lake.engine, ids, retry_seconds=lake.limits.retry_seconds)
+    return deidentify_images(lake, found)
+
+
 def ensure_deidentified(
     lake: Lake, image_ids: Sequence[int]
 ) -> tuple[dict[int, DeidRef], dict[int, str]]:

@@ -32,6 +32,7 @@ from radlake.catalog.queries import get_image
 from radlake.catalog.uploads import record_upload
 from radlake.domain import ImageFormat, Plane, RejectedInput
 from radlake.imaging.render import PREVIEW_SIZE
+from radlake.pipelines.deidentify import deidentify_images
 from radlake.pipelines.ingest import ingest_bytes
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages, check_size
 
@@ -245,6 +246,9 @@ def upload(
                 client_file_name=file.filename,
             )
     fmt = outcome.metadata.format
+    if lake.deid.on_ingest and fmt == ImageFormat.DICOM:
+        with decode_slot():  # the pixel check decodes
+            deidentify_images(lake, [image_id])
     audit.record(lake, caller, "upload", f"image/{image_id}", bytes=len(data), format=fmt.value)
     return {
         "id": image_id,
