@@ -24,11 +24,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from radlake.catalog.db import session_factory
 from radlake.catalog.models import Image, Job, Quarantine
 from radlake.errors import StoreUnavailable
+from radlake.imaging.deid import Pseudonymizer
 from radlake.lake import Lake
 from radlake.network.receiver import (
     CANNOT_UNDERSTAND,
@@ -38,7 +39,8 @@ from radlake.network.receiver import (
     ReceiveSummary,
 )
 from radlake.pipelines.ingest import IngestLimits
-from tests.conftest import SHARED_DATA, run_radlake
+from radlake.storage.store import open_store
+from tests.conftest import SECRET, SHARED_DATA, run_radlake
 
 # pydicom's bundled files, by the storescu option that proposes their transfer syntax
 # (storescu proposes only uncompressed syntaxes unless told).
@@ -174,6 +176,41 @@ def test_a_poison_instance_is_refused_alone_with_its_reason(
     (record,) = [r for r in caplog.records if "refused" in r.getMessage()]
     assert "undecodable" in record.getMessage()
     assert _sop_uid(_file(POISON)) not in caplog.text  # UIDs stay out of the log
+
+
+def test_every_backend_two_senders_at_once_and_a_poison_instance(
+    catalog: Engine, tmp_path: Path
+) -> None:
+    """PostgreSQL and MariaDB as well as SQLite: two associations send at once, one
+    with a poison instance; each instance is catalogued once or refused alone."""
+    lake = Lake(catalog, open_store((tmp_path / "store").as_uri()), Pseudonymizer(SECRET))
+    running = Receiver(lake, port=0, max_associations=4, batch_size=2, batch_seconds=0.1)
+    running.start()
+    first = [_file(name) for name in GOOD[:2]] + [_file(POISON)]
+    second = [_file(name) for name in GOOD[2:]] + [_file(GOOD[0])]  # one sent by both
+    results: dict[str, list[int]] = {}
+
+    def send(name: str, files: list[Path]) -> None:
+        results[name] = [int(status.Status) for status in _send(running, files, title=name)]
+
+    threads = [
+        threading.Thread(target=send, args=("FIRST", first)),
+        threading.Thread(target=send, args=("SECOND", second)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    summary = running.stop()
+    assert results["FIRST"] == [0, 0, CANNOT_UNDERSTAND] and results["SECOND"] == [0, 0, 0]
+    assert (summary.received, summary.refused) == (6, 1)
+    assert summary.catalogued + summary.already_present == 5
+    with session_factory(lake.engine)() as session:
+        uids = list(session.scalars(select(Image.sop_instance_uid)))
+        (row,) = session.scalars(select(Quarantine))
+    # MR_small and MR_small_RLE: one instance in two syntaxes, two originals.
+    assert sorted(uids) == sorted(_sop_uid(_file(name)) for name in GOOD)
+    assert row.reason.startswith("undecodable transfer syntax")
 
 
 def test_allow_list_resend_and_association_limit(lake: Lake) -> None:
