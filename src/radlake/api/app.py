@@ -19,6 +19,7 @@ from radlake.api.routes import (
     catalog,
     datasets,
     deidentified,
+    dicomweb,
     downloads,
     feedback,
     images,
@@ -111,6 +112,7 @@ def create_app(
 
     for module in (images, deidentified, catalog, datasets, downloads, predict, feedback):
         app.include_router(module.router)
+    app.include_router(dicomweb.router)  # /dicomweb: QIDO-RS, WADO-RS, STOW-RS
     app.include_router(web.router)
     app.include_router(web_predict.router)
     app.include_router(web_review.router)
