@@ -5,6 +5,7 @@ nothing answered may carry an original identifier."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,13 +17,16 @@ import pydicom
 import pytest
 from dicomweb_client.web import DICOMwebClient
 from PIL import Image as PILImage
+from pydicom.encaps import generate_frames
 from requests import HTTPError
 from sqlalchemy import select, update
 
 from radlake.api.app import create_app
+from radlake.api.dicomweb_media import Part, dicom_part_media, multipart_body
 from radlake.auth import Role, create_token
 from radlake.catalog.db import make_engine, transaction, upgrade
 from radlake.catalog.deid_models import PIXELS_CLEAN, PIXELS_WITHHELD, DeidInstance
+from radlake.catalog.dicomweb_queries import stored_instances
 from radlake.catalog.models import AuditEvent
 from radlake.imaging.deid_check import check
 from radlake.lake import Lake
@@ -208,6 +212,20 @@ def test_retrieved_objects_are_the_de_identified_ones(live: Live) -> None:
     assert "dicomweb.retrieve" in actions
 
 
+def test_objects_are_streamed_a_chunk_at_a_time(live: Live) -> None:
+    study = value(ct_study(live), STUDY_UID)
+    with transaction(live.lake.engine) as session:
+        stored = stored_instances(session, study_uid=study)
+    parts = [Part(s.key, dicom_part_media(s.transfer_syntax)) for s in stored]
+    pieces = list(multipart_body(live.lake.store, parts, "b0undary", chunk_size=4096))
+    assert max(len(piece) for piece in pieces) <= 4096
+    assert len(pieces) > sum(s.size_bytes for s in stored) // 4096  # many reads, no whole object
+    segments = b"".join(pieces).split(b"--b0undary")
+    assert segments[0] == b"" and segments[-1] == b"--\r\n"
+    objects = [seg.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for seg in segments[1:-1]]
+    assert [hashlib.sha256(o).hexdigest() for o in objects] == [s.sha256 for s in stored]
+
+
 def test_metadata_is_the_stored_header(live: Live) -> None:
     client = live.client()
     study = value(ct_study(live), STUDY_UID)
@@ -261,6 +279,36 @@ def test_rendered_pictures_decode_at_the_right_size(live: Live) -> None:
     ]
     assert all(PILImage.open(io.BytesIO(f)).size == (64, 64) for f in frames)
     assert frames[0] != frames[1]
+
+
+def test_frames_are_the_stored_pixel_data(live: Live, http: httpx.Client) -> None:
+    client = live.client()
+    mri = next(
+        i
+        for i in client.search_for_instances(search_filters={"Modality": "MR"})
+        if (value(i, "00280008") or 1) > 1
+    )
+    ids = (value(mri, STUDY_UID), value(mri, SERIES_UID), value(mri, SOP_UID))
+    whole = client.retrieve_instance(*ids).pixel_array
+    octets = (("application/octet-stream", "1.2.840.10008.1.2.1"),)
+    frames = client.retrieve_instance_frames(*ids, frame_numbers=[2, 7], media_types=octets)
+    assert frames == [whole[1].tobytes(), whole[6].tobytes()]
+    assert client.retrieve_instance_frames(*ids, frame_numbers=[10]) == [whole[9].tobytes()]
+    study, series, sop, _ = _instance(live, "NM")  # JPEG 2000: the codestream as stored
+    (j2k,) = client.retrieve_instance_frames(
+        study, series, sop, frame_numbers=[1], media_types=(("image/jp2", "*"),)
+    )
+    stored = client.retrieve_instance(study, series, sop)
+    assert j2k.startswith(b"\xff\x4f\xff\x51") and j2k == next(generate_frames(stored.PixelData))
+    path = f"/studies/{study}/series/{series}/instances/{sop}/frames"
+    for frames_asked, accept, status in (
+        ("1", 'multipart/related; type="application/octet-stream"', 406),
+        ("0", "*/*", 400),
+        ("2", "*/*", 400),
+        ("1,x", "*/*", 400),
+    ):
+        answer = http.get(f"{path}/{frames_asked}", headers=live.auth() | {"Accept": accept})
+        assert answer.status_code == status and answer.json()["detail"], frames_asked
 
 
 def _part(data: bytes, media: str = "application/dicom") -> bytes:

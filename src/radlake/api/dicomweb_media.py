@@ -154,13 +154,15 @@ class Part:
     media: str
 
 
-def multipart_body(store: ObjectStore, parts: Sequence[Part], boundary: str) -> Iterator[bytes]:
+def multipart_body(
+    store: ObjectStore, parts: Sequence[Part], boundary: str, chunk_size: int = CHUNK
+) -> Iterator[bytes]:
     """The parts as a multipart/related body, read from the store a chunk at a time:
-    one object in memory at most CHUNK bytes of it."""
+    of all the objects, at most chunk_size bytes are in memory at once."""
     for part in parts:
         yield f"--{boundary}\r\nContent-Type: {part.media}\r\n\r\n".encode()
-        with store.open(part.key) as handle:
-            while chunk := handle.read(CHUNK):
+        with store.open(part.key, block_size=chunk_size) as handle:
+            while chunk := handle.read(chunk_size):
                 yield chunk
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()

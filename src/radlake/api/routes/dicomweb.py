@@ -1,5 +1,6 @@
 """DICOMweb under /dicomweb (PS3.18): QIDO-RS searches here, WADO-RS retrieval in
-dicomweb_wado, STOW-RS in dicomweb_stow; one router holds the three.
+dicomweb_wado (objects, metadata, rendered) and dicomweb_frames (pixel data of
+frames), STOW-RS in dicomweb_stow; one router holds them all.
 
 Every answer comes from deid_instance and the de-identified objects (issue 13):
 never an original UID, header or byte. Viewers search and retrieve; storing needs
@@ -21,7 +22,7 @@ from radlake.api.deps import DbSession, Viewer
 from radlake.api.dicomweb_json import Json, instance_match, series_match, study_match
 from radlake.api.dicomweb_media import DICOM_JSON, PREFIX, base_url, negotiate, warning_header
 from radlake.api.dicomweb_params import Search, check_uid, parse_search
-from radlake.api.routes import dicomweb_stow, dicomweb_wado
+from radlake.api.routes import dicomweb_frames, dicomweb_stow, dicomweb_wado
 from radlake.catalog.dicomweb_queries import search_instances, search_series, search_studies
 
 JSON_TYPES = (DICOM_JSON, "application/json")
@@ -124,4 +125,5 @@ def series_instances(
 
 
 router.include_router(dicomweb_wado.router)
+router.include_router(dicomweb_frames.router)
 router.include_router(dicomweb_stow.router)

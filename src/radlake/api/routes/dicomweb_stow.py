@@ -64,11 +64,13 @@ FAULT = "the store or the catalog failed: nothing was lost, send it again"
 
 @dataclass(slots=True)
 class _Pending:
-    """A part on its way: the UIDs it was sent with and the image it became."""
+    """A part on its way: the UIDs it was sent with, and the image and de-identified
+    object it became (or why not)."""
 
     sop_class_uid: str | None
     sop_uid: str | None
     image_id: int | None = None
+    ref: DeidRef | None = None
     failure: StowItem | None = None
 
 
@@ -93,8 +95,9 @@ def _header_uids(data: bytes) -> tuple[str | None, str | None, str | None]:
 def _ingest(
     lake: Lake, caller: Caller, part: ReceivedPart, study: str | None, part_limit: int, index: int
 ) -> _Pending:
-    """Check one part and ingest it; a failure is kept in the result, never raised
-    (but IngestFault, which the caller counts against every later part)."""
+    """Check one part, ingest it and de-identify it; a failure is kept in the result,
+    never raised, but for faults of the store or the catalog (IngestFault,
+    StorageError, CatalogError), which the caller counts against every later part."""
     data = bytes(part.data)
     if part.media not in ("", DICOM):
         reason = f"a part of type {part.media[:60]}: only {DICOM} parts are stored"
@@ -136,7 +139,14 @@ def _ingest(
                 uploaded_at=received,
                 client_file_name=None,
             )
-    return _Pending(sop_class, sop, result.image_id)
+    image_id = result.image_id
+    with decode_slot():  # the pixel check decodes
+        refs, failed = ensure_deidentified(lake, [image_id])
+    ref = refs.get(image_id)
+    if ref is None:
+        reason = "catalogued, but " + failed.get(image_id, "cannot de-identify")
+        return _failed(sop_class, sop, CANNOT_UNDERSTAND, reason)
+    return _Pending(sop_class, sop, image_id, ref)
 
 
 def _failed(sop_class: str | None, sop: str | None, code: int, reason: str) -> _Pending:
@@ -150,36 +160,26 @@ def lake_part_limit(lake: Lake, app_limit: int | None = None) -> int:
 
 
 def _finish(lake: Lake, pending: list[_Pending], base: str) -> list[StowItem]:
-    """De-identify what was catalogued and say where each object is served.
+    """Each part's answer: where its de-identified object is served, or why not.
 
     Raises:
-        StorageError, CatalogError: the store or the catalog kept failing.
+        CatalogError: the catalog kept failing.
     """
-    ids = [p.image_id for p in pending if p.image_id is not None]
-    refs: dict[int, DeidRef] = {}
-    failed: dict[int, str] = {}
+    ids = [p.image_id for p in pending if p.ref is not None and p.image_id is not None]
     where: dict[int, tuple[str, str, str]] = {}
     if ids:
-        refs, failed = ensure_deidentified(lake, ids)
         with transaction(lake.engine) as session:
             where = locations(session, image_ids=ids)
-    return [_item(p, refs, failed, where, base) for p in pending]
+    return [_item(p, where, base) for p in pending]
 
 
-def _item(
-    p: _Pending,
-    refs: dict[int, DeidRef],
-    failed: dict[int, str],
-    where: dict[int, tuple[str, str, str]],
-    base: str,
-) -> StowItem:
-    if p.failure is not None or p.image_id is None:
-        return p.failure or StowItem(p.sop_class_uid, p.sop_uid, failure=CANNOT_UNDERSTAND)
-    ref, place = refs.get(p.image_id), where.get(p.image_id)
-    if ref is None or place is None:
-        reason = "catalogued, but " + failed.get(p.image_id, "cannot de-identify")
-        return StowItem(p.sop_class_uid, p.sop_uid, failure=CANNOT_UNDERSTAND, reason=reason)
-    if ref.withheld:
+def _item(p: _Pending, where: dict[int, tuple[str, str, str]], base: str) -> StowItem:
+    place = where.get(p.image_id) if p.image_id is not None else None
+    if p.failure is not None or p.ref is None or place is None:
+        return p.failure or StowItem(
+            p.sop_class_uid, p.sop_uid, failure=OUT_OF_RESOURCES, reason=FAULT
+        )
+    if p.ref.withheld:
         return StowItem(p.sop_class_uid, p.sop_uid, warning=COERCED, reason=WITHHELD)
     return StowItem(p.sop_class_uid, p.sop_uid, retrieve_url=instance_url(base, *place))
 
@@ -233,8 +233,8 @@ class _Run:
                     self.lake, self.caller, part, self.study, self.part_limit, len(self.pending) + 1
                 )
             )
-        except IngestFault:
-            LOG.error("STOW-RS: ingest fault; the parts after it are refused")
+        except (IngestFault, StorageError, CatalogError) as exc:
+            LOG.error("STOW-RS: %s; the parts after it are refused", type(exc).__name__)
             self.fault = True
             self.pending.append(_failed(None, None, OUT_OF_RESOURCES, FAULT))
 
@@ -275,8 +275,8 @@ async def _store(request: Request, caller: Caller, lake: Lake, study: str | None
     base = base_url(request)
     try:
         items = await run_in_threadpool(_finish, lake, run.pending, base)
-    except (StorageError, CatalogError):
-        LOG.error("STOW-RS: de-identification fault")
+    except CatalogError:
+        LOG.error("STOW-RS: catalog fault while answering")
         items = [
             p.failure
             or StowItem(p.sop_class_uid, p.sop_uid, failure=OUT_OF_RESOURCES, reason=FAULT)

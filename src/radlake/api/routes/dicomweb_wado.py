@@ -92,7 +92,7 @@ def path_parameters(path: str) -> dict[str, Any]:
     }
 
 
-def _served(items: list[Stored], single: bool) -> list[Stored]:
+def servable(items: list[Stored], single: bool) -> list[Stored]:
     """The objects that may be served: 404 when none exist; for one instance whose
     pixels are withheld, 403 with the reason."""
     kept = [s for s in items if s.pixels != PIXELS_WITHHELD]
@@ -112,7 +112,7 @@ def retrieve(
     found = stored_instances(
         session, study_uid=scope.study, series_uid=scope.series, sop_uid=scope.sop
     )
-    served = _served(found, single=scope.sop is not None)
+    served = servable(found, single=scope.sop is not None)
     if syntaxes is not None:
         other = sorted({s.transfer_syntax or "?" for s in served} - syntaxes)
         if other:
@@ -215,7 +215,7 @@ def _rendered(
     found = stored_instances(
         session, study_uid=scope.study, series_uid=scope.series, sop_uid=scope.sop
     )
-    (stored,) = _served(found, single=True)
+    (stored,) = servable(found, single=True)
     if not 0 <= frame < (stored.frames or 1):
         raise bad(f"frame {frame + 1}: the instance has {stored.frames or 1} frames")
     options = _render_options(request, stored, RENDER_FORMATS[media], frame)
