@@ -20,6 +20,7 @@ from radlake.cli import (
     mart_cmd,
     model_cmd,
     predict_cmd,
+    pull_cmd,
     quickstart,
     receive_cmd,
     render_cmd,
@@ -69,6 +70,7 @@ app.add_typer(warehouse_cmd.app, name="warehouse")
 app.command("sql")(warehouse_cmd.sql)
 app.add_typer(deid_cmd.app, name="deid")
 app.command("receive")(receive_cmd.receive)
+app.command("pull")(pull_cmd.pull)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
