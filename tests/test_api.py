@@ -291,6 +291,30 @@ ROUTES = {
     ("POST", "/images/{id}/feedback"): "reviewer",
     ("GET", "/images/{id}/feedback"): "viewer",
     ("GET", "/review/queue"): "reviewer",
+    # DICOMweb (issue 13): viewers search and retrieve de-identified objects, curators
+    # store (tests/test_dicomweb.py has its own matrix on real data).
+    **{
+        ("GET", "/dicomweb" + path): "viewer"
+        for path in (
+            "/studies",
+            "/series",
+            "/instances",
+            "/studies/{study}",
+            "/studies/{study}/metadata",
+            "/studies/{study}/series",
+            "/studies/{study}/instances",
+            "/studies/{study}/series/{series}",
+            "/studies/{study}/series/{series}/metadata",
+            "/studies/{study}/series/{series}/instances",
+            "/studies/{study}/series/{series}/instances/{instance}",
+            "/studies/{study}/series/{series}/instances/{instance}/metadata",
+            "/studies/{study}/series/{series}/instances/{instance}/rendered",
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered",
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}",
+        )
+    },
+    ("POST", "/dicomweb/studies"): "curator",
+    ("POST", "/dicomweb/studies/{study}"): "curator",
 }
 
 
@@ -319,6 +343,11 @@ def test_auth_matrix_every_route_every_role(api: Api) -> None:
         "version": "1",
         "split": "only",
         "prediction_id": "1",  # none exists: a 404 past the role check
+        "study": "1.2.3",  # no such de-identified study: a 404 past the role check
+        "series": "1.2.4",
+        "instance": "1.2.5",
+        "frame": "1",
+        "frame_list": "1",
     }
     checked = 0
     for method, path in sorted(registered):
@@ -333,6 +362,9 @@ def test_auth_matrix_every_route_every_role(api: Api) -> None:
                 v
                 for (m, p), v in ROUTES.items()
                 if m == method
+                and p.startswith("/dicomweb")
+                and p == path
+                or m == method
                 and p.replace("{id}", "{image_id}")
                 .replace("{series}", "{uid}")
                 .replace("{study}", "{uid}")

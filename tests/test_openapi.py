@@ -41,9 +41,16 @@ ANSWERS = {
     ("get", "/review/queue"): "ReviewQueue",
 }
 # Routes that take an upload (a 413 beyond the server's limit).
-UPLOADS = {("post", "/images"), ("post", "/predict")}
+UPLOADS = {
+    ("post", "/images"),
+    ("post", "/predict"),
+    ("post", "/dicomweb/studies"),
+    ("post", "/dicomweb/studies/{study}"),
+}
 # Routes for reviewers, curators or admins only (a viewer's token gets 403).
 PRIVILEGED = {
+    ("post", "/dicomweb/studies"),
+    ("post", "/dicomweb/studies/{study}"),
     ("post", "/predictions/{prediction_id}/feedback"),
     ("post", "/images/{image_id}/feedback"),
     ("get", "/review/queue"),
@@ -146,6 +153,11 @@ def _filled(path: str) -> str:
         "version": "1",
         "split": "s",
         "prediction_id": "1",
+        "study": "1.2.3",
+        "series": "1.2.4",
+        "instance": "1.2.5",
+        "frame": "1",
+        "frame_list": "1",
     }
     return re.sub(r"\{(\w+)\}", lambda match: values[match.group(1)], path)
 

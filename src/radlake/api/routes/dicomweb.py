@@ -28,13 +28,8 @@ from radlake.catalog.dicomweb_queries import search_instances, search_series, se
 JSON_TYPES = (DICOM_JSON, "application/json")
 MORE = "There are additional results that can be requested"  # PS3.18 8.3.4.4
 
-# Out of the OpenAPI document until tests/test_openapi.py knows these routes (their
-# path names and that STOW-RS is an upload for curators); the fuzzing of
-# tests/test_api_fuzz.py passes with them in. The protocol is PS3.18's.
-IN_SCHEMA = False
 router = APIRouter(
     prefix=PREFIX,
-    include_in_schema=IN_SCHEMA,
     tags=["dicomweb"],
     responses=schemas.errors(400, 401, 403, 404, 422)
     | {406: {"model": schemas.ErrorDetail, "description": "Accept names nothing served here"}},
