@@ -65,6 +65,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop(process: subprocess.Popen[Any]) -> None:
+    """Terminate a server process; kill it if it has not exited in 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class Orthanc:
     """A running Orthanc: its REST URL, DICOM port and AE title."""
@@ -92,10 +102,14 @@ class Orthanc:
 
 @contextmanager
 def orthanc(
-    modalities: dict[str, tuple[str, str, int]], *, dicomweb: bool = True
+    modalities: dict[str, tuple[str, str, int]],
+    *,
+    dicomweb: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Orthanc]:
     """A fresh Orthanc (temporary index and storage) knowing `modalities` (name ->
-    (AE title, host, port)). Only start it inside a private network namespace."""
+    (AE title, host, port)), `env` added to its environment. Only start it inside a
+    private network namespace (benchmarks/receive.py uses it too)."""
     work = Path(tempfile.mkdtemp(prefix="radlake-orthanc-"))
     dicom_port, http_port = free_port(), free_port()
     config: dict[str, Any] = {
@@ -118,7 +132,10 @@ def orthanc(
     (work / "orthanc.json").write_text(json.dumps(config, indent=2))
     log = (work / "orthanc.log").open("wb")
     process = subprocess.Popen(
-        [ORTHANC, str(work / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
+        [ORTHANC, str(work / "orthanc.json")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ | (env or {}),
     )
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -137,12 +154,7 @@ def orthanc(
             time.sleep(0.1)
         yield Orthanc(url, dicom_port, http_port, process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 
