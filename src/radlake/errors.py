@@ -21,7 +21,8 @@ Modules add their own leaves (each also a ValueError): SourceFormatError
 (sources.csvfile), SplitSpecError and SplitInputError (curation.splits),
 AgreementError (curation.agreement), DatasetError (curation.versions), FormatError
 (formats.model), TokenError (auth), ZipNameError (api.zipstream), InputPathError
-(pipelines.discover, a FileNotFoundError).
+(pipelines.discover, a FileNotFoundError), TextDetectorUnavailable
+(imaging.burned_in_detector, an ImportError).
 
 Messages say what was expected and what was received; they never carry patient
 data (names, IDs, dates), so they are safe for logs, the CLI and HTTP answers.

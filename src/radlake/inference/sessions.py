@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions, cached per process (the only module importing onnxruntime).
+"""ONNX Runtime sessions of registered models, cached per process (onnxruntime is
+imported only here and by imaging/burned_in_detector.py, the text detector).
 
 A session is built once per model file (keyed by its sha256) and shared by every
 thread of the process: InferenceSession.run is thread-safe, and building one costs
