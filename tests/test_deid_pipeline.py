@@ -212,3 +212,57 @@ def test_cli_ingest_deidentifies_when_the_setting_asks(tmp_path: Path) -> None:
     assert result["catalogued"] == 2 and result["deidentified"]["written"] == 2
     plain = run_radlake(home, "ingest", str(inputs), "--json")  # the setting off: no deid
     assert "deidentified" not in json.loads(plain.stdout)
+
+
+def test_burned_in_ultrasound_is_blanked_and_that_is_all_a_viewer_gets(
+    lake: Lake, tmp_path: Path
+) -> None:
+    """A real ultrasound with a name and dates burned into its pixels (deid-data): the
+    de-identified object has them blanked and says so; a viewer's picture, download
+    and DICOMweb retrieval all come from it."""
+    deid_data = pytest.importorskip("deid_data.data", reason="deid-data is not installed")
+    from fastapi.testclient import TestClient
+
+    from radlake.api.app import create_app
+    from radlake.auth import Role, create_token
+
+    source = Path(deid_data.data_base) / "ultrasounds" / "RGB_IMAGE.dcm"
+    (tmp_path / "in").mkdir()
+    shutil.copy(source, tmp_path / "in" / "us.dcm")
+    ingest(
+        [tmp_path / "in"],
+        engine=lake.engine,
+        store=lake.store,
+        pseudonymizer=lake.pseudonymizer,
+        executor=SerialExecutor(),
+    )
+    (image_id,) = _ids(lake)
+    summary = deidentify_images(lake, [image_id])
+    assert (summary.written, summary.blanked, summary.withheld) == (1, 1, 0)
+    with session_factory(lake.engine)() as session:
+        row = session.scalars(select(DeidInstance)).one()
+    assert row.pixels == "blanked" and row.text_regions >= 2
+    ds = pydicom.dcmread(io.BytesIO(lake.store.get_bytes(row.key)))
+    codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    assert "113101" in codes and ds.BurnedInAnnotation == "NO" and check(ds) == []
+    original = pydicom.dcmread(source).pixel_array
+    assert (ds.pixel_array[:30] != original[:30]).any()  # the header band changed
+    assert (ds.pixel_array[:30] == 0).mean() > (original[:30] == 0).mean()
+
+    with transaction(lake.engine) as session:
+        token = create_token(session, name="v", role=Role.VIEWER)
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(lake)) as client:
+        picture = client.get(f"/images/{image_id}/render", headers=headers)
+        assert picture.status_code == 200
+        assert picture.content == lake.store.get_bytes(
+            f"derived/{row.key.split('/')[1]}/deidentified.png"
+        )
+        download = client.get(f"/images/{image_id}/dicom", headers=headers)
+        assert download.status_code == 200 and download.content == lake.store.get_bytes(row.key)
+        wado = client.get(
+            f"/dicomweb/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}",
+            headers=headers | {"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert wado.status_code == 200 and lake.store.get_bytes(row.key) in wado.content
+        assert client.get(f"/images/{image_id}/original", headers=headers).status_code == 403
