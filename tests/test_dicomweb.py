@@ -533,3 +533,55 @@ def test_hostile_retrievals_get_a_reason(live: Live, http: httpx.Client) -> None
         assert answer.json()["detail"], path
     capped = http.get("/instances", params={"limit": "5000"}, headers=live.auth())
     assert capped.status_code == 200 and "maximum" in capped.headers["warning"]
+
+
+def test_a_web_viewer_on_another_origin_browses_as_ohif_does(live: Live) -> None:
+    """OHIF's calls, from another origin: CORS preflight on /dicomweb only (for the
+    origins the setting names), then its study list, series list, series metadata and
+    a frame, each with the bearer token it is configured with."""
+    viewer_origin = "http://viewer.example:3000"
+    app = create_app(live.lake, cors_origins=[viewer_origin])
+    with serve(app) as url, httpx.Client(base_url=url, timeout=120) as browser:
+        asked = {
+            "Origin": viewer_origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        }
+        preflight = browser.options("/dicomweb/studies", headers=asked)
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == viewer_origin
+        assert "access-control-allow-credentials" not in preflight.headers
+        stranger = browser.options("/dicomweb/studies", headers=asked | {"Origin": "http://evil"})
+        assert "access-control-allow-origin" not in stranger.headers
+        elsewhere = browser.options("/images", headers=asked)
+        assert "access-control-allow-origin" not in elsewhere.headers  # DICOMweb only
+
+        headers = live.auth("viewer") | {"Origin": viewer_origin, "Accept": DICOM_JSON}
+        studies = browser.get(
+            "/dicomweb/studies",
+            params={
+                "limit": "101",
+                "offset": "0",
+                "fuzzymatching": "false",
+                "includefield": "00081030,00080060",
+            },
+            headers=headers,
+        )
+        assert studies.status_code == 200, studies.text
+        assert studies.headers["access-control-allow-origin"] == viewer_origin
+        study = value(studies.json()[0], STUDY_UID)
+        series = browser.get(f"/dicomweb/studies/{study}/series", headers=headers).json()
+        series_uid = value(series[0], SERIES_UID)
+        metadata = browser.get(
+            f"/dicomweb/studies/{study}/series/{series_uid}/metadata", headers=headers
+        ).json()
+        assert metadata and value(metadata[0], SOP_UID)
+        sop = value(metadata[0], SOP_UID)
+        frame = browser.get(
+            f"/dicomweb/studies/{study}/series/{series_uid}/instances/{sop}/frames/1",
+            headers=headers
+            | {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
+        )
+        assert frame.status_code == 200, frame.text
+        assert frame.headers["content-type"].startswith("multipart/related")
+        assert not {value(item, "00100020") for item in metadata} & originals()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     deid_retain_dates: bool = False  # Retain Longitudinal Temporal Information (shifted)
     deid_retain_patient_characteristics: bool = False
     deid_clean_descriptors: bool = False
+    # Origins of web viewers (OHIF, say) allowed to call /dicomweb from the browser:
+    # a JSON list, e.g. RADLAKE_DICOMWEB_CORS_ORIGINS='["http://localhost:3000"]'.
+    dicomweb_cors_origins: list[str] = Field(default_factory=list)
     # Web security (issue 8). A web sign-in lasts this long unless signed out first.
     web_session_hours: float = Field(default=12.0, gt=0, le=720)
     # `radlake serve`: a request's headers, and its body's first part, must arrive within

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from radlake import __version__
 from radlake.api import errors, schemas, web, web_dashboard, web_predict, web_review
+from radlake.api.cors import DicomwebCORS
 from radlake.api.deps import Viewer
 from radlake.api.routes import (
     catalog,
@@ -76,9 +77,10 @@ def create_app(
     *,
     upload_limit: int = DEFAULT_UPLOAD_LIMIT,
     web_session_lifetime: timedelta | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
-    """The API over lake (default: the lake and web session lifetime RADLAKE_* settings
-    describe)."""
+    """The API over lake (default: the lake, web session lifetime and DICOMweb CORS
+    origins RADLAKE_* settings describe)."""
     # The schema needs a token like every route; /docs and /redoc are off because
     # FastAPI's pages load their scripts from a CDN (nothing is fetched from outside).
     served = lake is None  # the factory `radlake serve` and uvicorn --factory call
@@ -95,10 +97,13 @@ def create_app(
         settings = load_settings()
         lake = open_lake(settings)
         web_session_lifetime = web_session_lifetime or settings.web_session_lifetime()
+        cors_origins = cors_origins or settings.dicomweb_cors_origins
     app.state.lake = lake
     app.state.web_session_lifetime = web_session_lifetime or DEFAULT_LIFETIME
     app.state.upload_limit = upload_limit
     errors.install(app)
+    if cors_origins:
+        app.add_middleware(DicomwebCORS, origins=tuple(cors_origins))
 
     @app.get("/health", tags=["operations"], response_model=schemas.Health)
     def health() -> dict[str, Any]:
