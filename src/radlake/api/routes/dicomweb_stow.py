@@ -37,6 +37,7 @@ from radlake.api.dicomweb_params import check_uid
 from radlake.api.dicomweb_parts import BodyError, PartReader, ReceivedPart, boundary_of
 from radlake.api.routes.images import upload_key
 from radlake.api.schemas import ErrorDetail
+from radlake.api.upload_ingest import ingest_upload
 from radlake.catalog.db import transaction
 from radlake.catalog.deid_instances import DeidRef
 from radlake.catalog.dicomweb_queries import locations
@@ -47,7 +48,7 @@ from radlake.imaging.dicom_dataset import quiet
 from radlake.imaging.sniff import SNIFF_BYTES, sniff_format
 from radlake.lake import Lake
 from radlake.pipelines.deidentify import ensure_deidentified
-from radlake.pipelines.ingest import IngestFault, ingest_bytes
+from radlake.pipelines.ingest import IngestFault
 
 LOG = logging.getLogger(__name__)
 router = APIRouter()
@@ -114,18 +115,7 @@ def _ingest(
     received = datetime.now(UTC)
     # Not the SOP Instance UID as sent: viewers see a source key's last component.
     key = upload_key(caller.name, received, f"stow-part-{index}.dcm")
-    with decode_slot():
-        result = ingest_bytes(
-            data,
-            engine=lake.engine,
-            store=lake.store,
-            pseudonymizer=lake.pseudonymizer,
-            source="dicomweb",
-            source_kind="upload",
-            source_key=key,
-            limits=lake.limits,
-            keep_rejected=False,
-        )
+    result = ingest_upload(lake, data, source="dicomweb", key=key)
     if isinstance(result.outcome, RejectedInput):
         return _failed(sop_class, sop, CANNOT_UNDERSTAND, result.outcome.reason)
     if result.outcome.metadata.format is not ImageFormat.DICOM or result.image_id is None:

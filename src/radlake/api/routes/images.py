@@ -20,6 +20,7 @@ from radlake.api.privacy import (
     withheld,
 )
 from radlake.api.serialize import image_full, image_listing, label_item
+from radlake.api.upload_ingest import ingest_upload
 from radlake.catalog.db import transaction
 from radlake.catalog.image_reads import (
     TOTAL_CAP,
@@ -33,7 +34,6 @@ from radlake.catalog.uploads import record_upload
 from radlake.domain import ImageFormat, Plane, RejectedInput
 from radlake.imaging.render import PREVIEW_SIZE
 from radlake.pipelines.deidentify import deidentify_images
-from radlake.pipelines.ingest import ingest_bytes
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages, check_size
 
 router = APIRouter(tags=["images"], responses=schemas.errors(401, 422))
@@ -219,18 +219,7 @@ def upload(
     data = _read_upload(file, limit)
     received = datetime.now(UTC)
     key = upload_key(caller.name, received, file.filename)
-    with decode_slot():
-        result = ingest_bytes(
-            data,
-            engine=lake.engine,
-            store=lake.store,
-            pseudonymizer=lake.pseudonymizer,
-            source="upload",
-            source_kind="upload",
-            source_key=key,
-            limits=lake.limits,
-            keep_rejected=False,
-        )
+    result = ingest_upload(lake, data, source="upload", key=key)
     outcome, image_id = result.outcome, result.image_id
     if isinstance(outcome, RejectedInput):
         raise HTTPException(422, detail=outcome.reason)
