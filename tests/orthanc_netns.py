@@ -14,7 +14,8 @@ A plan (JSON on stdin):
      "catalogs": {"a": null, "b": "postgresql+psycopg://..."},  # name -> URL or SQLite
      "steps": [{"radlake": ["pull", ...], "home": "a"},    # `radlake` as a user runs it
                {"catalogued": "a"},                      # SOP Instance UIDs catalogued
-               {"upload": [paths]}]}                     # more files into Orthanc
+               {"upload": [paths]},                      # more files into Orthanc
+               {"anonymize": [paths], "body": {...}}]}   # /instances/{id}/anonymize
 
 `{ORTHANC_DICOM}` and `{ORTHANC_HTTP}` in a step's arguments become Orthanc's ports,
 `{DEAD_PORT}` a port nothing listens on.
@@ -22,6 +23,7 @@ A plan (JSON on stdin):
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -98,6 +100,17 @@ class Orthanc:
                 answer.raise_for_status()
                 ids.append(str(answer.json()["ID"]))
         return ids
+
+    def anonymize(self, paths: Sequence[Path], body: dict[str, Any]) -> list[str]:
+        """Upload each file, POST /instances/{id}/anonymize with `body`; the
+        anonymized files, base64-encoded (Orthanc answers one DICOM file each)."""
+        out = []
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            for instance in self.upload(paths):
+                answer = http.post(f"/instances/{instance}/anonymize", json=body)
+                answer.raise_for_status()
+                out.append(base64.b64encode(answer.content).decode())
+        return out
 
 
 @contextmanager
@@ -236,7 +249,10 @@ def run_plan(plan: dict[str, Any]) -> dict[str, Any]:
             }
             results: list[dict[str, Any]] = []
             for step in plan["steps"]:
-                if "upload" in step:
+                if "anonymize" in step:
+                    paths = [Path(p) for p in step["anonymize"]]
+                    results.append({"files": server.anonymize(paths, step["body"])})
+                elif "upload" in step:
                     results.append({"ids": server.upload([Path(p) for p in step["upload"]])})
                 elif "radlake" in step:
                     home = homes / step["home"]
