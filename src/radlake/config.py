@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     deid_retain_dates: bool = False  # Retain Longitudinal Temporal Information (shifted)
     deid_retain_patient_characteristics: bool = False
     deid_clean_descriptors: bool = False
+    # `radlake pull --dicomweb`: a bearer token for a secured server (another radlake's
+    # /dicomweb, say); from the environment, never a command-line argument (ps shows those).
+    pull_dicomweb_token: SecretStr | None = None
     # Origins of web viewers (OHIF, say) allowed to call /dicomweb from the browser:
     # a JSON list, e.g. RADLAKE_DICOMWEB_CORS_ORIGINS='["http://localhost:3000"]'.
     dicomweb_cors_origins: list[str] = Field(default_factory=list)

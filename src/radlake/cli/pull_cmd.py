@@ -87,7 +87,8 @@ def pull(
         title = _ae_title(ae, "--ae")
     except (QueryError, PeerAddressError, ConfigError) as exc:
         raise _usage_error(f"--query: {exc}" if isinstance(exc, QueryError) else str(exc)) from None
-    lake = open_lake(load_settings())
+    settings = load_settings()
+    lake = open_lake(settings)
     _log_warnings_to_stderr()
     with phase_reporter("querying", not as_json) as progress:
         if peer is not None:
@@ -111,6 +112,11 @@ def pull(
                 source=source or "dicomweb",
                 workers=workers,
                 progress=progress,
+                token=(
+                    settings.pull_dicomweb_token.get_secret_value()
+                    if settings.pull_dicomweb_token
+                    else None
+                ),
             )
     if as_json:
         print_json(summary.as_dict())

@@ -49,15 +49,19 @@ def _where(url: str) -> str:
 class DicomwebSource:
     """A DICOMweb server: searches, and instance retrieval as the stored bytes."""
 
-    def __init__(self, url: str, *, timeout: float = HTTP_TIMEOUT_S) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = HTTP_TIMEOUT_S, token: str | None = None
+    ) -> None:
+        """token: sent as `Authorization: Bearer` (a secured server: radlake's own)."""
         self.url, self.timeout = url.rstrip("/"), timeout
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._local = threading.local()
 
     def _client(self) -> DICOMwebClient:
         # One client (one requests.Session) per thread: sessions are not thread-safe.
         client: DICOMwebClient | None = getattr(self._local, "client", None)
         if client is None:
-            client = DICOMwebClient(self.url, timeout=self.timeout)
+            client = DICOMwebClient(self.url, timeout=self.timeout, headers=self.headers)
             self._local.client = client
         return client
 
@@ -168,8 +172,11 @@ def pull_dicomweb(
     source: str = "dicomweb",
     workers: int = DEFAULT_WORKERS,
     progress: Phase | None = None,
+    token: str | None = None,
 ) -> PullSummary:
     """Pull what `query` matches on the DICOMweb server at `url` and the catalog lacks.
+
+    token: a bearer token for the server (RADLAKE_PULL_DICOMWEB_TOKEN).
 
     Raises:
         PullError: the server cannot be reached or fails a search.
@@ -177,7 +184,7 @@ def pull_dicomweb(
     """
     started = time.perf_counter()
     report: Phase = progress or (lambda phase, done, total: None)
-    server = DicomwebSource(url)
+    server = DicomwebSource(url, token=token)
     studies, series = server.instances(query, report)
     plan = plan_pull(lake.engine, studies, series)
     wanted = [i for item in plan.work for i in item.instances]
