@@ -66,7 +66,7 @@ from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import VersionRequest, create_version, members
 from radlake.errors import CatalogError
 from radlake.imaging.deid import Pseudonymizer
-from radlake.lake import init_lake
+from radlake.lake import Lake, init_lake
 from radlake.pipelines.backup import (
     BackupError,
     backup_catalog,
@@ -76,6 +76,7 @@ from radlake.pipelines.backup import (
     restore_catalog,
 )
 from radlake.pipelines.backup.retention import INCOMPLETE_MIN_AGE
+from radlake.pipelines.deidentify import deidentify_images
 from radlake.pipelines.executor import SerialExecutor
 from radlake.pipelines.ingest import ingest
 from radlake.pipelines.source_load import load_source
@@ -162,6 +163,10 @@ def build_lake(engine: Engine, store: ObjectStore, folder: Path) -> Built:
     ingest(
         [dicom], engine=engine, store=store, pseudonymizer=pseudonymizer, executor=SerialExecutor()
     )
+    with session_factory(engine)() as session:
+        dicom_ids = list(session.scalars(select(Image.id)))
+    # deid_instance rows (their JSON header as well): the real pipeline's objects.
+    assert deidentify_images(Lake(engine, store, pseudonymizer), dicom_ids).written
     write_vinbigdata(folder / "vin", 9)
     load_source(
         read_vinbigdata(folder / "vin"),
