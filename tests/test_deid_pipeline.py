@@ -266,3 +266,45 @@ def test_burned_in_ultrasound_is_blanked_and_that_is_all_a_viewer_gets(
         )
         assert wado.status_code == 200 and lake.store.get_bytes(row.key) in wado.content
         assert client.get(f"/images/{image_id}/original", headers=headers).status_code == 403
+
+
+def test_file_meta_and_bare_datasets(lake: Lake, tmp_path: Path) -> None:
+    """Group 0002 is rebuilt (its AE titles and Private Information can name a site or
+    a patient, and Table E.1-1 has no rows for them); a bare dataset without preamble or
+    meta, catalogued as DICOM, is de-identified into a proper Part 10 file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.file_meta.SourceApplicationEntityTitle = "ZQSRCAE"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"ZQPRIVATE Patient John Smith 19440101"
+    ds.save_as(folder / "meta.dcm")
+    assert {f.path for f in check(pydicom.dcmread(folder / "meta.dcm"))} >= {
+        "SourceApplicationEntityTitle",
+        "PrivateInformation",
+    }
+    bare = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    del bare.file_meta
+    bare.preamble = None
+    bare.save_as(folder / "bare.dcm", enforce_file_format=False, implicit_vr=True)
+    assert (folder / "bare.dcm").read_bytes()[128:132] != b"DICM"
+    ingest(
+        [folder],
+        engine=lake.engine,
+        store=lake.store,
+        pseudonymizer=lake.pseudonymizer,
+        executor=SerialExecutor(),
+    )
+    ids = _ids(lake)
+    assert len(ids) == 2
+    summary = deidentify_images(lake, ids)
+    assert summary.written == 2 and not summary.failed
+    with session_factory(lake.engine)() as session:
+        rows = list(session.scalars(select(DeidInstance)))
+    for row in rows:
+        data = lake.store.get_bytes(row.key)
+        assert data[128:132] == b"DICM" and b"ZQ" not in data
+        out = pydicom.dcmread(io.BytesIO(data))
+        assert check(out) == []
+        assert {elem.tag.element for elem in out.file_meta} <= {0, 1, 2, 3, 0x10, 0x12, 0x13}
+        assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID == row.sop_uid

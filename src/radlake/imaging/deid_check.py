@@ -34,6 +34,9 @@ from radlake.imaging.deid_profile import DUMMY_BY_VR, UID_ROOT, DeidOptions, res
 from radlake.imaging.deid_table import ProfileRow, ProfileTable, load_table
 from radlake.imaging.dicom_dataset import quiet
 
+# File meta elements (0002,eeee) a Part 10 file needs: group length, version, SOP class
+# and instance, transfer syntax, implementation class and version.
+_NEEDED_FILE_META = frozenset({0x0000, 0x0001, 0x0002, 0x0003, 0x0010, 0x0012, 0x0013})
 # radlake writes the patient's keyed pseudonym (imaging/deid.py) into these.
 PSEUDONYM_KEYWORDS = frozenset({"PatientID", "PatientName"})
 _PSEUDONYM = re.compile(f"[0-9a-f]{{{PSEUDONYM_HEX_CHARS}}}")
@@ -128,6 +131,16 @@ class _Checker:
         else:
             self._add(path, elem, row.basic_profile, "present with a value")
 
+    def file_meta(self, meta: Dataset) -> None:
+        """Group 0002 beyond what a file needs (Table E.1-1 has no rows for it): the
+        Source/Sending/Receiving AE titles and Private Information can name a site or
+        a patient."""
+        for elem in meta:
+            if elem.tag.element not in _NEEDED_FILE_META and _values(elem):
+                self._add(
+                    elem.keyword or str(elem.tag), elem, "X", "file meta beyond what a file needs"
+                )
+
     def sequence(self, path: str, elem: DataElement) -> None:
         for index, item in enumerate(elem.value):
             self.dataset(item, f"{path}[{index}].")
@@ -154,6 +167,7 @@ def check(ds: Dataset) -> list[Finding]:
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
             checker.dataset(meta)
+            checker.file_meta(meta)
         checker.dataset(ds)
         if str(ds.get("PatientIdentityRemoved", "") or "").upper() != "YES":
             checker.findings.append(

@@ -42,10 +42,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
+from radlake import __version__
 from radlake.imaging.deid_table import ProfileRow, ProfileTable, load_table
 from radlake.imaging.dicom_dataset import quiet
 
@@ -287,6 +294,28 @@ class _Deidentifier:
                 self.apply(ds, elem, row, resolve_action(row, self.options)[0])
 
 
+def _clean_file_meta(meta: Dataset | None, ds: Dataset, run: _Deidentifier) -> FileMetaDataset:
+    """A new file meta group: the SOP class, the remapped instance UID, the transfer
+    syntax and radlake's own implementation. Nothing else is carried over: Table E.1-1
+    has no rows for group 0002, yet its Source/Sending/Receiving AE titles and Private
+    Information (0002,0016-0018, 0100-0102) can name a site or a patient."""
+    new = FileMetaDataset()
+    old = meta if meta is not None else Dataset()
+    sop_class = old.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID")
+    if sop_class:
+        new.MediaStorageSOPClassUID = sop_class
+    instance = old.get("MediaStorageSOPInstanceUID") or ds.get("SOPInstanceUID")
+    if instance:
+        new.MediaStorageSOPInstanceUID = UID(run.uid(str(instance)))
+    implicit, _little = ds.original_encoding
+    # A bare dataset (no preamble, no meta) keeps the encoding pydicom read it in.
+    bare = ImplicitVRLittleEndian if implicit is not False else ExplicitVRLittleEndian
+    new.TransferSyntaxUID = old.get("TransferSyntaxUID") or bare
+    new.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    new.ImplementationVersionName = f"RADLAKE_{__version__}"[:16]
+    return new
+
+
 def _mark(ds: Dataset, options: DeidOptions) -> None:
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = ["radlake: DICOM PS3.15 E.1-1 (2026d)"] + [
@@ -322,9 +351,7 @@ def deidentify(ds: Dataset, *, secret: bytes, options: DeidOptions | None = None
         shift = date_shift_days(patient_id, secret)
         run = _Deidentifier(load_table(), secret, options, shift)
         run.dataset(out)
-        meta = getattr(out, "file_meta", None)
-        if meta is not None and meta.get("MediaStorageSOPInstanceUID"):
-            meta.MediaStorageSOPInstanceUID = run.uid(str(meta.MediaStorageSOPInstanceUID))
+        out.file_meta = _clean_file_meta(getattr(out, "file_meta", None), out, run)
         _mark(out, options)
     return DeidResult(
         dataset=out,

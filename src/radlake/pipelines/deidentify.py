@@ -143,7 +143,8 @@ class Deidentifier:
             ImageError: the bytes are not DICOM.
         """
         try:
-            original = dcmread(io.BytesIO(data), force=False)
+            # force: a bare dataset (no preamble) was sniffed and catalogued as DICOM.
+            original = dcmread(io.BytesIO(data), force=True)
         except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
             raise ImageError(f"not a readable DICOM object ({type(exc).__name__})") from exc
         patient = str(original.get("PatientID", "") or "")
