@@ -40,6 +40,7 @@ from radlake.storage.store import open_store
 from tests.conftest import SECRET, pydicom_file, run_radlake, shared
 
 HITACHI = ("dicom_dicom2nifti_hitachi_mr_only",)
+RLE = "1.2.840.10008.1.2.5"
 
 
 def _inputs(folder: Path) -> Path:
@@ -137,6 +138,8 @@ def test_cli_run_and_export_give_a_clean_folder(catalog_url: str, tmp_path: Path
     home = tmp_path / "home"
     assert run_radlake(home, "init").returncode == 0
     inputs = _inputs(tmp_path / "in")
+    # MR_small in a second transfer syntax: one SOP Instance UID, two objects.
+    shutil.copy(pydicom_file("MR_small_RLE.dcm"), inputs / "MR_small_RLE.dcm")
     assert run_radlake(home, "ingest", str(inputs)).returncode == 0
     ran = run_radlake(home, "deid", "run", "--json")
     assert ran.returncode == 0, ran.stderr
@@ -163,12 +166,18 @@ def test_cli_run_and_export_give_a_clean_folder(catalog_url: str, tmp_path: Path
     assert all(path.relative_to(out).parts[:3] == ("mr", "v1", "all") for path in files)
     assert all(part.startswith("2.25.") for path in files for part in path.parts[-3:-1])
     assert check_path(out).clean
+    twins = [path for path in files if pydicom.dcmread(path).file_meta.TransferSyntaxUID == RLE]
+    assert len(twins) == 1
+    sop = str(pydicom.dcmread(twins[0]).SOPInstanceUID)
+    assert len([path for path in files if path.stem.split("_")[0] == sop]) == 2
     verdict = run_radlake(home, "deid", "check", str(out))
     assert verdict.returncode == 0 and "clean" in verdict.stdout
     again = run_radlake(home, "deid", "export", "mr", "--to", str(out), "--json")
     assert json.loads(again.stdout)["copied"] == 0
     missing = run_radlake(home, "deid", "export", "nope", "--to", str(out))
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    no_split = run_radlake(home, "deid", "export", "mr", "--split", "nosuch", "--to", str(out))
+    assert no_split.returncode != 0 and "no split 'nosuch'" in no_split.stderr
 
 
 def test_receiver_deidentifies_on_receipt_when_asked(lake: Lake) -> None:

@@ -212,7 +212,7 @@ def search_series(session: Session, *, match: QidoMatch, limit: int, offset: int
 
 def _instance_order() -> tuple[Any, ...]:
     # NULL sorts first on some backends and last on others: coalesce makes them agree.
-    return (D.study_uid, D.series_uid, func.coalesce(D.instance_number, 0), D.sop_uid)
+    return (D.study_uid, D.series_uid, func.coalesce(D.instance_number, 0), D.sop_uid, D.id)
 
 
 def search_instances(

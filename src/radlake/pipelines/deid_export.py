@@ -19,7 +19,7 @@ from sqlalchemy import select
 from radlake.catalog.db import batches, session_factory
 from radlake.catalog.deid_models import PIXELS_WITHHELD, DeidInstance
 from radlake.catalog.models import Image
-from radlake.curation.versions import get_version, members
+from radlake.curation.versions import DatasetError, get_version, members
 from radlake.domain import ImageFormat
 from radlake.errors import ObjectNotFound
 from radlake.lake import Lake
@@ -83,7 +83,13 @@ def export_deidentified(
         assignment = members(session, chosen.id)
         number = chosen.version
     if split is not None:
+        splits = sorted(set(assignment.values()))
         assignment = {i: s for i, s in assignment.items() if s == split}
+        if not assignment:
+            raise DatasetError(
+                f"version {number} of {dataset!r} has no split {split[:60]!r} "
+                f"(its splits: {', '.join(splits) or 'none'})"
+            )
     summary = DeidExportSummary(dataset=dataset, version=number)
     ids = sorted(assignment)
     with session_factory(lake.engine)() as session:
@@ -106,12 +112,19 @@ def export_deidentified(
             ).scalars()
         ]
     prefix = f"{dataset}/v{number}"
-    for done, row in enumerate(rows, 1):
+    # One SOP Instance UID may name two objects (one instance in two transfer syntaxes):
+    # every one after the first gets its image id in its name, never overwriting.
+    seen: set[tuple[str, str]] = set()
+    for done, row in enumerate(sorted(rows, key=lambda r: r.image_id), 1):
         if row.pixels == PIXELS_WITHHELD:
             summary.withheld += 1
         else:
-            name = f"{prefix}/{assignment[row.image_id]}/{row.study_uid}/{row.series_uid}"
-            _copy(lake.store, destination, row.key, f"{name}/{row.sop_uid}.dcm", summary, row)
+            split = assignment[row.image_id]
+            name = f"{prefix}/{split}/{row.study_uid}/{row.series_uid}/{row.sop_uid}"
+            if (split, row.sop_uid) in seen:
+                name += f"_{row.image_id}"
+            seen.add((split, row.sop_uid))
+            _copy(lake.store, destination, row.key, f"{name}.dcm", summary, row)
         if progress is not None:
             progress(done, len(rows))
     summary.seconds = time.perf_counter() - started

@@ -116,7 +116,9 @@ def frames(
     found = stored_instances(
         session, study_uid=scope.study, series_uid=scope.series, sop_uid=scope.sop
     )
-    (stored,) = servable(found, single=True)
+    # One SOP Instance UID may name two objects (one instance in two transfer
+    # syntaxes): the first in instance order answers.
+    stored = servable(found, single=True)[0]
     syntax = stored.transfer_syntax or ""
     media = _part_media(syntax, request.headers.get("accept"))
     pieces = _frames(lake.store.get_bytes(stored.key), numbers)

@@ -215,7 +215,9 @@ def _rendered(
     found = stored_instances(
         session, study_uid=scope.study, series_uid=scope.series, sop_uid=scope.sop
     )
-    (stored,) = servable(found, single=True)
+    # One SOP Instance UID may name two objects (one instance in two transfer
+    # syntaxes): the first in instance order answers.
+    stored = servable(found, single=True)[0]
     if not 0 <= frame < (stored.frames or 1):
         raise bad(f"frame {frame + 1}: the instance has {stored.frames or 1} frames")
     options = _render_options(request, stored, RENDER_FORMATS[media], frame)
