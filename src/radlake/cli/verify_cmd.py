@@ -9,6 +9,7 @@ import typer
 from radlake.cli.ingest_cmd import phase_reporter
 from radlake.cli.output import console, print_json, whole_number
 from radlake.lake import load_settings, open_lake
+from radlake.pipelines.deidentify import deidentify_images
 from radlake.pipelines.verify import verify_lake
 
 FINDINGS_SHOWN = 10
@@ -54,6 +55,7 @@ def verify(
             seed=sample_seed,
             progress=report_progress,
             max_decoded_bytes=lake.limits.max_decoded_bytes,
+            remake_deidentified=lambda ids: deidentify_images(lake, ids, redo=True).failed,
         )
     if as_json:
         print_json(report.as_dict())

@@ -42,7 +42,7 @@ from radlake.catalog.deid_models import (
 from radlake.catalog.models import Image, Rendition
 from radlake.catalog.upsert import insert_missing
 from radlake.domain import ImageFormat
-from radlake.errors import ImageError
+from radlake.errors import ImageError, ObjectNotFound
 from radlake.imaging.deid_header import header_json, instance_fields, mark_clean_pixels
 from radlake.imaging.deid_profile import DeidOptions, deidentify
 from radlake.imaging.formats import reader_for
@@ -319,6 +319,26 @@ def ensure_deidentified(
         return refs, {}
     summary = deidentify_images(lake, missing)
     return run_transaction(lake.engine, read, retry_seconds=retry), summary.failed
+
+
+def read_object(lake: Lake, ref: DeidRef) -> tuple[DeidRef, bytes] | None:
+    """The bytes of a de-identified object, made again first when the store lost it or
+    holds other bytes than its row records (None when it cannot be made again).
+
+    Raises:
+        StorageError, CatalogError: as deidentify_images.
+    """
+    try:
+        data = lake.store.get_bytes(ref.key)
+        if len(data) == ref.size_bytes and _sha256(data) == ref.sha256:
+            return ref, data
+    except ObjectNotFound:
+        pass
+    log.warning("image %d: de-identified object lost or changed: made again", ref.image_id)
+    deidentify_images(lake, [ref.image_id], redo=True)
+    refs, _failed = ensure_deidentified(lake, [ref.image_id])
+    again = refs.get(ref.image_id)
+    return None if again is None else (again, lake.store.get_bytes(again.key))
 
 
 def _one(lake: Lake, worker: Deidentifier, row: Row[Any], summary: DeidSummary) -> _Made | None:

@@ -33,7 +33,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -66,10 +66,12 @@ ORPHAN_PREFIXES = ("raw", "derived", "quarantine")
 REINGEST_HINT = "ingest the original again"
 
 Progress = Callable[[str, int, int | None], None]
+Remake = Callable[[Sequence[int]], Mapping[int, str]]
+"""Makes de-identified objects of these images again; the reasons of those it could not."""
 """Called with (phase, done, total or None when unknown) as work completes."""
 
 Kind = Literal["missing", "corrupt", "orphan", "recent_orphan", "pointing_nowhere"]
-Target = Literal["original", "rendition", "object", "quarantine"]
+Target = Literal["original", "rendition", "object", "quarantine", "deidentified"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,8 +584,12 @@ def verify_lake(
     progress: Progress | None = None,
     now: float | None = None,
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    remake_deidentified: Remake | None = None,
 ) -> VerifyReport:
     """Check the lake's store against its catalog, repairing what can be with repair.
+
+    remake_deidentified: makes de-identified objects again (repair only; the CLI passes
+    the lake's de-identification).
 
     sample re-hashes N originals chosen with random.Random(seed) instead of all (sizes
     are always checked); now is the time orphans' ages are measured from (default:
@@ -614,6 +620,15 @@ def verify_lake(
     status, error = "failed", None
     try:
         verifier.check_images(sample, seed, progress)
+        from radlake.pipelines.verify_deid import check_deid_objects
+
+        check_deid_objects(
+            engine,
+            store,
+            report=verifier._report,
+            remake=remake_deidentified if repair else None,
+            progress=progress,
+        )
         verifier.check_quarantine(progress)
         verifier.find_orphans(progress)
         status = "succeeded"

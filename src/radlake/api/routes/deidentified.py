@@ -15,7 +15,7 @@ from radlake.api.deps import DbSession, LakeDep, Viewer
 from radlake.api.routes.images import CACHE_CONTROL, ImageId
 from radlake.catalog.image_reads import pixel_columns
 from radlake.domain import ImageFormat
-from radlake.pipelines.deidentify import ensure_deidentified
+from radlake.pipelines.deidentify import ensure_deidentified, read_object
 
 router = APIRouter(tags=["images"], responses=schemas.errors(401, 422))
 WITHHELD_REASON = (
@@ -47,6 +47,10 @@ def deidentified_object(
         raise HTTPException(422, detail=f"image {image_id}: {reason}")
     if ref.withheld:
         raise HTTPException(403, detail=f"image {image_id}: {WITHHELD_REASON}")
+    found = read_object(lake, ref)  # made again if the store lost or changed it
+    if found is None:
+        raise HTTPException(422, detail=f"image {image_id}: cannot de-identify")
+    ref, data = found
     headers = {
         "Content-Disposition": f'attachment; filename="{ref.sop_uid}.dcm"',
         "ETag": f'"{ref.sha256}"',
@@ -54,6 +58,5 @@ def deidentified_object(
     }
     if none_match(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    data = lake.store.get_bytes(ref.key)
     audit.record(lake, caller, "download.deidentified", f"image/{image_id}", bytes=len(data))
     return Response(data, media_type="application/dicom", headers=headers)
