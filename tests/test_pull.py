@@ -113,6 +113,9 @@ def pulled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     plan = Plan()
     _pulls(plan, "move", "move", _move(), matching[:2])
     _pulls(plan, "web", "web", [*_web(QUERY), "--json"], matching[:2])
+    # A wildcard reaches Orthanc as `*`, not `%2A` (which it takes literally).
+    plan.add("wild-init", radlake=["init"], home="wild")
+    plan.add("wild", radlake=[*_web(f"{QUERY} PatientID=*"), "--json"], home="wild")
     plan.add("get-init", radlake=["init"], home="get")
     plan.add("get", radlake=_move(QUERY, "--via", "get"), home="get")
     plan.add("get-uids", catalogued="get")
@@ -151,6 +154,12 @@ def test_a_pull_fetches_what_the_query_matches_then_nothing(
     again = _summary(results[f"{kind}-again"])
     assert (again["found"], again["skipped"], again["requested"]) == (12, 12, 0)
     assert again["job_id"] is None  # nothing to fetch: no job, no association for moves
+
+
+@needs_orthanc
+def test_a_dicomweb_wildcard_matches_on_orthanc(pulled: dict[str, Any]) -> None:
+    wild = _summary(pulled["results"]["wild"])
+    assert (wild["found"], wild["catalogued"]) == (12, 12)
 
 
 @needs_orthanc

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -46,6 +46,23 @@ def _where(url: str) -> str:
     return urlsplit(url).hostname or "server"
 
 
+class _QidoClient(DICOMwebClient):
+    """dicomweb-client with QIDO-RS wildcards sent as they are: it percent-encodes `*`
+    and `?` in query strings, which RFC 3986 allows unencoded and Orthanc 1.10 then
+    takes literally (PatientID=ZQ%2A matched nothing where ZQ* matched)."""
+
+    def _http_get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        if params:
+            url = f"{url}?{urlencode(params, doseq=True, safe='*?,')}"
+        return super()._http_get(url, params=None, headers=headers, stream=stream)
+
+
 class DicomwebSource:
     """A DICOMweb server: searches, and instance retrieval as the stored bytes."""
 
@@ -61,7 +78,7 @@ class DicomwebSource:
         # One client (one requests.Session) per thread: sessions are not thread-safe.
         client: DICOMwebClient | None = getattr(self._local, "client", None)
         if client is None:
-            client = DICOMwebClient(self.url, timeout=self.timeout, headers=self.headers)
+            client = _QidoClient(self.url, timeout=self.timeout, headers=self.headers)
             self._local.client = client
         return client
 
