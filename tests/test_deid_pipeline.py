@@ -31,6 +31,7 @@ from radlake.curation.splits import SplitSpec
 from radlake.curation.versions import VersionRequest, create_version
 from radlake.imaging.deid import Pseudonymizer
 from radlake.imaging.deid_check import check, check_path
+from radlake.imaging.deid_profile import DeidOptions
 from radlake.lake import Lake
 from radlake.network.receiver import Receiver
 from radlake.pipelines.deidentify import DeidPolicy, deidentify_images
@@ -112,7 +113,10 @@ def test_every_dicom_image_gets_a_clean_consistent_object(lake_on: Lake) -> None
         assert "7FE00010" not in row.header and row.header["00080018"]["Value"] == [row.sop_uid]
 
     again = deidentify_images(lake, ids)
-    assert (again.written, again.skipped) == (0, len(ids))
+    assert (again.written, again.skipped, again.stale) == (0, len(ids), 0)
+    dates = DeidPolicy(options=DeidOptions(retain_longitudinal_modified_dates=True))
+    changed = deidentify_images(lake, ids, policy=dates)  # options changed, no redo
+    assert (changed.written, changed.stale) == (0, len(ids)) and "--redo" in changed.line()
     redo = deidentify_images(lake, ids, redo=True)
     assert redo.written == len(ids)
     with session_factory(lake.engine)() as session:

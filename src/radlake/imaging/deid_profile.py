@@ -316,11 +316,14 @@ def _clean_file_meta(meta: Dataset | None, ds: Dataset, run: _Deidentifier) -> F
     return new
 
 
+def method_values(options: DeidOptions) -> list[str]:
+    """De-identification Method (0012,0063) as radlake writes it for these options."""
+    return ["radlake: DICOM PS3.15 E.1-1 (2026d)"] + [meaning for _, meaning in options.codes()]
+
+
 def _mark(ds: Dataset, options: DeidOptions) -> None:
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = ["radlake: DICOM PS3.15 E.1-1 (2026d)"] + [
-        meaning for _, meaning in options.codes()
-    ]
+    ds.DeidentificationMethod = method_values(options)
     items = []
     for value, meaning in options.codes():
         item = Dataset()

@@ -44,7 +44,7 @@ from radlake.catalog.upsert import insert_missing
 from radlake.domain import ImageFormat
 from radlake.errors import ImageError, ObjectNotFound
 from radlake.imaging.deid_header import header_json, instance_fields, mark_clean_pixels
-from radlake.imaging.deid_profile import DeidOptions, deidentify
+from radlake.imaging.deid_profile import DeidOptions, deidentify, method_values
 from radlake.imaging.formats import reader_for
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.storage.keys import derived_key
@@ -81,6 +81,7 @@ class DeidSummary:
     skipped: int = 0
     blanked: int = 0
     withheld: int = 0
+    stale: int = 0  # skipped ones made under other options than the lake's now
     failed: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -93,6 +94,10 @@ class DeidSummary:
             f"{self.images} DICOM images: {self.written} de-identified, {self.skipped} already "
             f"were, {self.blanked} with burned-in text blanked, {self.withheld} withheld, "
             f"{len(self.failed)} failed in {self.seconds:.1f} s ({self.files_per_second:.1f}/s)"
+        ) + (
+            f"; {self.stale} were made under other options (--redo makes them again)"
+            if self.stale
+            else ""
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -102,6 +107,7 @@ class DeidSummary:
             "skipped": self.skipped,
             "blanked": self.blanked,
             "withheld": self.withheld,
+            "stale": self.stale,
             "failed": {str(k): v for k, v in self.failed.items()},
             "seconds": round(self.seconds, 3),
         }
@@ -179,7 +185,10 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _todo(session: Session, image_ids: Sequence[int], redo: bool) -> tuple[list[Row[Any]], int]:
+def _todo(
+    session: Session, image_ids: Sequence[int], redo: bool
+) -> tuple[list[Row[Any]], dict[int, str]]:
+    """The images to de-identify, and the method recorded for each one done before."""
     rows: list[Row[Any]] = []
     for chunk in batches(sorted(set(image_ids))):
         rows.extend(
@@ -190,14 +199,15 @@ def _todo(session: Session, image_ids: Sequence[int], redo: bool) -> tuple[list[
             ).all()
         )
     if redo:
-        return rows, 0
-    done: set[int] = set()
+        return rows, {}
+    done: dict[int, str] = {}
     for chunk in batches([row.id for row in rows]):
+        query = select(DeidInstance.image_id, DeidInstance.method)
         done.update(
-            session.scalars(select(DeidInstance.image_id).where(DeidInstance.image_id.in_(chunk)))
+            (i, m) for i, m in session.execute(query.where(DeidInstance.image_id.in_(chunk)))
         )
     todo = [row for row in rows if row.id not in done]
-    return todo, len(rows) - len(todo)
+    return todo, done
 
 
 def _record(session: Session, *, made: Sequence[_Made], redo: bool) -> None:
@@ -243,10 +253,14 @@ def deidentify_images(
         max_decoded_bytes=lake.limits.max_decoded_bytes,
     )
     retry = lake.limits.retry_seconds
-    rows, skipped = run_transaction(
+    rows, before = run_transaction(
         lake.engine, lambda session: _todo(session, image_ids, redo), retry_seconds=retry
     )
-    summary = DeidSummary(images=len(rows) + skipped, skipped=skipped)
+    # Objects made under other options are kept until asked (--redo): counted, so the
+    # summary says so rather than passing them off as current.
+    current = "; ".join(method_values(policy.options))
+    stale = sum(1 for method in before.values() if not method.startswith(current))
+    summary = DeidSummary(images=len(rows) + len(before), skipped=len(before), stale=stale)
     done = 0
     for chunk in _chunks(rows, _BATCH):
         made: list[_Made] = []
