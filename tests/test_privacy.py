@@ -141,6 +141,8 @@ def test_originals_are_for_admins_and_everyone_gets_deidentified_objects(api: Ap
         for name in members:
             ds = pydicom.dcmread(io.BytesIO(archive.read(name)))
             assert ds.PatientIdentityRemoved == "YES" and check(ds) == []
+        header = archive.read("metadata.csv").decode().splitlines()[0].split(",")
+        assert "source_key" not in header and "sha256" not in header  # no way back
     actions = {
         event["action"] for event in api.client.get("/audit", headers=api.auth("admin")).json()
     }

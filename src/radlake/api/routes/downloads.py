@@ -107,31 +107,36 @@ def _file_name(row: Row[Any], content: Content, fmt: str, stand_in: str | None) 
 
 
 def _metadata_csv(
-    lake: Lake, rows: Sequence[Row[Any]], names: Sequence[str], role: Role
+    lake: Lake, rows: Sequence[Row[Any]], names: Sequence[str], role: Role, content: Content
 ) -> Callable[[], bytes]:
+    # A zip of de-identified objects carries nothing that leads back to the originals:
+    # no source key (archives name files after patients), no original's sha256.
+    linked = content != "dicom"
+    fields = [f for f in CSV_FIELDS if linked or f not in ("source_key", "sha256")]
+
     def read() -> bytes:
         ids = [row.id for row in rows]
         with session_factory(lake.engine)() as session:
             findings, boxes = label_tallies(session, image_ids=ids)
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_FIELDS)
+        writer = csv.DictWriter(buffer, fields, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
         for row, name in zip(rows, names, strict=True):
             writer.writerow(
-                (
-                    row.id,
-                    name,
-                    shown_key(row.source_key, role),
-                    row.sha256,
-                    row.format,
-                    row.modality or "",
-                    row.view_position or "",
-                    row.manufacturer or "",
-                    row.rows,
-                    row.columns,
-                    "|".join(sorted(findings.get(row.id, ()))),
-                    boxes.get(row.id, 0),
-                )
+                {
+                    "id": row.id,
+                    "file": name,
+                    "source_key": shown_key(row.source_key, role),
+                    "sha256": row.sha256,
+                    "format": row.format,
+                    "modality": row.modality or "",
+                    "view": row.view_position or "",
+                    "manufacturer": row.manufacturer or "",
+                    "rows": row.rows,
+                    "columns": row.columns,
+                    "findings": "|".join(sorted(findings.get(row.id, ()))),
+                    "boxes": boxes.get(row.id, 0),
+                }
             )
         return buffer.getvalue().encode()
 
@@ -221,7 +226,7 @@ def _zip(
         )
         for row, name in zip(rows, names, strict=True)
     ]
-    entries.append(ZipEntry("metadata.csv", _metadata_csv(lake, rows, names, caller.role)))
+    entries.append(ZipEntry("metadata.csv", _metadata_csv(lake, rows, names, caller.role, content)))
     audit.record(lake, caller, "download.zip", target, images=len(rows), content=content)
     # The first chunk is made before the status line: a store that is down is a 503
     # fault here, not a 200 whose body breaks off (and a traceback in the log).
