@@ -48,3 +48,9 @@ def test_check_refuses_a_path_that_is_not_a_folder_in_one_line(tmp_path: Path) -
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "expected a folder" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_check_takes_one_file(tmp_path: Path) -> None:
+    original = run_radlake(tmp_path / "home", "deid", "check", str(pydicom_file("CT_small.dcm")))
+    assert original.returncode == 1 and "1 DICOM files checked" in original.stdout
+    assert "PatientName" in original.stdout

@@ -81,6 +81,7 @@ def test_a_research_lake_pulls_de_identified_objects_with_a_token(tmp_path: Path
         refused = _pull(research, base, None, "--query", "Modality=CT")
         assert refused.returncode == 1 and "Traceback" not in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "RADLAKE_PULL_DICOMWEB_TOKEN" in refused.stderr
         wrong = _pull(research, base, "rl_" + "x" * 43, "--query", "Modality=CT")
         assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
 

@@ -213,13 +213,17 @@ def test_every_backend_two_senders_at_once_and_a_poison_instance(
     assert row.reason.startswith("undecodable transfer syntax")
 
 
-def test_allow_list_resend_and_association_limit(lake: Lake) -> None:
+def test_allow_list_resend_and_association_limit(
+    lake: Lake, caplog: pytest.LogCaptureFixture
+) -> None:
     receiver = Receiver(lake, port=0, allow=["GOOD"], max_associations=2, batch_seconds=0.2)
     receiver.start()
     try:
         files = [_file(name) for name in GOOD[:2]]
-        stranger = _associate(_scu(*files, title="STRANGER"), receiver)
+        with caplog.at_level(logging.WARNING, logger="radlake.network"):
+            stranger = _associate(_scu(*files, title="STRANGER"), receiver)
         assert stranger.is_rejected
+        assert "refused an association from STRANGER" in caplog.text  # the operator sees it
 
         assert [int(s.Status) for s in _send(receiver, files, "GOOD")] == [0, 0]
         assert [int(s.Status) for s in _send(receiver, files, "GOOD")] == [0, 0]  # present

@@ -105,14 +105,18 @@ def export(
 
 @app.command("check")
 def check(
-    path: Annotated[Path, typer.Argument(help="A folder of DICOM files (searched recursively).")],
+    path: Annotated[
+        Path, typer.Argument(help="A DICOM file, or a folder of them (searched recursively).")
+    ],
     as_json: JsonOption = False,
 ) -> None:
     """Every attribute left that the Basic Profile would not keep as it is (private
     tags, identifying values, UIDs not remapped, an unmarked object); values are never
     printed. Exit status 1 when anything is found, 0 when the folder is clean."""
-    if not path.is_dir():
-        err_console.print(f"error: expected a folder of DICOM files, got {str(path)[:200]!r}")
+    if not (path.is_dir() or path.is_file()):
+        err_console.print(
+            f"error: expected a folder of DICOM files or a file, got {str(path)[:200]!r}"
+        )
         raise typer.Exit(EXIT_USAGE)
     report = check_path(path)
     found = sum(len(items) for items in report.findings.values())

@@ -182,18 +182,22 @@ def check(ds: Dataset) -> list[Finding]:
 
 
 def check_path(folder: str | os.PathLike[str]) -> CheckReport:
-    """``check`` every DICOM file under ``folder`` (headers only); files that are not
-    DICOM, or cannot be parsed, are counted as skipped.
+    """``check`` every DICOM file under ``folder`` (or that one file; headers only);
+    files that are not DICOM, or cannot be parsed, are counted as skipped.
 
     Raises:
-        NotADirectoryError: ``folder`` is not a directory.
+        NotADirectoryError: ``folder`` is neither a folder nor a file.
     """
     root = Path(folder)
-    if not root.is_dir():
-        raise NotADirectoryError(f"expected a folder to check; got {root.name!r}")
+    if root.is_file():
+        paths, root = [root], root.parent
+    elif root.is_dir():
+        paths = sorted(p for p in root.rglob("*") if p.is_file())
+    else:
+        raise NotADirectoryError(f"expected a folder or a file to check; got {root.name!r}")
     checked = skipped = 0
     findings: dict[str, tuple[Finding, ...]] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in paths:
         try:
             with quiet():
                 ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)

@@ -93,8 +93,11 @@ class DicomwebSource:
             return answer
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else "?"
+            hint = (
+                " (a secured server: set RADLAKE_PULL_DICOMWEB_TOKEN)" if code in (401, 403) else ""
+            )
             raise PullError(
-                f"the DICOMweb server at {_where(self.url)} answered {code} to {what}"
+                f"the DICOMweb server at {_where(self.url)} answered {code} to {what}{hint}"
             ) from None
         except requests.RequestException as exc:
             reason = type(exc).__name__

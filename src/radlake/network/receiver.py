@@ -128,6 +128,12 @@ def _set_nodelay(event: Event) -> None:
         wrapper.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _log_rejected(event: Event) -> None:
+    # A caller not in --allow (or over the association limit) is refused by pynetdicom
+    # before any handler runs: say so, or an operator sees nothing of it.
+    LOG.warning("refused an association from %s", event.assoc.requestor.ae_title)
+
+
 def _status(code: int, comment: str | None = None) -> Dataset:
     status = Dataset()
     status.Status = code
@@ -221,6 +227,7 @@ class Receiver:
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_REJECTED, _log_rejected),
         ]
         try:
             self._server = ae.start_server(
@@ -251,6 +258,8 @@ class Receiver:
             digests, self._new = self._new, []
         if not digests:
             return
+        if self._stopping.is_set():
+            LOG.info("de-identifying the last %d instances received", len(digests))
         try:
             summary = deidentify_digests(self.lake, digests)
         except (StorageError, CatalogError) as exc:
