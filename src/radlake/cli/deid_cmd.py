@@ -18,8 +18,8 @@ from radlake.cli.output import console, err_console, print_json
 from radlake.curation.filters import ImageFilter
 from radlake.imaging.deid_check import check_path
 from radlake.lake import load_settings, open_lake, open_store_at, store_url_for
-from radlake.pipelines.deid_export import export_deidentified
-from radlake.pipelines.deidentify import deidentify_images
+from radlake.pipelines.deid_export import DeidExportSummary, export_deidentified
+from radlake.pipelines.deidentify import DeidSummary, deidentify_images
 from radlake.pipelines.mart import parse_target
 from radlake.pipelines.predict import select_image_ids
 
@@ -28,6 +28,18 @@ FINDINGS_SHOWN = 50
 EXIT_FOUND = 1
 EXIT_USAGE = 2
 FAILED_SHOWN = 10
+
+
+def _report(summary: DeidSummary | DeidExportSummary, as_json: bool) -> None:
+    """The summary (its JSON with --json) and the images that failed; exit 1 if any."""
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        console.print(summary.line(), highlight=False)
+        for image_id, reason in sorted(summary.failed.items())[:FAILED_SHOWN]:
+            err_console.print(f"  image {image_id}: {reason}", markup=False, highlight=False)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command("run")
@@ -57,14 +69,7 @@ def run(
     )
     with progress_reporter("de-identifying", not as_json) as report:
         summary = deidentify_images(lake, image_ids, redo=redo, progress=report)
-    if as_json:
-        print_json(summary.as_dict())
-    else:
-        console.print(summary.line(), highlight=False)
-        for image_id, reason in sorted(summary.failed.items())[:FAILED_SHOWN]:
-            err_console.print(f"  image {image_id}: {reason}", markup=False, highlight=False)
-    if summary.failed:
-        raise typer.Exit(1)
+    _report(summary, as_json)
 
 
 @app.command("export")
@@ -93,14 +98,7 @@ def export(
             split=split,
             progress=report,
         )
-    if as_json:
-        print_json(summary.as_dict())
-    else:
-        console.print(summary.line(), highlight=False)
-        for image_id, reason in sorted(summary.failed.items())[:FAILED_SHOWN]:
-            err_console.print(f"  image {image_id}: {reason}", markup=False, highlight=False)
-    if summary.failed:
-        raise typer.Exit(1)
+    _report(summary, as_json)
 
 
 @app.command("check")
