@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from sqlalchemy import Engine, select
@@ -360,3 +361,51 @@ def test_lost_or_changed_objects_are_found_and_made_again(lake_on: Lake) -> None
     )
     assert [(f.image_id, f.repaired) for f in repaired.findings] == [(ids[1], True)]
     assert verify_lake(engine=lake.engine, store=lake.store).sound
+
+
+def test_exports_take_burned_in_pixels_from_the_de_identified_object(
+    lake: Lake, tmp_path: Path
+) -> None:
+    """A YOLO export of a version holding a real ultrasound with burned-in text: refused
+    (with the command to run) until it is de-identified, then its picture is the object
+    with the text blanked, not the original."""
+    deid_data = pytest.importorskip("deid_data.data", reason="deid-data is not installed")
+    from PIL import Image as PILImage
+
+    from radlake.curation.versions import DatasetError
+    from radlake.formats.sink import FolderSink
+    from radlake.pipelines.export import export_version
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(Path(deid_data.data_base) / "ultrasounds" / "RGB_IMAGE.dcm", tmp_path / "in")
+    shutil.copy(pydicom_file("CT_small.dcm"), tmp_path / "in")
+    ingest(
+        [tmp_path / "in"],
+        engine=lake.engine,
+        store=lake.store,
+        pseudonymizer=lake.pseudonymizer,
+        executor=SerialExecutor(),
+    )
+    with transaction(lake.engine) as session:
+        create_version(
+            session,
+            VersionRequest(dataset="us", selection=ImageFilter(), spec=SplitSpec.parse("all=1")),
+        )
+
+    def export(out: Path) -> None:
+        export_version(
+            engine=lake.engine, store=lake.store, dataset="us", version=None, fmt="yolo",
+            sink=FolderSink(out), location=str(out), size=None,
+        )  # fmt: skip
+
+    with pytest.raises(DatasetError, match="radlake deid run --dataset us"):
+        export(tmp_path / "before")
+    assert deidentify_images(lake, _ids(lake)).blanked == 1
+    export(tmp_path / "after")
+    (picture,) = (tmp_path / "after").rglob("RGB_IMAGE*.png")
+    with PILImage.open(picture) as opened:
+        exported = np.asarray(opened.convert("RGB"))
+    original = pydicom.dcmread(Path(deid_data.data_base) / "ultrasounds" / "RGB_IMAGE.dcm")
+    band = original.pixel_array[:30]
+    assert (band > 40).mean() > 0.01  # the original's header band has bright text
+    assert (exported[:30] > 40).mean() < (band > 40).mean() / 4  # blanked in the export

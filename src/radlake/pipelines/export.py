@@ -17,10 +17,11 @@ from PIL import Image as PILImage
 from sqlalchemy import Engine, Row, select
 
 from radlake.catalog.db import batches, session_factory, transaction
+from radlake.catalog.deid_instances import deid_refs
 from radlake.catalog.models import Export, Image
 from radlake.catalog.queries import patient_pseudonyms
 from radlake.curation.versions import DatasetError, get_version, members, version_findings
-from radlake.domain import Finding
+from radlake.domain import Finding, ImageFormat
 from radlake.formats.classification import export_classification, export_imagefolder
 from radlake.formats.coco import export_coco
 from radlake.formats.manifest import canonical_json
@@ -28,6 +29,7 @@ from radlake.formats.model import ExportImage, ExportSummary, safe_stem
 from radlake.formats.sink import Sink
 from radlake.formats.yolo import export_yolo
 from radlake.imaging.budget import DEFAULT_MAX_DECODED_BYTES
+from radlake.pipelines.deidentify import text_prone
 from radlake.pipelines.stored_images import RenderOptions, StoredImage, StoredImages
 from radlake.storage.store import ObjectStore
 
@@ -126,6 +128,45 @@ def classification_classes(
     return [*class_names, *sorted(present - set(class_names))]
 
 
+def _pixel_sources(
+    engine: Engine, images: Sequence[Row[Any]], dataset: str
+) -> dict[int, StoredImage]:
+    """What each image's pixels are exported from: the original, or for a DICOM image
+    whose pixels may show burned-in text, its de-identified object (text blanked).
+
+    Raises:
+        DatasetError: such an image has no de-identified object yet, or its pixels were
+            withheld (text that could not be blanked).
+    """
+    prone = [
+        i.id
+        for i in images
+        if i.format == ImageFormat.DICOM.value and text_prone(i.modality, i.attributes)
+    ]
+    with session_factory(engine)() as session:
+        refs = deid_refs(session, image_ids=prone)
+    missing = [i for i in prone if i not in refs]
+    withheld = [i for i in prone if i in refs and refs[i].withheld]
+    if missing or withheld:
+        problem = (
+            f"images {_ids(missing)} may show burned-in text and are not de-identified yet: "
+            f"run `radlake deid run --dataset {dataset}` first"
+            if missing
+            else f"images {_ids(withheld)} show burned-in text that could not be blanked: "
+            "leave them out of the version"
+        )
+        raise DatasetError(problem)
+    sources = {image.id: StoredImage.of(image) for image in images}
+    for image_id, ref in refs.items():
+        sources[image_id] = StoredImage(sources[image_id].sha256, ImageFormat.DICOM, ref.key)
+    return sources
+
+
+def _ids(image_ids: Sequence[int]) -> str:
+    more = f" and {len(image_ids) - 10} more" if len(image_ids) > 10 else ""
+    return ", ".join(str(i) for i in image_ids[:10]) + more
+
+
 def export_version(
     *,
     engine: Engine,
@@ -179,7 +220,6 @@ def export_version(
         class_names = classification_classes(class_names, findings)
     asked = attribute_values(images, attributes) if fmt == "classification" else {}
     stems = _stems(sorted(images, key=lambda i: i.id))
-    by_id = {image.id: image for image in images}
     exports = [
         ExportImage(
             image_id=image.id,
@@ -203,9 +243,10 @@ def export_version(
     stored = StoredImages(store, max_decoded_bytes=max_decoded_bytes)
     # The stored rows x columns, the frame the boxes are in; writers resize exactly.
     options = RenderOptions(size=None, true_aspect=False)
+    sources = {} if labels_only else _pixel_sources(engine, images, dataset)
 
     def load(item: ExportImage) -> PILImage.Image:
-        return stored.render(StoredImage.of(by_id[item.image_id]), options).image
+        return stored.render(sources[item.image_id], options).image
 
     metadata = {"dataset": dataset, "version": number, "format": fmt, "size": size, "mode": mode}
     render = None if labels_only else load
