@@ -365,8 +365,14 @@ def test_check_path_counts_files(tmp_path: Path) -> None:
     assert (report.checked, report.skipped) == (2, 1)
     assert list(report.findings) == ["original.dcm"]
     assert not report.clean
+    one = check_path(tmp_path / "original.dcm")  # one file is checked on its own
+    assert (one.checked, one.skipped, list(one.findings)) == (1, 0, ["original.dcm"])
+    assert (
+        check_path(tmp_path / "notes.txt").skipped,
+        check_path(tmp_path / "notes.txt").checked,
+    ) == (1, 0)
     with pytest.raises(NotADirectoryError):
-        check_path(tmp_path / "notes.txt")
+        check_path(tmp_path / "nothing")
 
 
 def test_check_path_on_the_heudiconv_folder() -> None:
