@@ -302,6 +302,8 @@ def test_file_meta_and_bare_datasets(lake: Lake, tmp_path: Path) -> None:
     bare.preamble = None
     bare.save_as(folder / "bare.dcm", enforce_file_format=False, implicit_vr=True)
     assert (folder / "bare.dcm").read_bytes()[128:132] != b"DICM"
+    # A real secondary capture with no Study, Series or SOP Instance UID at all.
+    shutil.copy(pydicom_file("SC_rgb_jls_lossy_line.dcm"), folder / "no_uids.dcm")
     ingest(
         [folder],
         engine=lake.engine,
@@ -310,9 +312,9 @@ def test_file_meta_and_bare_datasets(lake: Lake, tmp_path: Path) -> None:
         executor=SerialExecutor(),
     )
     ids = _ids(lake)
-    assert len(ids) == 2
+    assert len(ids) == 3
     summary = deidentify_images(lake, ids)
-    assert summary.written == 2 and not summary.failed
+    assert summary.written == 3 and not summary.failed
     with session_factory(lake.engine)() as session:
         rows = list(session.scalars(select(DeidInstance)))
     for row in rows:
@@ -322,6 +324,7 @@ def test_file_meta_and_bare_datasets(lake: Lake, tmp_path: Path) -> None:
         assert check(out) == []
         assert {elem.tag.element for elem in out.file_meta} <= {0, 1, 2, 3, 0x10, 0x12, 0x13}
         assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID == row.sop_uid
+        assert row.study_uid.startswith("2.25.") and row.series_uid.startswith("2.25.")
 
 
 def test_lost_or_changed_objects_are_found_and_made_again(lake_on: Lake) -> None:

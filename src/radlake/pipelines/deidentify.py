@@ -44,7 +44,8 @@ from radlake.catalog.upsert import insert_missing
 from radlake.domain import ImageFormat
 from radlake.errors import ImageError, ObjectNotFound
 from radlake.imaging.deid_header import header_json, instance_fields, mark_clean_pixels
-from radlake.imaging.deid_profile import DeidOptions, deidentify, method_values
+from radlake.imaging.deid_profile import DeidOptions, deidentify, method_values, remap_uid
+from radlake.imaging.dicom_dataset import quiet
 from radlake.imaging.formats import reader_for
 from radlake.imaging.render import PREVIEW_SIZE, render
 from radlake.storage.keys import derived_key
@@ -150,7 +151,8 @@ class Deidentifier:
         """
         try:
             # force: a bare dataset (no preamble) was sniffed and catalogued as DICOM.
-            original = dcmread(io.BytesIO(data), force=True)
+            with quiet():  # pydicom's warnings on odd encodings, not the user's business
+                original = dcmread(io.BytesIO(data), force=True)
         except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
             raise ImageError(f"not a readable DICOM object ({type(exc).__name__})") from exc
         patient = str(original.get("PatientID", "") or "")
@@ -160,6 +162,7 @@ class Deidentifier:
         alias = self.pseudonym(patient) if patient else ""
         ds.PatientID = alias
         ds.PatientName = alias
+        _complete_uids(ds, hashlib.sha256(data).hexdigest(), self.secret)
         if not check_pixels or "PixelData" not in ds:
             return ds, PIXELS_UNCHECKED, 0
         from radlake.imaging.burned_in import check_and_blank
@@ -176,6 +179,19 @@ class Deidentifier:
         )
         picture = render(pixels, size=PREVIEW_SIZE)
         return picture.encode("png"), picture.image.width, picture.image.height
+
+
+def _complete_uids(ds: Dataset, sha256: str, secret: bytes) -> None:
+    """Study, series and SOP Instance UIDs for an object that lacks them (a secondary
+    capture written by hand, say): keyed on the original's bytes, so the same object
+    gets the same ones every time, and DICOMweb can address it."""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if not str(ds.get(keyword, "") or "").strip():
+            setattr(ds, keyword, remap_uid(f"radlake:{keyword}:{sha256}", secret))
+    if not ds.file_meta.get("MediaStorageSOPInstanceUID"):
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if not ds.file_meta.get("MediaStorageSOPClassUID") and ds.get("SOPClassUID"):
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
 
 
 def encode(ds: Dataset) -> bytes:
@@ -367,6 +383,7 @@ def _one(lake: Lake, worker: Deidentifier, row: Row[Any], summary: DeidSummary) 
         preview = None
         if pixels != PIXELS_WITHHELD and prone:
             preview = worker.preview(encoded)
+        fields, header = instance_fields(ds), header_json(ds)
     except (ImageError, ValueError, TypeError, AttributeError, KeyError) as exc:
         # One image's trouble is its own: counted with the reason, the run goes on.
         reason = str(exc)[:200] if isinstance(exc, ImageError) else type(exc).__name__
@@ -377,12 +394,12 @@ def _one(lake: Lake, worker: Deidentifier, row: Row[Any], summary: DeidSummary) 
     lake.store.put_bytes(key, encoded)
     summary.blanked += pixels == PIXELS_BLANKED
     summary.withheld += pixels == PIXELS_WITHHELD
-    instance = instance_fields(ds) | {
+    instance = fields | {
         "image_id": image_id,
         "key": key,
         "sha256": _sha256(encoded),
         "size_bytes": len(encoded),
-        "header": header_json(ds),
+        "header": header,
         "pixels": pixels,
         "text_regions": regions,
         "method": "; ".join(str(v) for v in ds.get("DeidentificationMethod", []))[:200],
