@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RADLAKE_HOME ?= $(CURDIR)/radlake-data
 export RADLAKE_HOME
 
-.PHONY: demo test lint typecheck pytest bench clean chromium dcmtk orthanc
+.PHONY: demo test lint typecheck pytest bench clean chromium dcmtk orthanc ohif
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 demo: $(BIN)/.installed
 	$(BIN)/radlake quickstart
 
-test: $(BIN)/.installed chromium dcmtk orthanc lint typecheck pytest
+test: $(BIN)/.installed chromium dcmtk orthanc ohif lint typecheck pytest
 
 # Debian's Chromium for the browser test (that test skips, saying why, if it is absent).
 chromium:
@@ -36,6 +36,22 @@ orthanc:
 		|| { apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; } \
 		|| echo "orthanc could not be installed: the PACS pull tests will be skipped"
 
+# The OHIF Viewer's prebuilt v2 app from the npm registry (checked against its pinned
+# sha512), browsed against radlake's /dicomweb in the OHIF test (it skips, saying why,
+# if this could not be fetched).
+OHIF_VERSION := 4.12.51
+OHIF_SHA512 := b2eb102a9aa4c2c1309f16ff620bdc2f14470bc6f820840d4ce77f5d850b6817d289399de3dc8a3fa178ba929e3b220a18b0e7ed3dbfcf5e31de5f66e83355cd
+OHIF_DIR := .ohif
+ohif:
+	@test -s $(OHIF_DIR)/dist/index.umd.js || { \
+		{ command -v npm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }; } \
+		&& rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR) \
+		&& npm pack --silent --pack-destination $(OHIF_DIR) @ohif/viewer@$(OHIF_VERSION) >/dev/null \
+		&& echo "$(OHIF_SHA512)  $(OHIF_DIR)/ohif-viewer-$(OHIF_VERSION).tgz" | sha512sum -c --quiet \
+		&& tar -xzf $(OHIF_DIR)/ohif-viewer-$(OHIF_VERSION).tgz -C $(OHIF_DIR) --strip-components=1 package/dist \
+		&& rm $(OHIF_DIR)/ohif-viewer-$(OHIF_VERSION).tgz; \
+	} || { rm -rf $(OHIF_DIR); echo "OHIF could not be fetched: the OHIF viewer test will be skipped"; }
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -50,4 +66,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/ingest.py
 
 clean:
-	rm -rf $(VENV) radlake-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OHIF_DIR) radlake-data .pytest_cache .mypy_cache .ruff_cache

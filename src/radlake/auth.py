@@ -58,7 +58,8 @@ def create_token(session: Session, *, name: str, role: Role) -> str:
         TokenError: a token with this name exists.
     """
     if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
-        raise TokenError(f"a token named {name!r} exists: revoke it or choose another name")
+        # Names stay taken once revoked, so the audit trail names one token each.
+        raise TokenError(f"a token named {name!r} exists (revoked or not): choose another name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(name=name, role=role.name.lower(), token_hash=hash_token(token)))
     session.add(

@@ -19,6 +19,7 @@ from radlake.cli import (
     labels_cmd,
     mart_cmd,
     model_cmd,
+    ohif_cmd,
     predict_cmd,
     pull_cmd,
     quickstart,
@@ -71,6 +72,7 @@ app.command("sql")(warehouse_cmd.sql)
 app.add_typer(deid_cmd.app, name="deid")
 app.command("receive")(receive_cmd.receive)
 app.command("pull")(pull_cmd.pull)
+app.command("ohif-config")(ohif_cmd.ohif_config)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

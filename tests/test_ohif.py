@@ -1,0 +1,250 @@
+"""The OHIF Viewer (v2, the prebuilt app `make test` fetches into .ohif/) browsing and
+retrieving from radlake's /dicomweb in headless Chromium, configured by the file
+`radlake ohif-config` writes: its study list shows the lake's de-identified studies,
+opening one retrieves series metadata and frames with the token and draws the image.
+Also the command itself: the token it makes, the file it writes, and its refusals."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from radlake.api.app import create_app
+from radlake.api.ohif_config import dicomweb_root, ohif_app_config
+from radlake.auth import Role, create_token, revoke_token
+from radlake.catalog.db import make_engine, session_factory, transaction, upgrade
+from radlake.catalog.deid_models import DeidInstance
+from radlake.catalog.models import ApiToken
+from radlake.config import Settings
+from radlake.errors import ConfigError
+from radlake.lake import Lake, open_lake
+from tests.conftest import run_radlake as radlake
+from tests.test_api_live import serve
+from tests.test_dicomweb import originals
+from tests.test_dicomweb_backends import build_deid_lake
+from tests.test_web import CHROMIUM, Chromium, chromium
+
+OHIF_DIST = Path(__file__).resolve().parents[1] / ".ohif" / "dist"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_root_is_the_dicomweb_under_radlakes_base_url() -> None:
+    assert dicomweb_root("http://127.0.0.1:8000") == "http://127.0.0.1:8000/dicomweb"
+    assert dicomweb_root(" https://lake.example/radlake/ ") == (
+        "https://lake.example/radlake/dicomweb"
+    )
+    assert dicomweb_root("http://h:1/dicomweb/") == "http://h:1/dicomweb"
+    for bad in (
+        "127.0.0.1:8000",
+        "ftp://h",
+        "http://",
+        "http://h:99999",
+        "http://h:port",
+        "http://h/?a=1",
+        "http://h/#x",
+        "http://u:p@h",
+        "",
+    ):
+        with pytest.raises(ConfigError):
+            dicomweb_root(bad)
+
+
+def test_config_writes_every_value_as_a_literal() -> None:
+    hostile = "http://h/x'\"</script>\\\u2028"
+    text = ohif_app_config(hostile, "rl_tok'en")
+    # Each value appears only JSON-escaped: nothing closes its string early.
+    assert json.dumps(hostile) in text and "'\"</" not in text.replace(json.dumps(hostile), "")
+    assert '"rl_tok\'en"' in text and "\u2028" not in text
+
+
+def test_ohif_config_command_makes_a_viewer_token_and_writes_the_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert radlake(home, "init").returncode == 0
+    site = tmp_path / "site"
+    site.mkdir()
+    made = radlake(home, "ohif-config", "http://127.0.0.1:8042", "--out", str(site))
+    assert made.returncode == 0, made.stderr
+    written = (site / "app-config.js").read_text()
+    token = re.search(r'access_token: "(rl_[^"]+)"', written)
+    assert token is not None and '"qidoRoot": "http://127.0.0.1:8042/dicomweb"' in written
+    assert "revoke" in made.stderr and "RADLAKE_DICOMWEB_CORS_ORIGINS" in made.stderr
+    assert not [p for p in site.iterdir() if p.name != "app-config.js"], "temporary left"
+
+    lake = open_lake(Settings(home=home))
+    with session_factory(lake.engine)() as session:
+        (stored,) = session.scalars(select(ApiToken))
+    assert (stored.name, stored.role) == ("ohif", "viewer")  # read-only, never more
+
+    again = radlake(home, "ohif-config", "http://127.0.0.1:8042", "--out", str(site))
+    assert again.returncode == 1 and "exists" in again.stderr and "--name" not in again.stdout
+    assert (site / "app-config.js").read_text() == written  # untouched
+    printed = radlake(home, "ohif-config", "--name", "second")
+    assert printed.returncode == 0 and "window.config" in printed.stdout
+
+    for args in (
+        ["ftp://host"],
+        ["http://h:70000"],
+        ["http://h", "--out", str(tmp_path / "missing" / "app-config.js")],
+    ):
+        refused = radlake(home, "ohif-config", *args, "--name", "refused")
+        assert refused.returncode == 1, args
+        assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+    with session_factory(lake.engine)() as session:
+        names = set(session.scalars(select(ApiToken.name)))
+    assert names == {"ohif", "second"}, "a refused config left a token"
+    lake.engine.dispose()
+
+
+# ---------------------------------------------------------------- OHIF in Chromium
+
+
+@contextmanager
+def static_site(folder: Path) -> Iterator[str]:
+    """folder over HTTP on 127.0.0.1, answering index.html for the app's own routes
+    (/viewer/..., as OHIF's history-based router expects)."""
+
+    class AppFiles(http.server.SimpleHTTPRequestHandler):
+        def send_head(self) -> Any:
+            path = self.path.split("?", 1)[0].lstrip("/")
+            if not path or not (folder / path).is_file():
+                self.path = "/index.html"
+            return super().send_head()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(AppFiles, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ohif_site(folder: Path) -> Path:
+    """OHIF's dist with our app-config.js. Its index.html also loads a script from
+    polyfill.io (a domain taken over in 2024, unreachable here): dropped, as the README
+    tells users to."""
+    folder.mkdir()
+    page = (OHIF_DIST / "index.html").read_text()
+    page, dropped = re.subn(r"<script\s+src=\"https://polyfill\.io[^\"]*\"></script>", "", page)
+    assert dropped == 1
+    (folder / "index.html").write_text(page)
+    (folder / "index.umd.js").symlink_to(OHIF_DIST / "index.umd.js")
+    return folder
+
+
+def dicomweb_answers(page: Chromium) -> dict[str, int]:
+    """Status of each GET to /dicomweb the page made (CORS preflights left out)."""
+    gets = {
+        event["params"]["requestId"]
+        for event in page.events
+        if event.get("method") == "Network.requestWillBeSent"
+        and event["params"]["request"]["method"] == "GET"
+    }
+    return {
+        event["params"]["response"]["url"]: event["params"]["response"]["status"]
+        for event in page.events
+        if event.get("method") == "Network.responseReceived"
+        and event["params"]["requestId"] in gets
+        and "/dicomweb/" in event["params"]["response"]["url"]
+    }
+
+
+ROWS = "[...document.querySelectorAll('tr')].filter(r => r.querySelector('td'))"
+
+
+# Share of the viewport canvas's pixels that are not black once an image is drawn.
+DRAWN = """(() => {
+  const canvas = document.querySelector('.viewport-element canvas');
+  if (!canvas || !canvas.width) return 0;
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let lit = 0;
+  for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 30) lit++;
+  return lit / (data.length / 4);
+})()"""
+
+
+@pytest.fixture
+def deid_lake(tmp_path: Path) -> Iterator[tuple[Lake, Engine]]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    upgrade(engine)
+    yield build_deid_lake(engine, tmp_path), engine
+    engine.dispose()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="headless Chromium absent: apt-get install -y chromium"
+)
+@pytest.mark.skipif(
+    not (OHIF_DIST / "index.umd.js").exists(),
+    reason="OHIF absent: `make ohif` fetches it from the npm registry",
+)
+def test_ohif_browses_and_retrieves_the_de_identified_lake(
+    deid_lake: tuple[Lake, Engine], tmp_path: Path
+) -> None:
+    lake, engine = deid_lake
+    with transaction(engine) as session:
+        token = create_token(session, name="ohif", role=Role.VIEWER)
+        studies = {row.study_uid: row for row in session.scalars(select(DeidInstance))}
+    pseudonyms = {lake.pseudonymizer(pid) for pid in ("1CT1", "4MR1", "8NM1")}
+    ct_pseudonym = lake.pseudonymizer("1CT1")
+    site = ohif_site(tmp_path / "ohif")
+    with static_site(site) as viewer:
+        app = create_app(lake, cors_origins=[viewer])
+        with serve(app) as api, chromium(tmp_path) as page:
+            (site / "app-config.js").write_text(ohif_app_config(dicomweb_root(api), token))
+            page.call("Network.enable")
+            page.goto(f"{viewer}/")
+            # The study list: one row per de-identified study, under its pseudonym.
+            page.wait_for(f"{ROWS}.length === {len(studies)}", timeout=60)
+            listed = "\n".join(page.evaluate(f"{ROWS}.map(r => r.innerText)"))
+            assert all(p in listed for p in pseudonyms), listed
+            assert not [o for o in originals() if o in listed], "an original identifier shown"
+
+            # Opening the CT study: series metadata and frames retrieved, image drawn.
+            page.evaluate(
+                f"{ROWS}.find(r => r.innerText.includes({json.dumps(ct_pseudonym)})).click()"
+            )
+            page.wait_for(f"{DRAWN} > 0.1", timeout=60)
+            page.wait_for("document.body.innerText.includes('128 x 128')")
+            answers = dicomweb_answers(page)
+            frames = [url for url in answers if "/frames/" in url]
+            metadata = [url for url in answers if url.endswith("/metadata")]
+            assert frames and metadata, answers
+            assert set(answers.values()) == {200}, answers
+            ct = {uid for uid, row in studies.items() if row.modality == "CT"}
+            assert all(any(f"/studies/{uid}/" in url for uid in ct) for url in frames)
+            shown = page.evaluate("document.body.innerText")
+            assert not [o for o in originals() if o in shown], "an original identifier shown"
+            assert not page.errors() or all("401" not in e for e in page.errors())
+
+            # Revoked, the same page gets 401s and lists nothing.
+            with transaction(engine) as session:
+                revoke_token(session, name="ohif")
+            page.events.clear()
+            page.goto(f"{viewer}/")
+            page.wait_for("document.readyState === 'complete'")
+            deadline = time.monotonic() + 30
+            while 401 not in dicomweb_answers(page).values():
+                assert time.monotonic() < deadline, dicomweb_answers(page)
+                page.evaluate("1")  # let events arrive
+                time.sleep(0.1)
+            assert page.evaluate(f"{ROWS}.length") == 0
