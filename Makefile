@@ -38,7 +38,8 @@ orthanc:
 
 # The OHIF Viewer's prebuilt v2 app from the npm registry (checked against its pinned
 # sha512), browsed against radlake's /dicomweb in the OHIF test (it skips, saying why,
-# if this could not be fetched).
+# if this could not be fetched). Its index.html loads a script from polyfill.io, a domain
+# taken over in 2024: that tag is deleted.
 OHIF_VERSION := 4.12.51
 OHIF_SHA512 := b2eb102a9aa4c2c1309f16ff620bdc2f14470bc6f820840d4ce77f5d850b6817d289399de3dc8a3fa178ba929e3b220a18b0e7ed3dbfcf5e31de5f66e83355cd
 OHIF_DIR := .ohif
@@ -49,7 +50,9 @@ ohif:
 		&& npm pack --silent --pack-destination $(OHIF_DIR) @ohif/viewer@$(OHIF_VERSION) >/dev/null \
 		&& echo "$(OHIF_SHA512)  $(OHIF_DIR)/ohif-viewer-$(OHIF_VERSION).tgz" | sha512sum -c --quiet \
 		&& tar -xzf $(OHIF_DIR)/ohif-viewer-$(OHIF_VERSION).tgz -C $(OHIF_DIR) --strip-components=1 package/dist \
-		&& rm $(OHIF_DIR)/ohif-viewer-$(OHIF_VERSION).tgz; \
+		&& rm $(OHIF_DIR)/ohif-viewer-$(OHIF_VERSION).tgz \
+		&& sed -z -i -E 's|<script\s+src="https://polyfill\.io[^"]*"\s*></script>||' $(OHIF_DIR)/dist/index.html \
+		&& ! grep -q polyfill.io $(OHIF_DIR)/dist/index.html; \
 	} || { rm -rf $(OHIF_DIR); echo "OHIF could not be fetched: the OHIF viewer test will be skipped"; }
 
 lint: $(BIN)/.installed
