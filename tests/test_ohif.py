@@ -150,20 +150,27 @@ def ohif_site(folder: Path) -> Path:
 
 
 def dicomweb_answers(page: Chromium) -> dict[str, int]:
-    """Status of each GET to /dicomweb the page made (CORS preflights left out)."""
-    gets = {
-        event["params"]["requestId"]
+    """Status of each GET to /dicomweb the page made (CORS preflights left out).
+
+    The status is read from responseReceived or, as Chromium under load sometimes
+    sends only that one, from responseReceivedExtraInfo."""
+    urls = {
+        event["params"]["requestId"]: event["params"]["request"]["url"]
         for event in page.events
         if event.get("method") == "Network.requestWillBeSent"
         and event["params"]["request"]["method"] == "GET"
+        and "/dicomweb/" in event["params"]["request"]["url"]
     }
-    return {
-        event["params"]["response"]["url"]: event["params"]["response"]["status"]
-        for event in page.events
-        if event.get("method") == "Network.responseReceived"
-        and event["params"]["requestId"] in gets
-        and "/dicomweb/" in event["params"]["response"]["url"]
-    }
+    answers: dict[str, int] = {}
+    for event in page.events:
+        method, params = event.get("method"), event.get("params", {})
+        if params.get("requestId") not in urls:
+            continue
+        if method == "Network.responseReceived":
+            answers[urls[params["requestId"]]] = params["response"]["status"]
+        elif method == "Network.responseReceivedExtraInfo":
+            answers[urls[params["requestId"]]] = params["statusCode"]
+    return answers
 
 
 ROWS = "[...document.querySelectorAll('tr')].filter(r => r.querySelector('td'))"
@@ -240,7 +247,7 @@ def test_ohif_browses_and_retrieves_the_de_identified_lake(
             page.events.clear()
             page.goto(f"{viewer}/")
             page.wait_for("document.readyState === 'complete'")
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while 401 not in dicomweb_answers(page).values():
                 assert time.monotonic() < deadline, dicomweb_answers(page)
                 page.evaluate("1")  # let events arrive
