@@ -301,6 +301,16 @@ def test_frames_are_the_stored_pixel_data(live: Live, http: httpx.Client) -> Non
     stored = client.retrieve_instance(study, series, sop)
     assert j2k.startswith(b"\xff\x4f\xff\x51") and j2k == next(generate_frames(stored.PixelData))
     path = f"/studies/{study}/series/{series}/instances/{sop}/frames"
+    # OHIF's Accept lets the server choose: the codestream as stored, labelled.
+    ohif = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    chosen = http.get(f"{path}/1", headers=live.auth() | {"Accept": ohif})
+    assert chosen.status_code == 200, chosen.text
+    assert chosen.headers["content-type"].startswith(
+        'multipart/related; type="application/octet-stream"'
+    )
+    syntax = stored.file_meta.TransferSyntaxUID
+    label = f"Content-Type: application/octet-stream; transfer-syntax={syntax}\r\n\r\n"
+    assert chosen.content.split(label.encode(), 1)[1].startswith(j2k + b"\r\n--")
     for frames_asked, accept, status in (
         ("1", 'multipart/related; type="application/octet-stream"', 406),
         ("0", "*/*", 400),

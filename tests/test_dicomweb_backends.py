@@ -71,10 +71,11 @@ def replicas(folder: Path) -> list[Path]:
     return made
 
 
-def build_deid_lake(engine: Engine, root: Path) -> Lake:
-    """A lake with FILES and REPLICAS catalogued and de-identified."""
+def build_deid_lake(engine: Engine, root: Path, paths: list[Path] | None = None) -> Lake:
+    """A lake with paths (FILES and REPLICAS unless given) catalogued and de-identified."""
     lake = Lake(engine, open_store((root / "store").as_uri()), Pseudonymizer(SECRET), deid=POLICY)
-    paths = [sample_file(name) for name in FILES] + replicas(root / "replicas")
+    if paths is None:
+        paths = [sample_file(name) for name in FILES] + replicas(root / "replicas")
     summary = ingest(
         paths,
         engine=engine,

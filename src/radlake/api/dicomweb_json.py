@@ -130,6 +130,8 @@ def _ordered(attributes: Json) -> Json:
     return {key: attributes[key] for key in sorted(attributes)}
 
 
+MODALITY, MODALITIES_IN_STUDY = "00080060", "00080061"
+
 # Attributes each level reads from the row's columns: (keyword, column).
 STUDY_COLUMNS = (
     ("StudyInstanceUID", "study_uid"),
@@ -191,7 +193,13 @@ def study_match(group: Group, base: str, returned: Returned) -> Json:
         element("RetrieveURL", study_url(base, row.study_uid)),
     ]
     extra = _returned(row.header, returned, "study")
-    return _ordered(extra | _study(row) | dict(pairs))
+    found = extra | _study(row) | dict(pairs)
+    # A study whose objects carry no Modality: both modality attributes are left out
+    # rather than sent without a Value, which OHIF v2's study list cannot read.
+    for tag in (MODALITY, MODALITIES_IN_STUDY):
+        if tag in found and "Value" not in found[tag]:
+            del found[tag]
+    return _ordered(found)
 
 
 def series_match(group: Group, base: str, returned: Returned) -> Json:

@@ -3,10 +3,14 @@
 
 Each frame is one part of a multipart/related answer: an uncompressed frame as
 application/octet-stream, a compressed one in the media type of its transfer syntax
-(PS3.18 Table 8.7.3-5: image/jpeg, image/jls, image/jp2, image/jpx,
-image/dicom-rle), with the transfer-syntax parameter. Frames are not transcoded:
-an Accept that rules out the stored form is a 406 with the reason. The object is
-read whole (it is at most the upload limit), never an original.
+(PS3.18 Table 8.7.3-5: image/jpeg, image/jls, image/jp2, image/jpx, image/jphc,
+image/dicom-rle), with the transfer-syntax parameter. An Accept of
+application/octet-stream with transfer-syntax=* (what OHIF and other
+cornerstone-based viewers send) lets the server choose: every frame is then sent as
+stored, as application/octet-stream, and its transfer-syntax parameter says how it
+is encoded. Frames are not transcoded: an Accept that rules out the stored form is
+a 406 with the reason. The object is read whole (it is at most the upload limit),
+never an original.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydicom import dcmread
 from pydicom.encaps import generate_frames
+from pydicom.uid import UID
 
 from radlake.api import audit
 from radlake.api.deps import DbSession, LakeDep, Viewer
@@ -48,6 +53,9 @@ COMPRESSED = {
     "1.2.840.10008.1.2.4.91": "image/jp2",
     "1.2.840.10008.1.2.4.92": "image/jpx",
     "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 # Native little endian pixel bytes are the same in every one of these.
@@ -65,22 +73,36 @@ def _frame_numbers(text: str) -> list[int]:
 
 def _part_media(syntax: str, accept: str | None) -> str:
     """The Content-Type of each part, if Accept allows frames stored in syntax."""
-    media = COMPRESSED.get(syntax) or (OCTETS if syntax in LITTLE_ENDIAN else None)
-    if media is None:
-        raise HTTPException(406, detail=f"frames of transfer syntax {syntax} are not served")
+    native = COMPRESSED.get(syntax) or OCTETS
+    # Frames the server can send without being asked for their syntax by name.
+    plain = syntax in COMPRESSED or syntax in LITTLE_ENDIAN
     for wanted in accept_ranges(accept):
         if wanted.media in ("*/*", "multipart/*"):
-            return media
+            if plain:
+                return native
+            continue
         if wanted.media != MULTIPART:
             continue
-        if not MediaRange(wanted.params.get("type", OCTETS).lower()).covers(media):
-            continue
+        asked_type = MediaRange(wanted.params.get("type", OCTETS).lower())
         asked = wanted.params.get("transfer-syntax")
         # None: PS3.18's default for octet-stream is Explicit VR Little Endian, whose
         # native pixel bytes are the stored ones for every little-endian syntax.
-        if asked in ("*", syntax) or (asked is None and media == OCTETS):
-            return media
-    raise not_acceptable(accept, [f'{MULTIPART}; type="{media}"; transfer-syntax={syntax}'])
+        if asked_type.covers(native) and (
+            asked in ("*", syntax) or (asked is None and syntax in LITTLE_ENDIAN)
+        ):
+            return native
+        # "*" (or this very syntax) as octet-stream: the stored bytes, labelled.
+        if asked_type.covers(OCTETS) and asked in ("*", syntax):
+            return OCTETS
+    raise not_acceptable(accept, [f'{MULTIPART}; type="{native}"; transfer-syntax={syntax}'])
+
+
+def _encapsulated(syntax: UID) -> bool:
+    """Whether frames of syntax are fragments (pydicom knows the public syntaxes; an
+    unknown one is taken as encapsulated when it is one of PS3.18's media types)."""
+    if syntax.is_transfer_syntax:
+        return bool(syntax.is_encapsulated)
+    return syntax in COMPRESSED
 
 
 def _frames(data: bytes, numbers: list[int]) -> list[bytes]:
@@ -93,7 +115,7 @@ def _frames(data: bytes, numbers: list[int]) -> list[bytes]:
         if max(numbers) > count:
             raise bad(f"frames: the instance has {count} frames")
         pixels = ds.PixelData
-        if ds.file_meta.TransferSyntaxUID in COMPRESSED:
+        if _encapsulated(UID(ds.file_meta.TransferSyntaxUID)):
             every = list(generate_frames(pixels, number_of_frames=count))
             return [every[n - 1] for n in numbers]
         bits = int(ds.BitsAllocated)
