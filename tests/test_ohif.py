@@ -189,6 +189,21 @@ DRAWN = """(() => {
 })()"""
 
 
+@contextmanager
+def ohif_viewer(lake: Lake, token: str, tmp_path: Path) -> Iterator[tuple[str, Chromium]]:
+    """OHIF served on one origin and configured by `ohif_app_config` for radlake's
+    /dicomweb on another (CORS allowed for the first), open in headless Chromium at
+    its study list. Yields the viewer's base URL and the page."""
+    site = ohif_site(tmp_path / "ohif")
+    with static_site(site) as viewer:
+        app = create_app(lake, cors_origins=[viewer])
+        with serve(app) as api, chromium(tmp_path) as page:
+            (site / "app-config.js").write_text(ohif_app_config(dicomweb_root(api), token))
+            page.call("Network.enable")
+            page.goto(f"{viewer}/")
+            yield viewer, page
+
+
 @pytest.fixture
 def deid_lake(tmp_path: Path) -> Iterator[tuple[Lake, Engine]]:
     engine = make_engine(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
@@ -213,48 +228,40 @@ def test_ohif_browses_and_retrieves_the_de_identified_lake(
         studies = {row.study_uid: row for row in session.scalars(select(DeidInstance))}
     pseudonyms = {lake.pseudonymizer(pid) for pid in ("1CT1", "4MR1", "8NM1")}
     ct_pseudonym = lake.pseudonymizer("1CT1")
-    site = ohif_site(tmp_path / "ohif")
-    with static_site(site) as viewer:
-        app = create_app(lake, cors_origins=[viewer])
-        with serve(app) as api, chromium(tmp_path) as page:
-            (site / "app-config.js").write_text(ohif_app_config(dicomweb_root(api), token))
-            page.call("Network.enable")
-            page.goto(f"{viewer}/")
-            # The study list: one row per de-identified study, under its pseudonym.
-            page.wait_for(f"{ROWS}.length === {len(studies)}", timeout=60)
-            listed = "\n".join(page.evaluate(f"{ROWS}.map(r => r.innerText)"))
-            assert all(p in listed for p in pseudonyms), listed
-            assert not [o for o in originals() if o in listed], "an original identifier shown"
+    with ohif_viewer(lake, token, tmp_path) as (viewer, page):
+        # The study list: one row per de-identified study, under its pseudonym.
+        page.wait_for(f"{ROWS}.length === {len(studies)}", timeout=60)
+        listed = "\n".join(page.evaluate(f"{ROWS}.map(r => r.innerText)"))
+        assert all(p in listed for p in pseudonyms), listed
+        assert not [o for o in originals() if o in listed], "an original identifier shown"
 
-            # Opening the CT study: series metadata and frames retrieved, image drawn.
-            page.evaluate(
-                f"{ROWS}.find(r => r.innerText.includes({json.dumps(ct_pseudonym)})).click()"
-            )
-            page.wait_for(f"{DRAWN} > 0.1", timeout=60)
-            page.wait_for("document.body.innerText.includes('128 x 128')")
-            answers = dicomweb_answers(page)
-            frames = [url for url in answers if "/frames/" in url]
-            metadata = [url for url in answers if url.endswith("/metadata")]
-            assert frames and metadata, answers
-            assert set(answers.values()) == {200}, answers
-            ct = {uid for uid, row in studies.items() if row.modality == "CT"}
-            assert all(any(f"/studies/{uid}/" in url for uid in ct) for url in frames)
-            shown = page.evaluate("document.body.innerText")
-            assert not [o for o in originals() if o in shown], "an original identifier shown"
-            assert not page.errors() or all("401" not in e for e in page.errors())
+        # Opening the CT study: series metadata and frames retrieved, image drawn.
+        page.evaluate(f"{ROWS}.find(r => r.innerText.includes({json.dumps(ct_pseudonym)})).click()")
+        page.wait_for(f"{DRAWN} > 0.1", timeout=60)
+        page.wait_for("document.body.innerText.includes('128 x 128')")
+        answers = dicomweb_answers(page)
+        frames = [url for url in answers if "/frames/" in url]
+        metadata = [url for url in answers if url.endswith("/metadata")]
+        assert frames and metadata, answers
+        assert set(answers.values()) == {200}, answers
+        ct = {uid for uid, row in studies.items() if row.modality == "CT"}
+        assert all(any(f"/studies/{uid}/" in url for uid in ct) for url in frames)
+        shown = page.evaluate("document.body.innerText")
+        assert not [o for o in originals() if o in shown], "an original identifier shown"
+        assert not page.errors() or all("401" not in e for e in page.errors())
 
-            # Revoked, the same page gets 401s and lists nothing.
-            with transaction(engine) as session:
-                revoke_token(session, name="ohif")
-            page.events.clear()
-            page.goto(f"{viewer}/")
-            page.wait_for("document.readyState === 'complete'")
-            deadline = time.monotonic() + 60
-            while 401 not in dicomweb_answers(page).values():
-                assert time.monotonic() < deadline, dicomweb_answers(page)
-                page.evaluate("1")  # let events arrive
-                time.sleep(0.1)
-            assert page.evaluate(f"{ROWS}.length") == 0
+        # Revoked, the same page gets 401s and lists nothing.
+        with transaction(engine) as session:
+            revoke_token(session, name="ohif")
+        page.events.clear()
+        page.goto(f"{viewer}/")
+        page.wait_for("document.readyState === 'complete'")
+        deadline = time.monotonic() + 60
+        while 401 not in dicomweb_answers(page).values():
+            assert time.monotonic() < deadline, dicomweb_answers(page)
+            page.evaluate("1")  # let events arrive
+            time.sleep(0.1)
+        assert page.evaluate(f"{ROWS}.length") == 0
 
 
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
@@ -307,27 +314,21 @@ def test_ohif_lists_and_draws_every_transfer_syntax(tmp_path: Path) -> None:
         token = create_token(session, name="ohif", role=Role.VIEWER)
         rows = list(session.scalars(select(DeidInstance)))
     assert {row.transfer_syntax for row in rows} == set(SYNTAXES.values())
-    site = ohif_site(tmp_path / "ohif")
-    with static_site(site) as viewer:
-        app = create_app(lake, cors_origins=[viewer])
-        with serve(app) as api, chromium(tmp_path) as page:
-            (site / "app-config.js").write_text(ohif_app_config(dicomweb_root(api), token))
-            page.call("Network.enable")
-            page.goto(f"{viewer}/")
-            page.wait_for(f"{ROWS}.length === {len(rows)}", timeout=60)
-            blank = {}
-            for row in rows:
-                page.events.clear()
-                page.goto(f"{viewer}/viewer/{row.study_uid}")
-                try:
-                    page.wait_for(f"{DRAWN} > 0.01", timeout=30)
-                except AssertionError:
-                    blank[row.transfer_syntax] = page.errors()
-                answers = dicomweb_answers(page)
-                assert [url for url in answers if "/frames/" in url], row.transfer_syntax
-                assert set(answers.values()) == {200}, (row.transfer_syntax, answers)
-            # The npm package of OHIF v2 lacks the worker chunk of its JPEG Lossless
-            # decoder: those frames are served (200 above) but the app cannot load it.
-            assert list(blank) == [JPEG_LOSSLESS], blank
-            assert any("worker.js" in error for error in blank[JPEG_LOSSLESS]), blank
+    with ohif_viewer(lake, token, tmp_path) as (viewer, page):
+        page.wait_for(f"{ROWS}.length === {len(rows)}", timeout=60)
+        blank = {}
+        for row in rows:
+            page.events.clear()
+            page.goto(f"{viewer}/viewer/{row.study_uid}")
+            try:
+                page.wait_for(f"{DRAWN} > 0.01", timeout=30)
+            except AssertionError:
+                blank[row.transfer_syntax] = page.errors()
+            answers = dicomweb_answers(page)
+            assert [url for url in answers if "/frames/" in url], row.transfer_syntax
+            assert set(answers.values()) == {200}, (row.transfer_syntax, answers)
+        # The npm package of OHIF v2 lacks the worker chunk of its JPEG Lossless
+        # decoder: those frames are served (200 above) but the app cannot load it.
+        assert list(blank) == [JPEG_LOSSLESS], blank
+        assert any("worker.js" in error for error in blank[JPEG_LOSSLESS]), blank
     engine.dispose()
