@@ -256,7 +256,8 @@ def test_hostile_paths_and_parameters(api: Api) -> None:
         assert answer.status_code == 422, params
 
 
-ROLES = ("viewer", "reviewer", "curator", "admin")  # in order: each can what those before can
+# In order: each can what those before can. A dicomweb token reads /dicomweb only.
+ROLES = ("dicomweb", "viewer", "reviewer", "curator", "admin")
 ROUTES = {
     ("GET", "/images"): "viewer",
     ("GET", "/images/{id}"): "viewer",
@@ -291,10 +292,11 @@ ROUTES = {
     ("POST", "/images/{id}/feedback"): "reviewer",
     ("GET", "/images/{id}/feedback"): "viewer",
     ("GET", "/review/queue"): "reviewer",
-    # DICOMweb (issue 13): viewers search and retrieve de-identified objects, curators
-    # store (tests/test_dicomweb.py has its own matrix on real data).
+    # DICOMweb (issue 13): dicomweb tokens and viewers search and retrieve
+    # de-identified objects, curators store (tests/test_dicomweb.py has its own matrix
+    # on real data).
     **{
-        ("GET", "/dicomweb" + path): "viewer"
+        ("GET", "/dicomweb" + path): "dicomweb"
         for path in (
             "/studies",
             "/series",

@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -89,25 +90,50 @@ def test_ohif_config_command_makes_a_viewer_token_and_writes_the_file(tmp_path: 
     lake = open_lake(Settings(home=home))
     with session_factory(lake.engine)() as session:
         (stored,) = session.scalars(select(ApiToken))
-    assert (stored.name, stored.role) == ("ohif", "viewer")  # read-only, never more
+    assert (stored.name, stored.role) == ("ohif", "dicomweb")
+    # Anyone who loads the page can read the token: it reads /dicomweb, nothing else.
+    client = TestClient(create_app(lake))
+    bearer = {"Authorization": f"Bearer {token.group(1)}"}
+    assert client.get("/dicomweb/studies", headers=bearer).status_code == 204  # empty lake
+    for path in ("/images", "/studies/1.2.3", "/audit", "/openapi.json"):
+        assert client.get(path, headers=bearer).status_code == 403, path
 
     again = radlake(home, "ohif-config", "http://127.0.0.1:8042", "--out", str(site))
     assert again.returncode == 1 and "exists" in again.stderr and "--name" not in again.stdout
     assert (site / "app-config.js").read_text() == written  # untouched
-    printed = radlake(home, "ohif-config", "--name", "second")
+    printed = radlake(home, "ohif-config", "--name", "second", "--out", "-")
     assert printed.returncode == 0 and "window.config" in printed.stdout
+    # A link to the served file is written through, the link kept.
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "app-config.js").write_text("old")
+    (site / "linked.js").symlink_to(served / "app-config.js")
+    linked = radlake(home, "ohif-config", "--name", "third", "--out", str(site / "linked.js"))
+    assert linked.returncode == 0, linked.stderr
+    assert (site / "linked.js").is_symlink() and "third" not in (
+        served / "app-config.js"
+    ).read_text()
+    assert "window.config" in (served / "app-config.js").read_text()
 
     for args in (
         ["ftp://host"],
         ["http://h:70000"],
+        ["http://h:0"],
+        ["http://h:8042/?"],
+        ["http://h ost:8042"],
+        ["http://<script>/"],
+        ["http://h/" + "a" * 3000],
         ["http://h", "--out", str(tmp_path / "missing" / "app-config.js")],
+        ["http://h", "--out", "/dev/null"],  # a device is refused, not replaced
+        ["http://h", "--out", str(site / ("x" * 300))],
     ):
         refused = radlake(home, "ohif-config", *args, "--name", "refused")
         assert refused.returncode == 1, args
         assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
     with session_factory(lake.engine)() as session:
         names = set(session.scalars(select(ApiToken.name)))
-    assert names == {"ohif", "second"}, "a refused config left a token"
+    assert names == {"ohif", "second", "third"}, "a refused config left a token"
+    assert Path("/dev/null").is_char_device()
     lake.engine.dispose()
 
 

@@ -175,6 +175,15 @@ def test_bad_token_gets_401_the_form_and_no_cookie(site: Site) -> None:
     assert client.get("/ui").status_code == 303
 
 
+def test_a_dicomweb_token_cannot_sign_in_to_the_pages(site: Site) -> None:
+    """A web viewer's token (readable in its page) reads /dicomweb, never these pages."""
+    client = site.client()
+    answer = client.post("/ui/signin", data={"token": site.tokens["dicomweb"]})
+    assert answer.status_code == 403 and "DICOMweb" in answer.text
+    assert "set-cookie" not in answer.headers
+    assert client.get("/ui").status_code == 303
+
+
 def test_pages_redirect_to_signin_without_a_valid_cookie(site: Site) -> None:
     client = site.client()
     png = site.ids["png"]

@@ -1,6 +1,8 @@
 """API tokens: random secrets shown once; only their SHA-256 is stored.
 
-Roles are ordered: viewer < reviewer < curator < admin. Viewers read; reviewers also
+Roles are ordered: dicomweb < viewer < reviewer < curator < admin. A dicomweb token
+reads /dicomweb (de-identified objects) only, for a web viewer's page. Viewers read
+the API and the web pages; reviewers also
 file feedback on predictions (accept, reject, correct, add boxes); curators also
 upload, create datasets and build retraining sets; admins also manage tokens and read
 the audit log. Roles are stored by name, so their numbers may change.
@@ -9,19 +11,25 @@ the audit log. Roles are stored by name, so their numbers may change.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from enum import IntEnum
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from radlake.catalog.models import ApiToken, AuditEvent, utcnow
 from radlake.errors import RadlakeError
 
 TOKEN_PREFIX = "rl_"  # noqa: S105 (a prefix, not a secret)
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class Role(IntEnum):
+    # Reads /dicomweb (de-identified objects) and nothing else: the token a web
+    # viewer such as OHIF carries in a page anyone who loads it can read.
+    DICOMWEB = 0
     VIEWER = 1
     REVIEWER = 2
     CURATOR = 3
@@ -32,13 +40,13 @@ class Role(IntEnum):
         """'viewer' -> Role.VIEWER.
 
         Raises:
-            TokenError: not one of viewer, reviewer, curator, admin.
+            TokenError: not one of dicomweb, viewer, reviewer, curator, admin.
         """
         try:
             return cls[text.upper()]
         except KeyError:
             raise TokenError(
-                f"expected a role viewer, reviewer, curator or admin, got {text!r}"
+                f"expected a role dicomweb, viewer, reviewer, curator or admin, got {text!r}"
             ) from None
 
 
@@ -55,13 +63,28 @@ def create_token(session: Session, *, name: str, role: Role) -> str:
     """A new token for name (shown once; only its hash is kept).
 
     Raises:
-        TokenError: a token with this name exists.
+        TokenError: the name is not 1-100 letters, digits, '.', '_' or '-' (starting
+            with a letter or digit), or a token with this name exists.
     """
+    if not TOKEN_NAME.fullmatch(name):
+        # Names are printed in commands to copy (`radlake token revoke NAME`) and in
+        # tables: nothing a shell or a terminal would read as more than a name.
+        raise TokenError(
+            f"a token name is 1-100 letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit: got {name[:40]!r}"
+        )
+    taken = TokenError(f"a token named {name!r} exists (revoked or not): choose another name")
     if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
         # Names stay taken once revoked, so the audit trail names one token each.
-        raise TokenError(f"a token named {name!r} exists (revoked or not): choose another name")
+        raise taken
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(name=name, role=role.name.lower(), token_hash=hash_token(token)))
+    try:
+        # Inserted now, so a second process creating the same name at the same time
+        # fails here (the unique name), before its caller uses the token.
+        session.flush()
+    except IntegrityError:
+        raise taken from None
     session.add(
         AuditEvent(
             actor="cli", action="token.create", target=name, detail={"role": role.name.lower()}

@@ -5,10 +5,12 @@ Entry points (CLI, later the API and flows) call these; pipelines receive the pa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from sqlalchemy import Engine
 
 from radlake.catalog.db import check_current, make_engine, sqlite_file, upgrade
@@ -59,6 +61,12 @@ def load_settings() -> Settings:
     """
     try:
         return Settings()
+    except SettingsError as exc:  # a list or mapping that is not JSON
+        named = re.search(r'field "([^"]+)"', str(exc))
+        name = f"RADLAKE_{named.group(1).upper()}" if named else "a RADLAKE_ variable"
+        raise ConfigError(
+            f'bad setting {name}: expected JSON (a list is written \'["a", "b"]\')'
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])

@@ -148,6 +148,9 @@ def require(role: Role) -> Callable[[Caller], Caller]:
     return check
 
 
+# DICOMweb's searches and retrievals: de-identified objects only, so the dicomweb
+# role (a web viewer's token) gets them too.
+DicomwebReader = Annotated[Caller, Depends(require(Role.DICOMWEB))]
 Viewer = Annotated[Caller, Depends(require(Role.VIEWER))]
 Reviewer = Annotated[Caller, Depends(require(Role.REVIEWER))]
 Curator = Annotated[Caller, Depends(require(Role.CURATOR))]

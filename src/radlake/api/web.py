@@ -233,6 +233,9 @@ def signin(
     if found is None:
         error = "That token is not valid (unknown, revoked or mistyped)."
         return _page(request, "signin.html", None, 401, next=_safe_next(next), error=error)
+    if Role.parse(found.role) < Role.VIEWER:
+        error = "That token is a DICOMweb viewer's: it reads /dicomweb only, not these pages."
+        return _page(request, "signin.html", None, 403, next=_safe_next(next), error=error)
     lifetime = _session_lifetime(request)
     previous = request.cookies.get(COOKIE_NAME)
     if previous:  # signing in again (maybe as another token) ends this browser's session

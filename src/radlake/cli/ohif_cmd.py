@@ -18,21 +18,55 @@ from radlake.errors import ConfigError
 from radlake.lake import load_settings, open_lake
 
 
+def _target(out: Path) -> Path:
+    """The file --out names: app-config.js inside a folder, a link's target, never
+    anything but a regular file (a device or pipe is refused, not replaced).
+
+    Raises:
+        ConfigError: out cannot be a config file.
+    """
+    try:
+        if out.is_dir():
+            out = out / "app-config.js"
+        out = out.resolve() if out.is_symlink() else out
+        if out.exists() and not out.is_file():
+            raise ConfigError(f"--out: {out} exists and is not a regular file")
+        if not out.parent.is_dir():
+            raise ConfigError(f"--out: no folder {out.parent}")
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot use {str(out)[:200]}: {exc.strerror or exc}") from None
+    return out
+
+
 def _write_replacing(path: Path, text: str) -> None:
     """Write text to path through a temporary file beside it, so a viewer never loads a
     half-written config and a failed write leaves the old one."""
-    directory = path.parent
-    if not directory.is_dir():
-        raise ConfigError(f"--out: no folder {directory}")
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".app-config-", suffix=".js")
+    temporary: str | None = None
     try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".app-config-", suffix=".js")
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.chmod(temporary, 0o644)  # read by the web server that serves OHIF
         os.replace(temporary, path)
     except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
         raise ConfigError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _print(text: str) -> None:
+    """text on standard output (as is: rich would treat some text as markup).
+
+    Raises:
+        ConfigError: standard output is closed or cannot be written.
+    """
+    try:
+        if sys.stdout is None:
+            raise OSError("closed")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def ohif_config(
@@ -41,30 +75,31 @@ def ohif_config(
     ] = "http://127.0.0.1:8000",
     out: Annotated[
         Path | None,
-        typer.Option(help="Write app-config.js here (default: standard output)."),
+        typer.Option(help="Write app-config.js here: a file or folder ('-' or none: stdout)."),
     ] = None,
-    name: Annotated[str, typer.Option(help="Name of the viewer token it creates.")] = "ohif",
+    name: Annotated[str, typer.Option(help="Name of the dicomweb token it creates.")] = "ohif",
 ) -> None:
     """Write an OHIF Viewer (v2) app-config.js that browses this lake's /dicomweb.
 
-    It creates a viewer token (read-only) for the config; revoke it with
-    `radlake token revoke NAME`.
+    It creates a dicomweb token for the config: it reads /dicomweb (de-identified
+    objects) and nothing else. Revoke it with `radlake token revoke NAME`.
     """
     root = dicomweb_root(url)
-    if out is not None and out.is_dir():
-        out = out / "app-config.js"
+    target = None if out is None or str(out) == "-" else _target(out)
     settings = load_settings()
     lake = open_lake(settings)
-    # One transaction: if the config cannot be written, no token is left behind.
+    # One transaction: if the config cannot be written, no token is left behind. The
+    # token is inserted before the file is written, so a name taken meanwhile by
+    # another process fails first and never leaves a config with a dead token.
     with transaction(lake.engine) as session:
-        token = create_token(session, name=name, role=Role.VIEWER)
+        token = create_token(session, name=name, role=Role.DICOMWEB)
         text = ohif_app_config(root, token)
-        if out is None:
-            sys.stdout.write(text)  # as is: rich would treat some text as markup
+        if target is None:
+            _print(text)
         else:
-            _write_replacing(out, text)
+            _write_replacing(target, text)
     err_console.print(
-        f"created viewer token {name!r} for OHIF (revoke: radlake token revoke {name})",
+        f"created dicomweb token {name!r} for OHIF (revoke: radlake token revoke {name})",
         markup=False,
         highlight=False,
     )

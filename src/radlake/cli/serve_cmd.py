@@ -56,7 +56,10 @@ def receipt_protocol(settings: Settings) -> type[asyncio.Protocol]:
 @token_app.command("create")
 def create(
     name: str,
-    role: Annotated[str, typer.Option(help="viewer, reviewer, curator or admin.")] = "viewer",
+    role: Annotated[
+        str,
+        typer.Option(help="dicomweb (reads /dicomweb only), viewer, reviewer, curator or admin."),
+    ] = "viewer",
 ) -> None:
     """Create a token and print it once."""
     lake = open_lake(load_settings())

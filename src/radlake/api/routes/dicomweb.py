@@ -3,10 +3,11 @@ dicomweb_wado (objects, metadata, rendered) and dicomweb_frames (pixel data of
 frames), STOW-RS in dicomweb_stow; one router holds them all.
 
 Every answer comes from deid_instance and the de-identified objects (issue 13):
-never an original UID, header or byte. Viewers search and retrieve; storing needs
-the curator role. No match is a 204 with no body (PS3.18 8.3.4.4.1 as published;
-CP-2473 proposes 200 with an empty body): dicomweb-client, OHIF and curl read both
-as "nothing found", and a 204 cannot be mistaken for a page of results.
+never an original UID, header or byte. Viewers and dicomweb tokens search and
+retrieve; storing needs the curator role. No match is a 204 with no body (PS3.18
+8.3.4.4.1 as published; CP-2473 proposes 200 with an empty body): dicomweb-client,
+OHIF and curl read both as "nothing found", and a 204 cannot be mistaken for a page
+of results.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from radlake.api import schemas
-from radlake.api.deps import DbSession, Viewer
+from radlake.api.deps import DbSession, DicomwebReader
 from radlake.api.dicomweb_json import Json, instance_match, series_match, study_match
 from radlake.api.dicomweb_media import DICOM_JSON, PREFIX, base_url, negotiate, warning_header
 from radlake.api.dicomweb_params import Search, check_uid, parse_search
@@ -82,38 +83,42 @@ _SEARCH: dict[str, Any] = {
 
 
 @router.get("/studies", **_SEARCH)
-def studies(request: Request, caller: Viewer, session: DbSession) -> Response:
+def studies(request: Request, caller: DicomwebReader, session: DbSession) -> Response:
     """QIDO-RS: search for studies (PS3.18 10.6)."""
     return _search(request, session, "study", None, None)
 
 
 @router.get("/series", **_SEARCH)
-def all_series(request: Request, caller: Viewer, session: DbSession) -> Response:
+def all_series(request: Request, caller: DicomwebReader, session: DbSession) -> Response:
     """QIDO-RS: search for series in every study."""
     return _search(request, session, "series", None, None)
 
 
 @router.get("/instances", **_SEARCH)
-def all_instances(request: Request, caller: Viewer, session: DbSession) -> Response:
+def all_instances(request: Request, caller: DicomwebReader, session: DbSession) -> Response:
     """QIDO-RS: search for instances in every study."""
     return _search(request, session, "instance", None, None)
 
 
 @router.get("/studies/{study}/series", **_SEARCH)
-def study_series(study: str, request: Request, caller: Viewer, session: DbSession) -> Response:
+def study_series(
+    study: str, request: Request, caller: DicomwebReader, session: DbSession
+) -> Response:
     """QIDO-RS: search for the series of one study."""
     return _search(request, session, "series", study, None)
 
 
 @router.get("/studies/{study}/instances", **_SEARCH)
-def study_instances(study: str, request: Request, caller: Viewer, session: DbSession) -> Response:
+def study_instances(
+    study: str, request: Request, caller: DicomwebReader, session: DbSession
+) -> Response:
     """QIDO-RS: search for the instances of one study."""
     return _search(request, session, "instance", study, None)
 
 
 @router.get("/studies/{study}/series/{series}/instances", **_SEARCH)
 def series_instances(
-    study: str, series: str, request: Request, caller: Viewer, session: DbSession
+    study: str, series: str, request: Request, caller: DicomwebReader, session: DbSession
 ) -> Response:
     """QIDO-RS: search for the instances of one series."""
     return _search(request, session, "instance", study, series)

@@ -25,7 +25,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
 from radlake.api import audit
-from radlake.api.deps import DbSession, LakeDep, Viewer
+from radlake.api.deps import DbSession, DicomwebReader, LakeDep
 from radlake.api.dicomweb_media import (
     MULTIPART,
     MediaRange,
@@ -129,7 +129,7 @@ def frames(
     scope: Scoped,
     frame_list: str,
     request: Request,
-    caller: Viewer,
+    caller: DicomwebReader,
     session: DbSession,
     lake: LakeDep,
 ) -> Response:

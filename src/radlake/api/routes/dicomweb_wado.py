@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from radlake.api import audit
 from radlake.api.decoding import decode_slot
-from radlake.api.deps import DbSession, LakeDep, Viewer
+from radlake.api.deps import DbSession, DicomwebReader, LakeDep
 from radlake.api.dicomweb_media import (
     DICOM_JSON,
     Part,
@@ -104,7 +104,7 @@ def servable(items: list[Stored], single: bool) -> list[Stored]:
 
 
 def retrieve(
-    scope: Scoped, request: Request, caller: Viewer, session: DbSession, lake: LakeDep
+    scope: Scoped, request: Request, caller: DicomwebReader, session: DbSession, lake: LakeDep
 ) -> Response:
     """WADO-RS: the served de-identified objects of a study, a series or one instance,
     as multipart/related, streamed one object at a time."""
@@ -131,7 +131,7 @@ def retrieve(
 
 
 def metadata(
-    scope: Scoped, request: Request, caller: Viewer, session: DbSession, lake: LakeDep
+    scope: Scoped, request: Request, caller: DicomwebReader, session: DbSession, lake: LakeDep
 ) -> Response:
     """WADO-RS: the de-identified headers (DICOM JSON, no bulk data) of a study's, a
     series' or one instance's served objects."""
@@ -242,7 +242,7 @@ _IMAGE: dict[str, Any] = {
 
 @router.get(LEVEL_PATHS[-1] + "/rendered", **_IMAGE)
 def instance_rendered(
-    scope: Scoped, request: Request, caller: Viewer, session: DbSession, lake: LakeDep
+    scope: Scoped, request: Request, caller: DicomwebReader, session: DbSession, lake: LakeDep
 ) -> Response:
     """WADO-RS: the instance's first frame as JPEG or PNG (Accept), native size
     unless a viewport is given."""
@@ -254,7 +254,7 @@ def frame_rendered(
     scope: Scoped,
     frame: str,
     request: Request,
-    caller: Viewer,
+    caller: DicomwebReader,
     session: DbSession,
     lake: LakeDep,
 ) -> Response:
