@@ -32,7 +32,7 @@ from radlake.catalog.deid_models import DeidInstance
 from radlake.catalog.models import ApiToken
 from radlake.config import Settings
 from radlake.errors import ConfigError
-from radlake.lake import Lake, open_lake
+from radlake.lake import Lake, load_settings, open_lake
 from tests.conftest import run_radlake as radlake
 from tests.test_api_live import serve
 from tests.test_dicomweb import originals
@@ -108,6 +108,7 @@ def test_ohif_config_command_makes_a_viewer_token_and_writes_the_file(tmp_path: 
     served.mkdir()
     (served / "app-config.js").write_text("old")
     (site / "linked.js").symlink_to(served / "app-config.js")
+    (site / "loop.js").symlink_to(site / "loop.js")
     linked = radlake(home, "ohif-config", "--name", "third", "--out", str(site / "linked.js"))
     assert linked.returncode == 0, linked.stderr
     assert (site / "linked.js").is_symlink() and "third" not in (
@@ -125,6 +126,7 @@ def test_ohif_config_command_makes_a_viewer_token_and_writes_the_file(tmp_path: 
         ["http://h/" + "a" * 3000],
         ["http://h", "--out", str(tmp_path / "missing" / "app-config.js")],
         ["http://h", "--out", "/dev/null"],  # a device is refused, not replaced
+        ["http://h", "--out", str(site / "loop.js")],  # a link to itself
         ["http://h", "--out", str(site / ("x" * 300))],
     ):
         refused = radlake(home, "ohif-config", *args, "--name", "refused")
@@ -135,6 +137,18 @@ def test_ohif_config_command_makes_a_viewer_token_and_writes_the_file(tmp_path: 
     assert names == {"ohif", "second", "third"}, "a refused config left a token"
     assert Path("/dev/null").is_char_device()
     lake.engine.dispose()
+
+
+def test_cors_origins_must_be_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An origin the browser can never send (a path, a trailing slash) or a list that
+    is not JSON is a bad setting, not a viewer silently refused."""
+    good = '["http://127.0.0.1:3000", "https://viewer.example", "http://[::1]:3000"]'
+    monkeypatch.setenv("RADLAKE_DICOMWEB_CORS_ORIGINS", good)
+    assert len(load_settings().dicomweb_cors_origins) == 3
+    for bad in ('["http://x:3000/"]', '["not a url"]', '["http://x/ohif"]', "http://x:3000"):
+        monkeypatch.setenv("RADLAKE_DICOMWEB_CORS_ORIGINS", bad)
+        with pytest.raises(ConfigError, match="bad setting RADLAKE_DICOMWEB_CORS_ORIGINS"):
+            load_settings()
 
 
 # ---------------------------------------------------------------- OHIF in Chromium

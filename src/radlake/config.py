@@ -7,13 +7,14 @@ later, the API and flows build those from one `Settings` instance.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from radlake.errors import ConfigError
@@ -22,6 +23,10 @@ from radlake.flows.cron import CronError, check_cron
 SECRET_KEY_FILE = "secret.key"  # noqa: S105 (a file name, not a secret)
 CATALOG_FILE = "catalog.sqlite"
 STORE_DIR = "store"
+
+
+# A web origin as browsers send it (RFC 6454): scheme://host[:port], nothing after.
+ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(:[0-9]{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -64,6 +69,20 @@ class Settings(BaseSettings):
     # Origins of web viewers (OHIF, say) allowed to call /dicomweb from the browser:
     # a JSON list, e.g. RADLAKE_DICOMWEB_CORS_ORIGINS='["http://localhost:3000"]'.
     dicomweb_cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("dicomweb_cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        # A browser sends its origin as scheme://host[:port] exactly: anything else
+        # (a trailing slash, a path) would never match, and no viewer would be let in.
+        for origin in origins:
+            if not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin[:80]!r} is not an origin: expected scheme://host[:port], "
+                    "no path or trailing slash"
+                )
+        return origins
+
     # Web security (issue 8). A web sign-in lasts this long unless signed out first.
     web_session_hours: float = Field(default=12.0, gt=0, le=720)
     # `radlake serve`: a request's headers, and its body's first part, must arrive within

@@ -89,8 +89,9 @@ def ohif_app_config(root: str, token: str, *, name: str = "radlake") -> str:
         "supportsFuzzyMatching": False,
     }
     return f"""// OHIF Viewer ({OHIF_PACKAGE}) configuration written by `radlake ohif-config`.
-// It holds a viewer token of the lake: serve it only to those who may read the lake,
-// and revoke the token (`radlake token revoke NAME`) when it is no longer needed.
+// It holds a dicomweb token, which reads the lake's de-identified objects at /dicomweb
+// and nothing else. Anyone who loads this page can read it: serve the page only where
+// that is meant, and revoke the token (`radlake token revoke NAME`) when unneeded.
 window.config = {{
   routerBasename: '/',
   showStudyList: true,

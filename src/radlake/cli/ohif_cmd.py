@@ -33,8 +33,9 @@ def _target(out: Path) -> Path:
             raise ConfigError(f"--out: {out} exists and is not a regular file")
         if not out.parent.is_dir():
             raise ConfigError(f"--out: no folder {out.parent}")
-    except OSError as exc:
-        raise ConfigError(f"--out: cannot use {str(out)[:200]}: {exc.strerror or exc}") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"--out: cannot use {str(out)[:200]}: {reason[:200]}") from None
     return out
 
 
