@@ -233,7 +233,8 @@ def signin(
     if found is None:
         error = "That token is not valid (unknown, revoked or mistyped)."
         return _page(request, "signin.html", None, 401, next=_safe_next(next), error=error)
-    if Role.parse(found.role) < Role.VIEWER:
+    role = Role.parse(found.role)
+    if role < Role.VIEWER:
         error = "That token is a DICOMweb viewer's: it reads /dicomweb only, not these pages."
         return _page(request, "signin.html", None, 403, next=_safe_next(next), error=error)
     lifetime = _session_lifetime(request)
@@ -242,7 +243,7 @@ def signin(
         close_session(session, cookie=previous)
     opened = open_session(session, token=found, lifetime=lifetime)
     session.commit()
-    caller = Caller(found.id, found.name, Role.parse(found.role))
+    caller = Caller(found.id, found.name, role)
     audit.record(lake, caller, "ui.signin", "ui")
     response = RedirectResponse(_safe_next(next), status_code=303)
     if LEGACY_COOKIE in request.cookies:

@@ -97,14 +97,6 @@ def _part_media(syntax: str, accept: str | None) -> str:
     raise not_acceptable(accept, [f'{MULTIPART}; type="{native}"; transfer-syntax={syntax}'])
 
 
-def _encapsulated(syntax: UID) -> bool:
-    """Whether frames of syntax are fragments (pydicom knows the public syntaxes; an
-    unknown one is taken as encapsulated when it is one of PS3.18's media types)."""
-    if syntax.is_transfer_syntax:
-        return bool(syntax.is_encapsulated)
-    return syntax in COMPRESSED
-
-
 def _frames(data: bytes, numbers: list[int]) -> list[bytes]:
     """The pixel data of frames numbers (from 1) of a Part 10 object."""
     with quiet():
@@ -115,7 +107,9 @@ def _frames(data: bytes, numbers: list[int]) -> list[bytes]:
         if max(numbers) > count:
             raise bad(f"frames: the instance has {count} frames")
         pixels = ds.PixelData
-        if _encapsulated(UID(ds.file_meta.TransferSyntaxUID)):
+        syntax = UID(ds.file_meta.TransferSyntaxUID)
+        # is_encapsulated raises on a UID pydicom does not know as a transfer syntax.
+        if syntax.is_transfer_syntax and syntax.is_encapsulated:
             every = list(generate_frames(pixels, number_of_frames=count))
             return [every[n - 1] for n in numbers]
         bits = int(ds.BitsAllocated)
